@@ -1,0 +1,79 @@
+"""Random numbers: the global seed, and He / Glorot weight initialisation.
+
+Weights are drawn on the host from one seeded NumPy generator and then moved to the active
+backend, so ``manual_seed(n)`` gives the same initial weights on NumPy and on CuPy.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy
+
+from minicnn import backend
+
+_host_rng = numpy.random.default_rng(0)
+
+
+def manual_seed(seed: int) -> None:
+    """Seed every random draw minicnn makes (weight init, dropout, shuffling defaults)."""
+    global _host_rng
+    _host_rng = numpy.random.default_rng(seed)
+    _device_rngs.clear()
+
+
+def generator(seed: int) -> numpy.random.Generator:
+    """A new host generator with its own seed (leaves the global one alone)."""
+    return numpy.random.default_rng(seed)
+
+
+def host_rng() -> numpy.random.Generator:
+    """The global host generator (used for initialisation, dropout masks and shuffling)."""
+    return _host_rng
+
+
+def get_rng_state() -> dict:
+    """The global generator's state, as a JSON-serialisable dict (for checkpoints)."""
+    return _host_rng.bit_generator.state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore a state returned by ``get_rng_state``."""
+    _host_rng.bit_generator.state = state
+
+
+def he_normal(shape: tuple[int, ...], fan_in: int, dtype: Any = None) -> Any:
+    """He (Kaiming) normal init for ReLU nets: N(0, 2 / fan_in), on the active backend."""
+    std = math.sqrt(2.0 / fan_in)
+    w = _host_rng.normal(0.0, std, size=shape)
+    return backend.xp.asarray(w, dtype=dtype or backend.default_dtype)
+
+
+def glorot_uniform(shape: tuple[int, ...], fan_in: int, fan_out: int, dtype: Any = None) -> Any:
+    """Glorot (Xavier) uniform init: U(-a, a) with a = sqrt(6 / (fan_in + fan_out))."""
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    w = _host_rng.uniform(-limit, limit, size=shape)
+    return backend.xp.asarray(w, dtype=dtype or backend.default_dtype)
+
+
+def initialize(name: str, shape: tuple[int, ...], fan_in: int, fan_out: int,
+               dtype: Any = None) -> Any:
+    """Initialise a weight array by scheme name: 'he' (He normal) or 'glorot' (Glorot uniform)."""
+    if name == "he":
+        return he_normal(shape, fan_in, dtype)
+    if name == "glorot":
+        return glorot_uniform(shape, fan_in, fan_out, dtype)
+    raise ValueError(f"unknown initialisation {name!r}: expected 'he' or 'glorot'")
+
+
+_device_rngs: dict[str, Any] = {}
+
+
+def device_rng() -> Any:
+    """A generator on the active backend (for dropout masks), seeded from the global seed."""
+    if backend.name == "numpy":
+        return _host_rng
+    if backend.name not in _device_rngs:
+        seed = int(_host_rng.integers(2**62))
+        _device_rngs[backend.name] = backend.xp.random.default_rng(seed)
+    return _device_rngs[backend.name]

@@ -1,0 +1,117 @@
+"""Conv2D: cross-correlation of NCHW images with learned filters, as im2col + one matrix multiply.
+
+Forward, for input x (N, C, H, W) and weight W (O, C, kh, kw)::
+
+    cols = im2col(x)                       # (N*Ho*Wo, kh*kw*C): one row per output position
+    y    = cols @ W' + b                   # W' = W laid out as (kh*kw*C, O)  -> (N*Ho*Wo, O)
+
+so every output value is the dot product of one flattened window with one flattened filter.
+Backward is two more matrix multiplies and col2im::
+
+    dW' = cols.T @ dy      db = sum of dy over rows      dcols = dy @ W'.T    dx = col2im(dcols)
+
+The output is logically (N, O, Ho, Wo) and channels-last in memory, which is the layout the
+next im2col reads fastest.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from minicnn import backend
+from minicnn import init as _init
+from minicnn.im2col import IntPair, col2im, conv_output_size, im2col, pair
+from minicnn.layers.base import Layer, Parameter
+
+
+class Conv2D(Layer):
+    """2-D convolution (cross-correlation), PyTorch's argument order and weight shape.
+
+    weight: (out_channels, in_channels, kh, kw); bias: (out_channels,).
+    ``padding="same"`` keeps H and W (stride 1, odd dilated kernel).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntPair,
+                 stride: IntPair = 1, padding: IntPair | str = 0, dilation: IntPair = 1,
+                 bias: bool = True, init: str = "he"):
+        super().__init__()
+        for what, v in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"Conv2D: {what} must be a positive int, got {v!r}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = pair(kernel_size, "Conv2D kernel_size")
+        self.stride = pair(stride, "Conv2D stride")
+        self.dilation = pair(dilation, "Conv2D dilation")
+        self.padding = self._resolve_padding(padding)
+        if min(self.kernel_size + self.stride + self.dilation) < 1 or min(self.padding) < 0:
+            raise ValueError(f"Conv2D: kernel_size, stride, dilation must be >= 1 and padding "
+                             f">= 0, got {kernel_size}, {stride}, {dilation}, {padding}")
+        kh, kw = self.kernel_size
+        fan_in, fan_out = in_channels * kh * kw, out_channels * kh * kw
+        self.weight = Parameter(_init.initialize(init, (out_channels, in_channels, kh, kw),
+                                                 fan_in, fan_out), "weight")
+        self.bias = Parameter(backend.xp.zeros(out_channels, dtype=self.weight.data.dtype),
+                              "bias") if bias else None
+        self.skip_input_grad = False  # set by a model for its first layer during training
+        self._cache = None
+        self._buf_cols = None
+
+    def _resolve_padding(self, padding: IntPair | str) -> tuple[int, int]:
+        if padding != "same":
+            return pair(padding, "Conv2D padding")
+        if self.stride != (1, 1):
+            raise ValueError(f"Conv2D: padding='same' needs stride 1, got stride {self.stride}")
+        total = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+        if any(t % 2 for t in total):
+            raise ValueError("Conv2D: padding='same' needs an odd (dilated) kernel size, got "
+                             f"kernel_size {self.kernel_size} with dilation {self.dilation}")
+        return (total[0] // 2, total[1] // 2)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(input_shape) != 3 or input_shape[0] != self.in_channels:
+            raise ValueError(f"{self.label()}: expected input shape ({self.in_channels}, H, W), "
+                             f"got {tuple(input_shape)}")
+        _, h, w = input_shape
+        ho, wo = (conv_output_size(s, k, st, p, d) for s, k, st, p, d in zip(
+            (h, w), self.kernel_size, self.stride, self.padding, self.dilation))
+        if ho < 1 or wo < 1:
+            raise ValueError(f"{self.label()}: input {h}x{w} (padding {self.padding}) is smaller "
+                             f"than the kernel {self.kernel_size} (dilation {self.dilation})")
+        return (self.out_channels, ho, wo)
+
+    def _weight_matrix(self) -> Any:
+        """The weight as a (kh*kw*C, O) matrix, rows in im2col's (i, j, c) order."""
+        return self.weight.data.transpose(2, 3, 1, 0).reshape(-1, self.out_channels)
+
+    def forward(self, x: Any) -> Any:
+        """x (N, C, H, W) -> y (N, O, Ho, Wo)."""
+        self.check_input(x, 4, "(N, C, H, W)", channels=self.in_channels)
+        _, ho, wo = self.output_shape(tuple(x.shape[1:]))
+        n = x.shape[0]
+        cols = im2col(x, self.kernel_size, self.stride, self.padding, self.dilation,
+                      out=self._buf_cols)
+        self._buf_cols = cols
+        y = cols.reshape(n * ho * wo, -1) @ self._weight_matrix()
+        if self.bias is not None:
+            y += self.bias.data
+        self._cache = (tuple(x.shape), cols)
+        return y.reshape(n, ho, wo, self.out_channels).transpose(0, 3, 1, 2)
+
+    def backward(self, grad_out: Any) -> Any:
+        """dL/dy (N, O, Ho, Wo) -> dL/dx (N, C, H, W); adds dL/dW and dL/db into the grads."""
+        self.check_backward(self._cache)
+        x_shape, cols = self._cache
+        xp = backend.xp
+        n, o, ho, wo = grad_out.shape
+        dy = xp.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)).reshape(n * ho * wo, o)
+        cols2d = cols.reshape(n * ho * wo, -1)
+        dw = cols2d.T @ dy                                   # (kh*kw*C, O)
+        kh, kw = self.kernel_size
+        self.weight.grad += dw.reshape(kh, kw, self.in_channels, o).transpose(3, 2, 0, 1)
+        if self.bias is not None:
+            self.bias.grad += dy.sum(axis=0)
+        self._cache = None
+        if self.skip_input_grad:
+            return None
+        # The columns are no longer needed: reuse their memory for dL/dcols.
+        xp.matmul(dy, self._weight_matrix().T, out=cols2d)
+        return col2im(cols, x_shape, self.kernel_size, self.stride, self.padding, self.dilation)

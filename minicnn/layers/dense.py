@@ -1,0 +1,73 @@
+"""Dense (fully connected): y = f(x @ W + b) for x (N, in_features), W (in_features, out_features)."""
+from __future__ import annotations
+
+from typing import Any
+
+from minicnn import backend
+from minicnn import init as _init
+from minicnn.layers.activations import ACTIVATIONS, get_activation
+from minicnn.layers.base import Layer, Parameter
+
+
+class Dense(Layer):
+    """Fully connected layer with an optional fused activation (a name or a layer object).
+
+    weight: (in_features, out_features); bias: (out_features,). Backward::
+
+        dz = f'(z) * dy     dW = x.T @ dz     db = sum of dz over the batch     dx = dz @ W.T
+    """
+
+    def __init__(self, in_features: int, out_features: int, activation: str | Layer | None = None,
+                 bias: bool = True, init: str | None = None):
+        super().__init__()
+        for what, v in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"Dense: {what} must be a positive int, got {v!r}")
+        self.in_features, self.out_features = in_features, out_features
+        self.activation = get_activation(activation)
+        if self.activation is not None:
+            self.activation.check_finite = False
+        if init is None:  # He for ReLU-like layers, Glorot otherwise
+            init = "he" if isinstance(self.activation, (ACTIVATIONS["relu"],
+                                                        ACTIVATIONS["leaky_relu"])) else "glorot"
+        self.weight = Parameter(_init.initialize(init, (in_features, out_features),
+                                                 in_features, out_features), "weight")
+        self.bias = Parameter(backend.xp.zeros(out_features, dtype=self.weight.data.dtype),
+                              "bias") if bias else None
+        self.skip_input_grad = False
+        self._cache = None
+
+    def config(self) -> dict[str, Any]:
+        config = super().config()
+        if isinstance(config["activation"], Layer):  # stored by name and arguments
+            config["activation"] = {"class": type(self.activation).__name__,
+                                    "config": self.activation.config()}
+        return config
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if tuple(input_shape) != (self.in_features,):
+            raise ValueError(f"{self.label()}: expected input shape ({self.in_features},), got "
+                             f"{tuple(input_shape)} (use Flatten before Dense)")
+        return (self.out_features,)
+
+    def forward(self, x: Any) -> Any:
+        """x (N, in_features) -> y (N, out_features)."""
+        self.check_input(x, 2, "(N, in_features); use Flatten before Dense",
+                         features=self.in_features)
+        z = x @ self.weight.data
+        if self.bias is not None:
+            z += self.bias.data
+        y = z if self.activation is None else self.activation.forward(z)
+        self._cache = x
+        return y
+
+    def backward(self, grad_out: Any) -> Any:
+        """dL/dy (N, out_features) -> dL/dx (N, in_features); adds into weight/bias grads."""
+        self.check_backward(self._cache)
+        x = self._cache
+        self._cache = None
+        dz = grad_out if self.activation is None else self.activation.backward(grad_out)
+        self.weight.grad += x.T @ dz
+        if self.bias is not None:
+            self.bias.grad += dz.sum(axis=0)
+        return None if self.skip_input_grad else dz @ self.weight.data.T

@@ -1,0 +1,70 @@
+"""BatchNorm2D: normalise each channel over (N, H, W), then scale and shift.
+
+Training uses the batch's mean and (biased) variance and updates running statistics
+(running = (1 - momentum) * running + momentum * batch, with the unbiased variance, as PyTorch);
+evaluation uses the running statistics.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from minicnn import backend
+from minicnn.layers.base import Layer, Parameter
+
+
+class BatchNorm2D(Layer):
+    """y = weight * (x - mean) / sqrt(var + eps) + bias, per channel; weight, bias: (C,)."""
+
+    def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5):
+        super().__init__()
+        xp, dtype = backend.xp, backend.default_dtype
+        self.num_features, self.momentum, self.eps = num_features, float(momentum), float(eps)
+        self.weight = Parameter(xp.ones(num_features, dtype=dtype), "weight")
+        self.bias = Parameter(xp.zeros(num_features, dtype=dtype), "bias")
+        self.running_mean = xp.zeros(num_features, dtype=dtype)
+        self.running_var = xp.ones(num_features, dtype=dtype)
+        self._cache = None
+
+    def state_arrays(self) -> dict[str, Any]:
+        return {"running_mean": self.running_mean, "running_var": self.running_var}
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(input_shape) != 3 or input_shape[0] != self.num_features:
+            raise ValueError(f"{self.label()}: expected input shape ({self.num_features}, H, W), "
+                             f"got {tuple(input_shape)}")
+        return tuple(input_shape)
+
+    def forward(self, x: Any) -> Any:
+        self.check_input(x, 4, "(N, C, H, W)", channels=self.num_features)
+        xp = backend.xp
+        x_nhwc = x.transpose(0, 2, 3, 1)            # channels last: per-channel stats broadcast
+        if self.training:
+            count = x.size // self.num_features
+            if count < 2:
+                raise ValueError(f"{self.label()}: training needs more than one value per "
+                                 f"channel, got input shape {tuple(x.shape)}")
+            mean = x_nhwc.mean(axis=(0, 1, 2))
+            var = x_nhwc.var(axis=(0, 1, 2))
+            m = self.momentum
+            self.running_mean = (1 - m) * self.running_mean + m * mean
+            self.running_var = (1 - m) * self.running_var + m * var * (count / (count - 1))
+        else:
+            mean, var = self.running_mean, self.running_var
+        inv_std = 1.0 / xp.sqrt(var + self.eps)
+        x_hat = (x_nhwc - mean) * inv_std
+        self._cache = (x_hat, inv_std, self.training)
+        return (x_hat * self.weight.data + self.bias.data).transpose(0, 3, 1, 2)
+
+    def backward(self, grad_out: Any) -> Any:
+        self.check_backward(self._cache)
+        x_hat, inv_std, training = self._cache
+        self._cache = None
+        dy = grad_out.transpose(0, 2, 3, 1)
+        self.bias.grad += dy.sum(axis=(0, 1, 2))
+        self.weight.grad += (dy * x_hat).sum(axis=(0, 1, 2))
+        dx_hat = dy * self.weight.data
+        if not training:                             # statistics are constants in eval mode
+            return (dx_hat * inv_std).transpose(0, 3, 1, 2)
+        dx = (dx_hat - dx_hat.mean(axis=(0, 1, 2))
+              - x_hat * (dx_hat * x_hat).mean(axis=(0, 1, 2))) * inv_std
+        return dx.transpose(0, 3, 1, 2)
