@@ -282,7 +282,7 @@ _MAX_BLOCKS = 65536
 _INT32_MAX = 2**31 - 1
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cupy() -> Any:
     """Import and return the ``cupy`` module (deferred until first use)."""
     import cupy
@@ -290,7 +290,7 @@ def _cupy() -> Any:
     return cupy
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _module(unit: str) -> Any:
     """Return the ``cupy.RawModule`` of ``unit``, created once per process.
 
@@ -304,7 +304,7 @@ def _module(unit: str) -> Any:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kernel(unit: str, name: str, dtype: np.dtype) -> Any:
     """Return the ``cupy.RawKernel`` ``name<T>`` of ``unit`` for ``dtype``."""
     return _module(unit).get_function(f"{name}<{_C_TYPES[dtype]}>")
