@@ -88,9 +88,11 @@ class MaxPool2D(_Pool2D):
                     y = tap.copy()
                     argmax = xp.zeros(y.shape, dtype=xp.uint8 if kh * kw < 256 else xp.int32)
                     continue
-                better = tap > y
-                xp.copyto(y, tap, where=better)
-                xp.copyto(argmax, k, where=better)
+                better = tap > y                     # strict: ties keep the earlier tap
+                xp.maximum(y, tap, out=y)
+                # taps come in increasing k, so "argmax = k where better" is a running maximum
+                xp.maximum(argmax, better.astype(argmax.dtype) * argmax.dtype.type(k),
+                           out=argmax)
         self._cache = (tuple(x.shape), argmax)
         return y.transpose(0, 3, 1, 2)
 
@@ -108,9 +110,13 @@ class MaxPool2D(_Pool2D):
             return dx.transpose(0, 3, 1, 2)
         ho, wo = dy.shape[1:3]
         dx = xp.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=dy.dtype)
+        overlapping = sh < kh or sw < kw
         for k, (rows, cols) in _taps(kh, kw, ho, wo, sh, sw):
             target = dx[:, rows, cols]
-            xp.add(target, dy, out=target, where=(argmax == k))
+            if overlapping:
+                target += dy * (argmax == k)
+            else:                                    # each cell is in one window at most
+                xp.multiply(dy, argmax == k, out=target)
         return self._crop(dx, h, w).transpose(0, 3, 1, 2)
 
 
