@@ -17,14 +17,16 @@ A convolution is then one matrix multiply: ``cols @ W.transpose(2, 3, 1, 0).resh
 ``col2im`` is the exact adjoint of ``im2col``: every column entry is added back onto the pixel
 it was copied from, so pixels covered by several windows receive the sum.
 
-The NumPy path loops only over the kh*kw kernel taps, copying one strided slice per tap; the
-CuPy path runs the CUDA kernels in ``minicnn.cuda_kernels``.
+On NumPy, im2col is one copy out of a strided 6-D view of the padded image (or, for one
+channel, one strided slice per kernel tap), and col2im adds one strided slice per tap: no
+Python loop over the batch or output positions. The CuPy path runs the CUDA kernels in
+``minicnn.cuda_kernels``.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from minicnn import backend
+from minicnn import backend, parallel
 
 IntPair = int | tuple[int, int]
 
@@ -85,6 +87,29 @@ def im2col(x: Any, kernel_size: IntPair, stride: IntPair = 1, padding: IntPair =
         from minicnn import cuda_kernels
         return cuda_kernels.im2col_nhwc(xp.ascontiguousarray(x_nhwc),
                                         kh, kw, sh, sw, ph, pw, dh, dw, out=out)
+    def copy_windows(b: slice) -> None:
+        _im2col_numpy(x_nhwc[b], out[b], kh, kw, sh, sw, ph, pw, dh, dw)
+
+    parallel.for_batch_slices(copy_windows, n, out.size)
+    return out
+
+
+def _im2col_numpy(x_nhwc, out, kh, kw, sh, sw, ph, pw, dh, dw) -> None:
+    """Fill ``out`` (N, Ho, Wo, kh, kw, C) with the windows of ``x_nhwc`` (N, H, W, C)."""
+    xp = backend.xp
+    n, h, w, c = x_nhwc.shape
+    ho, wo = out.shape[1:3]
+    if c > 1:
+        # Several channels: one copy from a strided 6-D view of the zero-padded image.
+        padded = x_nhwc
+        if ph or pw:
+            padded = xp.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=x_nhwc.dtype)
+            padded[:, ph:ph + h, pw:pw + w] = x_nhwc
+        s_n, s_h, s_w, s_c = padded.strides
+        out[...] = xp.lib.stride_tricks.as_strided(
+            padded, out.shape, (s_n, s_h * sh, s_w * sw, s_h * dh, s_w * dw, s_c))
+        return
+    # One channel: copy one strided slice of the whole batch per kernel tap.
     for i in range(kh):
         r0, r1, h0 = _tap_range(i, ho, h, sh, ph, dh)
         for j in range(kw):
@@ -98,7 +123,6 @@ def im2col(x: Any, kernel_size: IntPair, stride: IntPair = 1, padding: IntPair =
             tap[:, r1:] = 0
             tap[:, r0:r1, :c0] = 0
             tap[:, r0:r1, c1:] = 0
-    return out
 
 
 def col2im(cols: Any, x_shape: tuple[int, int, int, int], kernel_size: IntPair,
@@ -119,11 +143,15 @@ def col2im(cols: Any, x_shape: tuple[int, int, int, int], kernel_size: IntPair,
                                        kh, kw, sh, sw, ph, pw, dh, dw)
         return out.transpose(0, 3, 1, 2)
     out = xp.zeros((n, h, w, c), dtype=cols.dtype)
-    for i in range(kh):
-        r0, r1, h0 = _tap_range(i, ho, h, sh, ph, dh)
-        for j in range(kw):
-            c0, c1, w0 = _tap_range(j, wo, w, sw, pw, dw)
-            if r1 > r0 and c1 > c0:
-                out[:, h0:h0 + (r1 - r0 - 1) * sh + 1:sh,
-                    w0:w0 + (c1 - c0 - 1) * sw + 1:sw] += cols[:, r0:r1, c0:c1, i, j, :]
+
+    def add_windows(b: slice) -> None:
+        for i in range(kh):
+            r0, r1, h0 = _tap_range(i, ho, h, sh, ph, dh)
+            for j in range(kw):
+                c0, c1, w0 = _tap_range(j, wo, w, sw, pw, dw)
+                if r1 > r0 and c1 > c0:
+                    out[b, h0:h0 + (r1 - r0 - 1) * sh + 1:sh, w0:w0 + (c1 - c0 - 1) * sw + 1:sw] \
+                        += cols[b, r0:r1, c0:c1, i, j, :]
+
+    parallel.for_batch_slices(add_windows, n, cols.size)
     return out.transpose(0, 3, 1, 2)

@@ -17,6 +17,12 @@ LAYER_REGISTRY: dict[str, type] = {}
 """Every Layer subclass by class name, so a checkpoint can rebuild a model from its JSON."""
 
 
+def column_sums(a: Any) -> Any:
+    """Sum of a 2-D array's rows, (M, K) -> (K,), as a matrix-vector product: on NumPy that is
+    several times faster than ``a.sum(axis=0)`` for tall arrays (bias gradients)."""
+    return backend.xp.ones(a.shape[0], dtype=a.dtype) @ a
+
+
 class Parameter:
     """A trainable array ``data`` and the gradient ``grad`` accumulated into it (same shape)."""
 

@@ -20,7 +20,7 @@ from typing import Any
 from minicnn import backend
 from minicnn import init as _init
 from minicnn.im2col import IntPair, col2im, conv_output_size, im2col, pair
-from minicnn.layers.base import Layer, Parameter
+from minicnn.layers.base import Layer, Parameter, column_sums
 
 
 class Conv2D(Layer):
@@ -108,7 +108,7 @@ class Conv2D(Layer):
         kh, kw = self.kernel_size
         self.weight.grad += dw.reshape(kh, kw, self.in_channels, o).transpose(3, 2, 0, 1)
         if self.bias is not None:
-            self.bias.grad += dy.sum(axis=0)
+            self.bias.grad += column_sums(dy)
         self._cache = None
         if self.skip_input_grad:
             return None

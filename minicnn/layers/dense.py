@@ -6,7 +6,7 @@ from typing import Any
 from minicnn import backend
 from minicnn import init as _init
 from minicnn.layers.activations import ACTIVATIONS, get_activation
-from minicnn.layers.base import Layer, Parameter
+from minicnn.layers.base import Layer, Parameter, column_sums
 
 
 class Dense(Layer):
@@ -69,5 +69,5 @@ class Dense(Layer):
         dz = grad_out if self.activation is None else self.activation.backward(grad_out)
         self.weight.grad += x.T @ dz
         if self.bias is not None:
-            self.bias.grad += dz.sum(axis=0)
+            self.bias.grad += column_sums(dz)
         return None if self.skip_input_grad else dz @ self.weight.data.T
