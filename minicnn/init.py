@@ -1,4 +1,4 @@
-"""Random numbers: the global seed, and He / Glorot weight initialisation.
+"""Random numbers: the global seed, and weight initialisation (He, Glorot, PyTorch's default).
 
 Weights are drawn on the host from one seeded NumPy generator and then moved to the active
 backend, so ``manual_seed(n)`` gives the same initial weights on NumPy and on CuPy.
@@ -56,14 +56,38 @@ def glorot_uniform(shape: tuple[int, ...], fan_in: int, fan_out: int, dtype: Any
     return backend.xp.asarray(w, dtype=dtype or backend.default_dtype)
 
 
+def kaiming_uniform(shape: tuple[int, ...], fan_in: int, dtype: Any = None) -> Any:
+    """PyTorch's default for Conv2d and Linear weights and biases: U(-1/sqrt(fan_in), +...).
+
+    It is He (Kaiming) uniform init with the leaky-ReLU gain for a = sqrt(5), and the init the
+    reference recipe's PyTorch figures were measured with.
+    """
+    limit = 1.0 / math.sqrt(fan_in)
+    w = _host_rng.uniform(-limit, limit, size=shape)
+    return backend.xp.asarray(w, dtype=dtype or backend.default_dtype)
+
+
+INITIALIZERS = ("kaiming_uniform", "he", "glorot")
+
+
 def initialize(name: str, shape: tuple[int, ...], fan_in: int, fan_out: int,
                dtype: Any = None) -> Any:
-    """Initialise a weight array by scheme name: 'he' (He normal) or 'glorot' (Glorot uniform)."""
+    """A weight array by scheme name: 'kaiming_uniform' (PyTorch's default), 'he' (He normal)
+    or 'glorot' (Glorot uniform)."""
+    if name == "kaiming_uniform":
+        return kaiming_uniform(shape, fan_in, dtype)
     if name == "he":
         return he_normal(shape, fan_in, dtype)
     if name == "glorot":
         return glorot_uniform(shape, fan_in, fan_out, dtype)
-    raise ValueError(f"unknown initialisation {name!r}: expected 'he' or 'glorot'")
+    raise ValueError(f"unknown initialisation {name!r}: expected one of {INITIALIZERS}")
+
+
+def initialize_bias(name: str, size: int, fan_in: int, dtype: Any = None) -> Any:
+    """A bias vector: U(-1/sqrt(fan_in), +...) for 'kaiming_uniform' (as PyTorch), else zeros."""
+    if name == "kaiming_uniform":
+        return kaiming_uniform((size,), fan_in, dtype)
+    return backend.xp.zeros(size, dtype=dtype or backend.default_dtype)
 
 
 _device_rngs: dict[str, Any] = {}

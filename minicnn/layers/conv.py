@@ -27,12 +27,13 @@ class Conv2D(Layer):
     """2-D convolution (cross-correlation), PyTorch's argument order and weight shape.
 
     weight: (out_channels, in_channels, kh, kw); bias: (out_channels,).
-    ``padding="same"`` keeps H and W (stride 1, odd dilated kernel).
+    ``padding="same"`` keeps H and W (stride 1, odd dilated kernel). ``init`` is
+    'kaiming_uniform' (PyTorch's default), 'he' or 'glorot' (see ``minicnn.init``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntPair,
                  stride: IntPair = 1, padding: IntPair | str = 0, dilation: IntPair = 1,
-                 bias: bool = True, init: str = "he"):
+                 bias: bool = True, init: str = "kaiming_uniform"):
         super().__init__()
         for what, v in (("in_channels", in_channels), ("out_channels", out_channels)):
             if not isinstance(v, int) or v < 1:
@@ -49,7 +50,7 @@ class Conv2D(Layer):
         fan_in, fan_out = in_channels * kh * kw, out_channels * kh * kw
         self.weight = Parameter(_init.initialize(init, (out_channels, in_channels, kh, kw),
                                                  fan_in, fan_out), "weight")
-        self.bias = Parameter(backend.xp.zeros(out_channels, dtype=self.weight.data.dtype),
+        self.bias = Parameter(_init.initialize_bias(init, out_channels, fan_in),
                               "bias") if bias else None
         self.skip_input_grad = False  # set by a model for its first layer during training
         self._cache = None

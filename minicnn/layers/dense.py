@@ -3,14 +3,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from minicnn import backend
 from minicnn import init as _init
-from minicnn.layers.activations import ACTIVATIONS, get_activation
+from minicnn.layers.activations import get_activation
 from minicnn.layers.base import Layer, Parameter, column_sums
 
 
 class Dense(Layer):
     """Fully connected layer with an optional fused activation (a name or a layer object).
+
+    ``init`` is 'kaiming_uniform' (PyTorch's default), 'he' or 'glorot' (see ``minicnn.init``).
 
     weight: (in_features, out_features); bias: (out_features,). Backward::
 
@@ -18,7 +19,7 @@ class Dense(Layer):
     """
 
     def __init__(self, in_features: int, out_features: int, activation: str | Layer | None = None,
-                 bias: bool = True, init: str | None = None):
+                 bias: bool = True, init: str = "kaiming_uniform"):
         super().__init__()
         for what, v in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(v, int) or v < 1:
@@ -27,12 +28,9 @@ class Dense(Layer):
         self.activation = get_activation(activation)
         if self.activation is not None:
             self.activation.check_finite = False
-        if init is None:  # He for ReLU-like layers, Glorot otherwise
-            init = "he" if isinstance(self.activation, (ACTIVATIONS["relu"],
-                                                        ACTIVATIONS["leaky_relu"])) else "glorot"
         self.weight = Parameter(_init.initialize(init, (in_features, out_features),
                                                  in_features, out_features), "weight")
-        self.bias = Parameter(backend.xp.zeros(out_features, dtype=self.weight.data.dtype),
+        self.bias = Parameter(_init.initialize_bias(init, out_features, in_features),
                               "bias") if bias else None
         self.skip_input_grad = False
         self._cache = None

@@ -1,0 +1,265 @@
+"""Checkpoints: a model's architecture, weights, optimizer state and metadata in one ``.npz``.
+
+The file is a plain NumPy ``.npz`` archive: one array per parameter (``param/<layer>.<name>``),
+per non-trained state array (``state/<layer>.<name>``, e.g. BatchNorm running statistics) and
+per momentum buffer (``optim/velocity/<i>``), plus ``__minicnn__``, the UTF-8 bytes of a JSON
+description: the model's ``config()`` (so ``load`` rebuilds it without the user's code), the
+optimizer's hyper-parameters and free-form metadata (epoch, RNG states, metrics...)::
+
+    minicnn.save(model, "model.npz", optimizer=opt, epoch=3)
+    model = minicnn.load("model.npz")
+
+Loading never unpickles (``allow_pickle=False``). Arrays are written from the host and loaded
+onto the active backend, so a checkpoint trained on a GPU loads on a CPU. Writes go to a
+temporary file in the same folder that is then renamed over the target, so a crash never
+leaves a half-written checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy
+
+from minicnn import backend
+from minicnn import init as _init
+from minicnn.layers.base import Layer
+from minicnn.models import Network, layer_from_config
+
+__all__ = ["CheckpointError", "Checkpoint", "save", "load", "load_checkpoint", "load_weights"]
+
+FORMAT = "minicnn-checkpoint"
+VERSION = 1
+_DESCRIPTION = "__minicnn__"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, unsafe (needs pickle) or does not fit the model; the
+    message names the file."""
+
+
+@dataclass
+class Checkpoint:
+    """What ``load_checkpoint`` returns: the rebuilt model and everything saved beside it."""
+
+    path: Path
+    model: Network
+    meta: dict[str, Any] = field(default_factory=dict)
+    optimizer_state: dict[str, Any] | None = None
+    """``SGD.load_state_dict`` input (velocity on the active backend), or None if not saved."""
+
+
+# --------------------------------------------------------------------------- saving
+
+def _state_items(model: Layer, prefix: str = ""):
+    """(name, layer, key, array) for every state array of the model's layers, nested included."""
+    for layer in getattr(model, "layers", []):
+        name = prefix + layer.name
+        for key, value in layer.state_arrays().items():
+            yield f"{name}.{key}", layer, key, value
+        yield from _state_items(layer, name + ".")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, numpy.generic):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return backend.to_numpy(value).tolist()
+    if isinstance(value, (Path, tuple)):
+        return str(value) if isinstance(value, Path) else list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def save(model: Network, path: str | os.PathLike, optimizer: Any = None,
+         **meta: Any) -> Path:
+    """Write ``model`` (architecture and weights), optionally ``optimizer``'s state, and the
+    JSON-serialisable keyword arguments ``meta`` to the ``.npz`` file ``path``, atomically.
+
+    Returns the path. Raises CheckpointError if the model or meta cannot be described as JSON.
+    """
+    path = Path(path)
+    arrays: dict[str, numpy.ndarray] = {}
+    shapes: dict[str, list[int]] = {}
+    for name, p in model.named_parameters():
+        arrays[f"param/{name}"] = backend.to_numpy(p.data)
+        shapes[name] = list(p.shape)
+    for name, _, _, value in _state_items(model):
+        arrays[f"state/{name}"] = backend.to_numpy(value)
+    description: dict[str, Any] = {
+        "format": FORMAT, "version": VERSION,
+        "model": {"class": type(model).__name__, "name": model.name, "config": model.config()},
+        "parameters": shapes, "optimizer": None, "meta": meta}
+    if optimizer is not None:
+        state = dict(optimizer.state_dict())
+        velocity = state.pop("velocity", [])
+        for i, v in enumerate(velocity):
+            arrays[f"optim/velocity/{i}"] = backend.to_numpy(v)
+        description["optimizer"] = dict(state, velocity=len(velocity),
+                                        **{"class": type(optimizer).__name__})
+    try:
+        text = json.dumps(description, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot describe the model and metadata as JSON "
+                              f"({exc})") from None
+    arrays[_DESCRIPTION] = numpy.frombuffer(text.encode("utf-8"), dtype=numpy.uint8)
+    _atomic_savez(path, arrays)
+    return path
+
+
+def _atomic_savez(path: Path, arrays: dict[str, numpy.ndarray]) -> None:
+    """``numpy.savez`` into a temp file beside ``path``, flushed to disk, then renamed over it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".",
+                               prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            numpy.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)                      # mkstemp makes it private (0600)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+# --------------------------------------------------------------------------- loading
+
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, numpy.ndarray]]:
+    """The JSON description and all arrays of a checkpoint file, every read error wrapped."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        archive = numpy.load(path, allow_pickle=False)
+        if not hasattr(archive, "files"):
+            raise CheckpointError(f"{path}: not a minicnn checkpoint (a single .npy array, "
+                                  "not an .npz archive)")
+        with archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except ValueError as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        if "pickle" in str(exc):
+            raise CheckpointError(
+                f"{path}: refused: the file holds pickled Python objects, which can run "
+                "arbitrary code when loaded; minicnn checkpoints never need pickle") from None
+        raise CheckpointError(f"{path}: not a readable .npz checkpoint, truncated or corrupt "
+                              f"({exc})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as exc:
+        raise CheckpointError(f"{path}: not a readable .npz checkpoint, truncated or corrupt "
+                              f"({type(exc).__name__}: {exc})") from None
+    raw = arrays.pop(_DESCRIPTION, None)
+    if raw is None or raw.dtype != numpy.uint8 or raw.ndim != 1:
+        raise CheckpointError(f"{path}: not a minicnn checkpoint (no '{_DESCRIPTION}' "
+                              "description inside)")
+    try:
+        description = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: corrupt checkpoint description ({exc})") from None
+    if not isinstance(description, dict) or description.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a minicnn checkpoint (format "
+                              f"{description.get('format') if isinstance(description, dict) else '?'!r})")
+    if description.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {description['version']} is "
+                              f"newer than this minicnn understands ({VERSION}); upgrade minicnn")
+    return description, arrays
+
+
+def _restore(model: Network, path: Path, arrays: dict[str, numpy.ndarray]) -> None:
+    """Copy parameters and state arrays into ``model`` (active backend), checking names/shapes."""
+    params = dict(model.named_parameters())
+    saved = {k[len("param/"):] for k in arrays if k.startswith("param/")}
+    missing, extra = sorted(set(params) - saved), sorted(saved - set(params))
+    if missing or extra:
+        raise CheckpointError(
+            f"{path}: the checkpoint does not match the model's architecture: "
+            + "; ".join(filter(None, [
+                f"missing in the file: {', '.join(missing[:5])}" if missing else "",
+                f"not in the model: {', '.join(extra[:5])}" if extra else ""])))
+    for name, p in params.items():
+        value = arrays[f"param/{name}"]
+        if tuple(value.shape) != p.shape:
+            raise CheckpointError(f"{path}: the checkpoint does not match the model's "
+                                  f"architecture: {name} has shape {tuple(value.shape)} in the "
+                                  f"file, {p.shape} in the model")
+    states = list(_state_items(model))
+    for name, _, _, value in states:
+        key = f"state/{name}"
+        if key not in arrays or tuple(arrays[key].shape) != tuple(value.shape):
+            raise CheckpointError(f"{path}: the checkpoint does not match the model's "
+                                  f"architecture: state array {name} missing or of another shape")
+    xp = backend.xp
+    for name, p in params.items():
+        p.data = xp.asarray(arrays[f"param/{name}"], dtype=p.data.dtype)
+        p.grad = xp.zeros_like(p.data)
+    for name, layer, key, value in states:
+        layer.load_state_arrays({key: xp.asarray(arrays[f"state/{name}"], dtype=value.dtype)})
+    model.clear_cache()
+
+
+def _optimizer_state(path: Path, description: dict[str, Any],
+                     arrays: dict[str, numpy.ndarray]) -> dict[str, Any] | None:
+    opt = description.get("optimizer")
+    if not opt:
+        return None
+    try:
+        velocity = [backend.xp.asarray(arrays[f"optim/velocity/{i}"])
+                    for i in range(int(opt["velocity"]))]
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: corrupt checkpoint: optimizer buffer {exc} "
+                              "missing") from None
+    return {k: v for k, v in opt.items() if k not in ("class", "velocity")} | {
+        "velocity": velocity}
+
+
+def _build(path: Path, description: dict[str, Any]) -> Network:
+    """Rebuild the model from its JSON config, without touching the global RNG."""
+    rng_state = _init.get_rng_state()
+    try:
+        model = layer_from_config(description["model"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot rebuild the model from its description "
+                              f"({type(exc).__name__}: {exc})") from None
+    finally:
+        _init.set_rng_state(rng_state)     # the throwaway initial weights drew from it
+    if not isinstance(model, Network):
+        raise CheckpointError(f"{path}: the checkpoint holds a {type(model).__name__}, "
+                              "not a Sequential or Model")
+    return model
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint: rebuild its model on the active backend with the saved weights, and
+    return it with the metadata and the optimizer state. Raises CheckpointError."""
+    path = Path(path)
+    description, arrays = _read(path)
+    model = _build(path, description)
+    _restore(model, path, arrays)
+    return Checkpoint(path, model, description.get("meta") or {},
+                      _optimizer_state(path, description, arrays))
+
+
+def load(path: str | os.PathLike) -> Network:
+    """The model saved in ``path`` (architecture and weights), rebuilt on the active backend."""
+    return load_checkpoint(path).model
+
+
+def load_weights(model: Network, path: str | os.PathLike) -> Checkpoint:
+    """Copy the weights of checkpoint ``path`` into an existing ``model`` (which must have the
+    same architecture) and return the checkpoint's metadata and optimizer state.
+
+    The returned ``Checkpoint.model`` is ``model`` itself.
+    """
+    path = Path(path)
+    description, arrays = _read(path)
+    _restore(model, path, arrays)
+    return Checkpoint(path, model, description.get("meta") or {},
+                      _optimizer_state(path, description, arrays))

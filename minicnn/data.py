@@ -1,0 +1,361 @@
+"""Batches for training and evaluation: ``DataLoader``, transforms, augmentation, image files.
+
+A ``DataLoader`` holds the whole data set as one array on the active backend (uploaded once,
+on first use) and cuts batches out of it with a permutation drawn once per epoch, so a GPU
+step never waits for a host-to-device copy::
+
+    loader = DataLoader(x_train, y_train, batch_size=128, seed=0,
+                        transform=Normalize(mean=0.1307, std=0.3081), augment=RandomShift(2))
+    for xb, yb in loader:          # xb float32 (128, 1, 28, 28), yb int64 (128,)
+        ...
+
+Randomness (the shuffle order and the augmentation draws) comes from the loader's own NumPy
+generator; ``state_dict()`` / ``load_state_dict()`` save and restore it together with the
+position inside the current epoch, so a resumed run sees exactly the batches it would have.
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy
+
+from minicnn import backend
+from minicnn import init as _init
+
+__all__ = ["DataLoader", "ToFloat", "Normalize", "RandomShift", "transform_from_config",
+           "read_image"]
+
+
+# --------------------------------------------------------------------------- transforms
+
+def _is_uint8(x: Any) -> bool:
+    return x.dtype.kind == "u" and x.dtype.itemsize == 1
+
+
+def _to_float(x: Any) -> Any:
+    """float32 version of a batch: uint8 pixels scaled to [0, 1], other dtypes cast unchanged."""
+    if _is_uint8(x):
+        y = x.astype(backend.default_dtype)
+        y *= y.dtype.type(1.0 / 255.0)
+        return y
+    return x.astype(backend.default_dtype, copy=False)
+
+
+class ToFloat:
+    """Batch -> float32; uint8 pixels are divided by 255 (the loader's default transform)."""
+
+    def __call__(self, x: Any) -> Any:
+        return _to_float(x)
+
+    def config(self) -> dict[str, Any]:
+        return {"class": "ToFloat"}
+
+    def __repr__(self) -> str:
+        return "ToFloat()"
+
+
+class Normalize:
+    """(x - mean) / std on float32 batches; uint8 pixels are first scaled to [0, 1] by /255.
+
+    ``Normalize(mean=0.1307, std=0.3081)`` gives MNIST training images zero mean and unit
+    variance. mean and std are scalars (one value for all channels).
+    """
+
+    def __init__(self, mean: float, std: float):
+        if not std > 0:
+            raise ValueError(f"Normalize: std must be > 0, got {std!r}")
+        self.mean, self.std = float(mean), float(std)
+
+    def __call__(self, x: Any) -> Any:
+        """x (any shape, uint8 or float) -> float32 (x * scale - mean) / std, a new array."""
+        scale = 1.0 / 255.0 if _is_uint8(x) else 1.0
+        y = x.astype(backend.default_dtype)            # always a copy: x is left alone
+        y *= y.dtype.type(scale / self.std)
+        y -= y.dtype.type(self.mean / self.std)
+        return y
+
+    def config(self) -> dict[str, Any]:
+        return {"class": "Normalize", "mean": self.mean, "std": self.std}
+
+    def __repr__(self) -> str:
+        return f"Normalize(mean={self.mean}, std={self.std})"
+
+
+def transform_from_config(config: dict[str, Any] | None) -> Callable[[Any], Any]:
+    """Rebuild a transform from its ``config()`` (as stored in checkpoints); None -> ToFloat."""
+    if not config or config.get("class") == "ToFloat":
+        return ToFloat()
+    if config.get("class") == "Normalize":
+        return Normalize(config["mean"], config["std"])
+    raise ValueError(f"unknown transform {config!r}")
+
+
+class RandomShift:
+    """Shift each image by a random (dy, dx) in [-max_shift, max_shift]^2, filling with zeros.
+
+    ``sample(rng, n)`` draws the shifts for n images on the host (int64 (n, 2)); ``apply(x,
+    shifts)`` shifts a batch x (N, C, H, W) on its own backend, so the loader can draw a whole
+    epoch's shifts at once and upload them in one copy.
+    """
+
+    def __init__(self, max_shift: int = 2):
+        if not isinstance(max_shift, int) or max_shift < 0:
+            raise ValueError(f"RandomShift: max_shift must be an int >= 0, got {max_shift!r}")
+        self.max_shift = max_shift
+
+    def sample(self, rng: numpy.random.Generator, n: int) -> numpy.ndarray:
+        return rng.integers(-self.max_shift, self.max_shift + 1, size=(n, 2))
+
+    def apply(self, x: Any, shifts: Any) -> Any:
+        """x (N, C, H, W), shifts (N, 2) -> out with out[n, :, i, j] = x[n, :, i - dy, j - dx]."""
+        k = self.max_shift
+        if k == 0:
+            return x
+        xp = backend.xp
+        n, _, h, w = x.shape
+        padded = xp.pad(x, ((0, 0), (0, 0), (k, k), (k, k)))
+        rows = xp.arange(h)[None, :] + (k - shifts[:, 0:1])          # (N, H)
+        cols = xp.arange(w)[None, :] + (k - shifts[:, 1:2])          # (N, W)
+        batch = xp.arange(n)[:, None, None]
+        # Advanced indices around a slice put their axes first: the result is (N, H, W, C).
+        out = padded[batch, :, rows[:, :, None], cols[:, None, :]]
+        return xp.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+    def __repr__(self) -> str:
+        return f"RandomShift(max_shift={self.max_shift})"
+
+
+# --------------------------------------------------------------------------- the loader
+
+class DataLoader:
+    """Mini-batches of (x, y) on the active backend: x float32 (B, C, H, W), y int64 (B,).
+
+    x: images (N, H, W) (a channel axis is added) or (N, C, H, W), uint8 or float; y: integer
+    labels (N,), or None to yield (x, None). Each epoch draws a new order when ``shuffle``; the
+    last short batch is dropped with ``drop_last``. ``transform`` maps a batch to float32
+    (default ``ToFloat``: uint8 / 255); ``augment`` (e.g. ``RandomShift(2)``) runs before it.
+    ``seed`` fixes the order; None draws one from the global generator (``manual_seed``).
+    """
+
+    def __init__(self, x: Any, y: Any = None, batch_size: int = 128, shuffle: bool = True,
+                 seed: int | None = None, drop_last: bool = False,
+                 transform: Callable[[Any], Any] | None = None, augment: Any = None):
+        x = backend.to_numpy(x)
+        if x.ndim == 3:
+            x = x[:, None]
+        if x.ndim != 4:
+            raise ValueError(f"DataLoader: expected images (N, H, W) or (N, C, H, W), got "
+                             f"shape {x.shape}")
+        if y is not None:
+            y = backend.to_numpy(y)
+            if y.ndim != 1 or len(y) != len(x):
+                raise ValueError(f"DataLoader: expected labels of shape ({len(x)},), got "
+                                 f"{y.shape}")
+            if y.dtype.kind in "iu":
+                y = y.astype(numpy.int64, copy=False)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
+        if len(x) == 0 or (drop_last and len(x) < batch_size):
+            raise ValueError(f"DataLoader: {len(x)} samples make no batch of {batch_size}")
+        self.x, self.y = x, y
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.transform = transform if transform is not None else ToFloat()
+        self.augment = augment
+        if seed is None:
+            seed = int(_init.host_rng().integers(2**63))
+        self.seed = seed
+        self._rng = numpy.random.default_rng(seed)
+        self._epoch_state: dict | None = None   # generator state when the current epoch began
+        self._position = 0                      # batches already yielded in the current epoch
+        self._resume_position = 0
+        self._device: tuple[str, Any, Any] | None = None
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        n = len(self.x)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.x)
+
+    def _on_device(self) -> tuple[Any, Any]:
+        """The data set on the active backend, uploaded once per backend."""
+        if self._device is None or self._device[0] != backend.name:
+            y = None if self.y is None else backend.xp.asarray(self.y)
+            self._device = (backend.name, backend.xp.asarray(self.x), y)
+        return self._device[1], self._device[2]
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        xp = backend.xp
+        start, self._resume_position = self._resume_position, 0
+        self._epoch_state = self._rng.bit_generator.state
+        n, bs = len(self.x), self.batch_size
+        order = self._rng.permutation(n) if self.shuffle else numpy.arange(n)
+        shifts = self.augment.sample(self._rng, n) if self.augment is not None else None
+        x_all, y_all = self._on_device()
+        order = xp.asarray(order)              # one upload per epoch, not one per batch
+        if shifts is not None:
+            shifts = xp.asarray(shifts)
+        try:
+            for b in range(start, len(self)):
+                index = order[b * bs:(b + 1) * bs]
+                xb = x_all[index]
+                if shifts is not None:
+                    xb = self.augment.apply(xb, shifts[b * bs:(b + 1) * bs])
+                xb = self.transform(xb)
+                yb = None if y_all is None else y_all[index]
+                self._position = b + 1
+                yield xb, yb
+        finally:
+            self._position = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generator state and the position in the current epoch (JSON-serialisable).
+
+        Taken mid-epoch (while iterating), it restarts that epoch at the next batch.
+        """
+        if self._position:
+            return {"rng": self._epoch_state, "position": self._position, "seed": self.seed}
+        return {"rng": self._rng.bit_generator.state, "position": 0, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict()``: the next iteration continues where that one stood."""
+        position = int(state.get("position", 0))
+        if not 0 <= position <= len(self):
+            raise ValueError(f"DataLoader.load_state_dict: position {position} is outside an "
+                             f"epoch of {len(self)} batches")
+        self._rng.bit_generator.state = state["rng"]
+        self._resume_position = position
+
+    def for_eval(self, batch_size: int = 1000) -> "DataLoader":
+        """A loader over the same data, in order, without augmentation, in larger batches."""
+        return DataLoader(self.x, self.y, batch_size=max(batch_size, self.batch_size),
+                          shuffle=False, seed=0, transform=self.transform)
+
+    def __repr__(self) -> str:
+        return (f"DataLoader({len(self.x)} samples of {self.x.shape[1:]} {self.x.dtype}, "
+                f"batch_size={self.batch_size}, shuffle={self.shuffle}, "
+                f"transform={self.transform!r}, augment={self.augment!r})")
+
+
+# --------------------------------------------------------------------------- image files
+
+def read_image(path: str | Path) -> numpy.ndarray:
+    """Read a PNG (8-bit grey, grey+alpha, RGB or RGBA, non-interlaced) or PGM (P5/P2) image
+    as uint8 grey levels (H, W); colours become grey as 0.299 R + 0.587 G + 0.114 B."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        if data.startswith(b"\x89PNG\r\n\x1a\n"):
+            return _decode_png(data)
+        if data[:2] in (b"P5", b"P2"):
+            return _decode_pgm(data)
+    except (ValueError, zlib.error, struct.error, IndexError) as exc:
+        raise ValueError(f"{path}: bad image file ({exc})") from None
+    raise ValueError(f"{path}: not a PNG or PGM (P5/P2) image")
+
+
+def _decode_pgm(data: bytes) -> numpy.ndarray:
+    binary = data[:2] == b"P5"
+    # Header: magic, width, height, maxval, separated by whitespace; '#' starts a comment.
+    fields, pos = [], 2
+    while len(fields) < 3:
+        while data[pos:pos + 1].isspace():
+            pos += 1
+        if data[pos:pos + 1] == b"#":
+            pos = data.index(b"\n", pos) + 1
+            continue
+        end = pos
+        while end < len(data) and data[end:end + 1].isdigit():
+            end += 1
+        if end == pos:
+            raise ValueError("malformed PGM header")
+        fields.append(int(data[pos:end]))
+        pos = end
+    width, height, maxval = fields
+    if not 0 < maxval < 256:
+        raise ValueError(f"only 8-bit PGM is supported, maxval is {maxval}")
+    if binary:
+        pixels = numpy.frombuffer(data, numpy.uint8, width * height, pos + 1)
+    else:
+        pixels = numpy.array(data[pos:].split()[:width * height], dtype=numpy.int64)
+        if pixels.size != width * height:
+            raise ValueError(f"expected {width * height} pixels, found {pixels.size}")
+    scaled = pixels.astype(numpy.float64) * (255.0 / maxval)
+    return numpy.round(scaled).astype(numpy.uint8).reshape(height, width)
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}   # colour type -> samples per pixel
+
+
+def _decode_png(data: bytes) -> numpy.ndarray:
+    pos, header, idat = 8, None, []
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if len(body) != length:
+            raise ValueError("truncated PNG chunk")
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    if header is None:
+        raise ValueError("PNG without IHDR chunk")
+    width, height, depth, colour, _, _, interlace = header
+    if depth != 8 or colour not in _PNG_CHANNELS or interlace:
+        raise ValueError(f"only 8-bit non-interlaced grey/RGB(A) PNG is supported (bit depth "
+                         f"{depth}, colour type {colour}, interlace {interlace})")
+    channels = _PNG_CHANNELS[colour]
+    raw = zlib.decompress(b"".join(idat))
+    stride = width * channels
+    if len(raw) != height * (stride + 1):
+        raise ValueError(f"expected {height * (stride + 1)} bytes of pixel data, found {len(raw)}")
+    rows = numpy.frombuffer(raw, numpy.uint8).reshape(height, stride + 1)
+    image = _unfilter(rows, channels).reshape(height, width, channels).astype(numpy.float64)
+    if channels >= 3:
+        grey = image[..., 0] * 0.299 + image[..., 1] * 0.587 + image[..., 2] * 0.114
+    else:
+        grey = image[..., 0]
+    return numpy.round(grey).astype(numpy.uint8)
+
+
+def _unfilter(rows: numpy.ndarray, bpp: int) -> numpy.ndarray:
+    """Undo PNG's per-row filters (None, Sub, Up, Average, Paeth); rows carry the filter byte."""
+    height, width = rows.shape[0], rows.shape[1] - 1
+    out = numpy.zeros((height, width), numpy.int64)
+    prev = numpy.zeros(width, numpy.int64)
+    for r in range(height):
+        kind, line = rows[r, 0], rows[r, 1:].astype(numpy.int64)
+        if kind == 0:
+            cur = line
+        elif kind == 2:
+            cur = (line + prev) & 0xFF
+        elif kind in (1, 3, 4):     # these depend on the pixel to the left: byte by byte
+            cur = numpy.zeros(width, numpy.int64)
+            for i in range(width):
+                left = cur[i - bpp] if i >= bpp else 0
+                up, up_left = prev[i], prev[i - bpp] if i >= bpp else 0
+                if kind == 1:
+                    pred = left
+                elif kind == 3:
+                    pred = (left + up) // 2
+                else:
+                    p = left + up - up_left
+                    pa, pb, pc = abs(p - left), abs(p - up), abs(p - up_left)
+                    pred = left if pa <= pb and pa <= pc else up if pb <= pc else up_left
+                cur[i] = (line[i] + pred) & 0xFF
+        else:
+            raise ValueError(f"unknown PNG filter type {kind}")
+        out[r] = cur
+        prev = cur
+    return out.astype(numpy.uint8)

@@ -1,0 +1,96 @@
+"""Named models and the reference training recipe, as data.
+
+``build_model("ref-cnn")`` and ``build_model("lenet5")`` return fresh ``Sequential`` models for
+1x28x28 images and 10 classes; ``REFERENCE_RECIPE`` holds the hyper-parameters the command
+line uses by default, and ``make_optimizer`` / ``make_schedule`` turn it into objects.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+from minicnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from minicnn.models import Sequential
+from minicnn.optim import SGD, ConstantLR, CosineLR, StepLR
+
+__all__ = ["MODELS", "build_model", "Recipe", "REFERENCE_RECIPE", "SCHEDULES", "make_optimizer",
+           "make_schedule"]
+
+
+def ref_cnn() -> Sequential:
+    """The reference CNN: two 3x3 conv + ReLU + 2x2 max-pool stages (32, 64 channels), then
+    Dense 3136 -> 128 (ReLU) -> 10. About 420k parameters."""
+    return Sequential([
+        Conv2D(1, 32, 3, padding=1), ReLU(), MaxPool2D(2),      # (32, 14, 14)
+        Conv2D(32, 64, 3, padding=1), ReLU(), MaxPool2D(2),     # (64, 7, 7)
+        Flatten(),
+        Dense(64 * 7 * 7, 128, activation="relu"),
+        Dense(128, 10),
+    ], input_shape=(1, 28, 28))
+
+
+def lenet5() -> Sequential:
+    """LeNet-5 in its modern form: 5x5 convs with 6 and 16 channels, ReLU and max-pooling,
+    then Dense 400 -> 120 -> 84 -> 10. About 62k parameters."""
+    return Sequential([
+        Conv2D(1, 6, 5, padding=2), ReLU(), MaxPool2D(2),       # (6, 14, 14)
+        Conv2D(6, 16, 5), ReLU(), MaxPool2D(2),                 # (16, 5, 5)
+        Flatten(),
+        Dense(16 * 5 * 5, 120, activation="relu"),
+        Dense(120, 84, activation="relu"),
+        Dense(84, 10),
+    ], input_shape=(1, 28, 28))
+
+
+MODELS: dict[str, Callable[[], Sequential]] = {"ref-cnn": ref_cnn, "lenet5": lenet5}
+
+
+def build_model(name: str) -> Sequential:
+    """A freshly initialised model by name ('ref-cnn' or 'lenet5'); weights drawn from the
+    global generator (``minicnn.manual_seed``)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
+    return MODELS[name]()
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Training hyper-parameters: SGD with momentum and weight decay, a per-step lr schedule,
+    and the input normalisation (mean and std of the pixels scaled to [0, 1])."""
+
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"       # over the whole run, one lr per step
+    batch_size: int = 128
+    epochs: int = 3
+    mean: float = 0.1307
+    std: float = 0.3081
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+REFERENCE_RECIPE = Recipe()
+"""The reference recipe: lr 0.05, momentum 0.9, weight decay 5e-4, cosine decay over the
+whole run, batch 128, Normalize(0.1307, 0.3081), 3 epochs."""
+
+SCHEDULES = ("cosine", "step", "constant")
+
+
+def make_schedule(name: str, base_lr: float, total_steps: int) -> Callable[[int], float]:
+    """An lr schedule over ``total_steps`` steps: 'cosine' (to 0 at the end), 'step' (x0.1 at
+    each third of the run) or 'constant'."""
+    if name == "cosine":
+        return CosineLR(base_lr, total_steps=max(1, total_steps))
+    if name == "step":
+        return StepLR(base_lr, step_size=max(1, -(-total_steps // 3)), gamma=0.1)
+    if name == "constant":
+        return ConstantLR(base_lr)
+    raise ValueError(f"unknown schedule {name!r}: expected one of {', '.join(SCHEDULES)}")
+
+
+def make_optimizer(model: Any, recipe: Recipe = REFERENCE_RECIPE) -> SGD:
+    """SGD over the model's parameters with the recipe's lr, momentum and weight decay."""
+    return SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+               weight_decay=recipe.weight_decay)
