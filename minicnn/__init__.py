@@ -10,6 +10,7 @@ SGD, and one switch between NumPy (CPU) and CuPy (GPU)::
 """
 from minicnn import layers, losses, optim
 from minicnn.backend import BackendError, get_backend, set_backend
+from minicnn.checkpoint import load, save
 from minicnn.gradcheck import GradientCheckError, gradcheck
 from minicnn.init import manual_seed
 from minicnn.models import Input, Model, Sequential
@@ -17,4 +18,5 @@ from minicnn.models import Input, Model, Sequential
 __version__ = "0.1.0"
 
 __all__ = ["layers", "losses", "optim", "set_backend", "get_backend", "BackendError",
-           "gradcheck", "GradientCheckError", "manual_seed", "Input", "Model", "Sequential"]
+           "gradcheck", "GradientCheckError", "manual_seed", "Input", "Model", "Sequential",
+           "save", "load"]

@@ -164,9 +164,10 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, numpy.ndarray]]:
         description = json.loads(raw.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise CheckpointError(f"{path}: corrupt checkpoint description ({exc})") from None
-    if not isinstance(description, dict) or description.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a minicnn checkpoint (format "
-                              f"{description.get('format') if isinstance(description, dict) else '?'!r})")
+    found = description.get("format") if isinstance(description, dict) else None
+    if found != FORMAT:
+        raise CheckpointError(f"{path}: not a minicnn checkpoint (format {found!r}, expected "
+                              f"{FORMAT!r})")
     if description.get("version", 0) > VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {description['version']} is "
                               f"newer than this minicnn understands ({VERSION}); upgrade minicnn")

@@ -92,6 +92,9 @@ class Softmax(Activation):
 
     def apply(self, x):
         xp = backend.xp
+        if not -x.ndim <= self.axis < x.ndim:
+            raise ValueError(f"{self.label()}: expected an input with an axis {self.axis}, got "
+                             f"shape {tuple(x.shape)}")
         e = xp.exp(x - x.max(axis=self.axis, keepdims=True))
         return e / e.sum(axis=self.axis, keepdims=True)
 

@@ -50,6 +50,9 @@ class Concatenate(Layer):
     def output_shape(self, *input_shapes: tuple[int, ...]) -> tuple[int, ...]:
         shapes = [tuple(s) for s in input_shapes]
         axis = self.axis - 1 if self.axis > 0 else self.axis   # per-sample shapes lack the batch
+        if any(not -len(s) <= axis < len(s) for s in shapes):
+            raise ValueError(f"{self.label()}: axis {self.axis} is out of range for inputs of "
+                             f"shape {' and '.join(map(str, shapes))}")
         rest = [s[:axis % len(s)] + s[axis % len(s) + 1:] for s in shapes]
         if len(shapes) < 2 or any(len(s) != len(shapes[0]) for s in shapes) or \
                 any(r != rest[0] for r in rest):
@@ -63,6 +66,9 @@ class Concatenate(Layer):
         for x in xs:
             self.check_input(x)
         self.output_shape(*(tuple(x.shape[1:]) for x in xs))
+        if any(x.shape[0] != xs[0].shape[0] for x in xs):
+            raise ValueError(f"{self.label()}: expected inputs of one batch size, got "
+                             f"{' and '.join(str(tuple(x.shape)) for x in xs)}")
         self._cache = [x.shape[self.axis] for x in xs]
         return backend.xp.concatenate(xs, axis=self.axis)
 

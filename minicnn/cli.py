@@ -1,0 +1,399 @@
+"""The ``minicnn`` command line: train, evaluate, predict, summary, bench.
+
+    minicnn train --dataset mnist --model ref-cnn --epochs 3 --out runs/ref-cnn-mnist
+    minicnn train --out runs/ref-cnn-mnist --resume
+    minicnn evaluate runs/ref-cnn-mnist/model.npz
+    minicnn predict runs/ref-cnn-mnist/model.npz digit.png 0 1 2
+    minicnn summary --model lenet5
+
+A run directory holds ``last.npz`` (the resumable training checkpoint, rewritten after every
+epoch and on Ctrl-C), ``model.npz`` (the finished model, written at the end), ``metrics.jsonl``
+(one JSON line per epoch) and, when matplotlib is installed, ``curves.png`` and
+``confusion.png``. Errors print one line to stderr and exit with status 1 (2 for bad usage,
+130 after Ctrl-C); set MINICNN_DEBUG=1 for a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy
+
+import minicnn
+from minicnn import backend, plots, zoo
+from minicnn.checkpoint import CheckpointError, load_checkpoint, save
+from minicnn.data import DataLoader, Normalize, RandomShift, read_image, transform_from_config
+from minicnn.datasets import DatasetError, load_fashion_mnist, load_mnist
+from minicnn.train import TrainingError, confusion_matrix, fit, predict
+
+LAST, FINAL, METRICS = "last.npz", "model.npz", "metrics.jsonl"
+CURVES, CONFUSION = "curves.png", "confusion.png"
+
+DATASETS = {
+    "mnist": (load_mnist, [str(d) for d in range(10)]),
+    "fashion-mnist": (load_fashion_mnist, ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                                           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]),
+}
+
+# Settings a run is defined by: on --resume they default to the saved ones and may not change.
+RUN_KEYS = ("dataset", "model", "batch_size", "lr", "momentum", "weight_decay", "schedule",
+            "seed", "limit", "augment")
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors in one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _set_backend(name: str | None) -> None:
+    if name is not None:
+        minicnn.set_backend(name)
+
+
+def _load_dataset(name: str, root: str | None):
+    """((x_train, y_train), (x_test, y_test)) as NumPy arrays; a given root must exist."""
+    if root is not None and not Path(root).is_dir():
+        raise CLIError(f"--data-root {root}: no such folder")
+    loader, _ = DATASETS[name]
+    return loader(root)
+
+
+def _can_plot() -> bool:
+    """True if matplotlib can draw; otherwise says so (once per command) and returns False."""
+    if plots.available():
+        return True
+    _say("note: matplotlib is not installed, so no curves.png / confusion.png "
+         "(pip install matplotlib)")
+    return False
+
+
+# --------------------------------------------------------------------------- train
+
+def _resolve(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str, Any]:
+    """The run's settings: explicit options, else the saved run's (on --resume), else the
+    reference recipe's defaults. A resumed run may change only --epochs and --test-limit."""
+    defaults = {"dataset": "mnist", "model": "ref-cnn", "seed": 0, "limit": None, "augment": 0,
+                "test_limit": None, **zoo.REFERENCE_RECIPE.as_dict()}
+    saved = saved or {}
+    settings = {}
+    for key in defaults:
+        given = getattr(args, key, None)
+        if key in RUN_KEYS and key in saved and given is not None and given != saved[key]:
+            raise CLIError(f"--{key.replace('_', '-')} {given} differs from the run being "
+                           f"resumed ({saved[key]}); a resumed run keeps its settings")
+        settings[key] = given if given is not None else saved.get(key, defaults[key])
+    return settings
+
+
+def _write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    _set_backend(args.backend)
+    model_name, dataset = args.model or "ref-cnn", args.dataset or "mnist"
+    out = Path(args.out or f"runs/{model_name}-{dataset}")
+    last = out / LAST
+    saved, records = None, []
+    if args.resume:
+        if not last.is_file():
+            raise CLIError(f"--resume: no checkpoint {last} to resume from")
+        meta = load_checkpoint(last).meta
+        saved = meta.get("run")
+        if saved is None:
+            raise CLIError(f"{last}: not a checkpoint written by 'minicnn train'")
+        records = list(meta.get("training", {}).get("history", []))
+    elif last.exists():
+        raise CLIError(f"{out} already holds a run ({last}); pass --resume to continue it, or "
+                       "choose another --out")
+    s = _resolve(args, saved)
+    (x, y), (xt, yt) = _load_dataset(s["dataset"], args.data_root)
+    if s["limit"]:
+        x, y = x[:s["limit"]], y[:s["limit"]]
+    if s["test_limit"]:
+        xt, yt = xt[:s["test_limit"]], yt[:s["test_limit"]]
+    classes = DATASETS[s["dataset"]][1]
+
+    minicnn.manual_seed(s["seed"])
+    model = zoo.build_model(s["model"])
+    optimizer = minicnn.optim.SGD(model.parameters(), lr=s["lr"], momentum=s["momentum"],
+                                  weight_decay=s["weight_decay"])
+    loader = DataLoader(x, y, batch_size=s["batch_size"], shuffle=True, seed=s["seed"],
+                        transform=Normalize(s["mean"], s["std"]),
+                        augment=RandomShift(s["augment"]) if s["augment"] else None)
+    schedule = zoo.make_schedule(s["schedule"], s["lr"], s["epochs"] * len(loader))
+
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = out / METRICS
+    _write_metrics(metrics, records)            # on resume: drop epochs after the checkpoint
+
+    def log_epoch(record: dict[str, Any]) -> None:
+        records.append(record)
+        _write_metrics(metrics, records)
+
+    meta = {"run": s, "dataset": s["dataset"], "model_name": s["model"], "classes": classes,
+            "transform": loader.transform.config()}
+    _say(f"training {s['model']} on {s['dataset']} ({len(x)} train / {len(xt)} test images, "
+         f"{s['epochs']} epoch{'s' * (s['epochs'] > 1)}, backend {backend.name}) -> {out}")
+    history = fit(model, loader, s["epochs"], optimizer, val_data=(xt, yt), schedule=schedule,
+                  callbacks=[log_epoch], checkpoint=last, resume=bool(args.resume), meta=meta,
+                  progress=not args.quiet)
+    if history.stopped == "interrupted":
+        _say(f"resume with: minicnn train --out {out} --resume")
+        return 130
+    final = history.records[-1] if history.records else {}
+    save(model, out / FINAL, test_loss=final.get("val_loss"), test_acc=final.get("val_acc"),
+         history=history.records, **meta)
+    written = [FINAL, LAST, METRICS]
+    if _can_plot():
+        plots.plot_curves(history.records, out / CURVES)
+        logits = predict(model, (xt, yt), transform=loader.transform)
+        matrix = backend.to_numpy(confusion_matrix(yt, logits.argmax(axis=1), len(classes)))
+        plots.plot_confusion(matrix, out / CONFUSION, classes,
+                             title=f"{s['model']} on {s['dataset']} test set")
+        written += [CURVES, CONFUSION]
+    if final.get("val_acc") is not None:
+        print(f"test accuracy {100 * final['val_acc']:.2f}% (loss {final['val_loss']:.4f}) "
+              f"after {final['epoch']} epoch{'s' * (final['epoch'] > 1)}")
+    print(f"wrote {out}/ ({', '.join(written)})")
+    return 0
+
+
+# --------------------------------------------------------------------------- evaluate, predict
+
+def _test_set(meta: dict[str, Any], args: argparse.Namespace):
+    dataset = args.dataset or meta.get("dataset")
+    if dataset is None:
+        raise CLIError("the checkpoint does not say which dataset it was trained on; pass "
+                       "--dataset")
+    if dataset not in DATASETS:
+        raise CLIError(f"unknown dataset {dataset!r} in the checkpoint; pass --dataset")
+    _, (xt, yt) = _load_dataset(dataset, args.data_root)
+    return dataset, xt, yt
+
+
+def _class_names(meta: dict[str, Any], k: int, dataset: str | None = None) -> list[str]:
+    """Names for k classes: the dataset's, else the checkpoint's, else 0..k-1."""
+    names = DATASETS[dataset][1] if dataset in DATASETS else \
+        meta.get("classes") or DATASETS.get(meta.get("dataset"), (None, None))[1]
+    return list(names) if isinstance(names, list) and len(names) == k else \
+        [str(i) for i in range(k)]
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    _set_backend(args.backend)
+    ckpt = load_checkpoint(args.checkpoint)
+    dataset, xt, yt = _test_set(ckpt.meta, args)
+    if args.limit:
+        xt, yt = xt[:args.limit], yt[:args.limit]
+    transform = transform_from_config(ckpt.meta.get("transform"))
+    logits = predict(ckpt.model, DataLoader(xt, yt, batch_size=args.batch_size, shuffle=False,
+                                            seed=0, transform=transform))
+    xp = backend.xp
+    loss = float(minicnn.losses.SoftmaxCrossEntropy().forward(logits, xp.asarray(yt)))
+    pred = backend.to_numpy(logits.argmax(axis=1))
+    k = int(logits.shape[1])
+    matrix = backend.to_numpy(confusion_matrix(yt, pred, k))
+    names = _class_names(ckpt.meta, k, dataset)
+    correct = int((pred == yt).sum())
+    print(f"{args.checkpoint}: {dataset} test set, {len(yt)} images")
+    print(f"accuracy {100 * correct / len(yt):.2f}% ({correct}/{len(yt)}), loss {loss:.4f}")
+    print("per-class accuracy:")
+    width = max(len(n) for n in names)
+    for i, name in enumerate(names):
+        total = int(matrix[i].sum())
+        acc = f"{100 * matrix[i, i] / total:6.2f}%" if total else "     -"
+        print(f"  {name:<{width}}  {acc}  ({int(matrix[i, i])}/{total})")
+    print("confusion matrix (rows: true class, columns: predicted):")
+    cell = max(5, len(str(int(matrix.max()))) + 1)
+    print(" " * (width + 2) + "".join(f"{j:>{cell}}" for j in range(k)))
+    for i, name in enumerate(names):
+        print(f"  {name:<{width}}" + "".join(f"{int(v):>{cell}}" for v in matrix[i]))
+    if _can_plot():
+        path = Path(args.checkpoint).with_name(CONFUSION)
+        plots.plot_confusion(matrix, path, names, title=f"{Path(args.checkpoint).name} on "
+                                                        f"{dataset}")
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    _set_backend(args.backend)
+    ckpt = load_checkpoint(args.checkpoint)
+    model = ckpt.model
+    in_shape = tuple(getattr(model, "input_shape", None) or (1, 28, 28))
+    images, labels, test = [], [], None
+    for item in args.images:
+        if not Path(item).exists() and item.lstrip("-").isdigit():
+            if test is None:
+                test = _test_set(ckpt.meta, args)
+            _, xt, yt = test
+            index = int(item)
+            if not 0 <= index < len(xt):
+                raise CLIError(f"test-set index {index} is out of range 0..{len(xt) - 1}")
+            images.append(xt[index])
+            labels.append(int(yt[index]))
+            continue
+        try:
+            image = read_image(item)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        if (1,) + image.shape != in_shape:
+            raise CLIError(f"{item}: image is {image.shape[1]}x{image.shape[0]} pixels, the "
+                           f"model expects {in_shape[2]}x{in_shape[1]} grey images")
+        images.append(255 - image if args.invert else image)
+        labels.append(None)
+    transform = transform_from_config(ckpt.meta.get("transform"))
+    logits = backend.to_numpy(predict(model, numpy.stack(images), transform=transform))
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    prob = numpy.exp(shifted) / numpy.exp(shifted).sum(axis=1, keepdims=True)
+    names = _class_names(ckpt.meta, prob.shape[1], test[0] if test else args.dataset)
+    for item, p, label in zip(args.images, prob, labels):
+        top = numpy.argsort(-p)[:args.top]
+        guesses = ", ".join(f"{names[c]} (p={p[c]:.3f})" for c in top)
+        truth = "" if label is None else f"  [true: {names[label]}]"
+        print(f"{item}: {guesses}{truth}")
+    return 0
+
+
+# --------------------------------------------------------------------------- summary, bench
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    zoo.build_model(args.model).summary()
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        from minicnn import bench
+    except ImportError as exc:
+        raise CLIError(f"the benchmark is not available ({exc})") from None
+    parser = _Parser(prog="minicnn bench", description="Time training and inference steps.")
+    bench.add_arguments(parser)
+    try:
+        bench_args = parser.parse_args(args.bench_args)
+    except SystemExit as exc:                  # --help, usage errors
+        return exc.code if isinstance(exc.code, int) else 0
+    return int(bench.run(bench_args) or 0)
+
+
+# --------------------------------------------------------------------------- parser, main
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="minicnn", description="Train and use small CNNs on MNIST and "
+                     "Fashion-MNIST with minicnn.")
+    parser.add_argument("--version", action="version", version=f"minicnn {minicnn.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    r = zoo.REFERENCE_RECIPE
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--backend", choices=backend.BACKENDS,
+                       help="array backend (default: $MINICNN_BACKEND or numpy)")
+        p.add_argument("--data-root", metavar="DIR",
+                       help="folder holding mnist/ and fashion-mnist/ (default: $MINICNN_DATA)")
+
+    t = sub.add_parser("train", help="train a model; writes a run directory")
+    t.add_argument("--dataset", choices=DATASETS, help="mnist (default) or fashion-mnist")
+    t.add_argument("--model", choices=zoo.MODELS, help="ref-cnn (default) or lenet5")
+    t.add_argument("--epochs", type=_positive, help=f"epochs (default {r.epochs})")
+    t.add_argument("--batch-size", type=_positive, help=f"batch size (default {r.batch_size})")
+    t.add_argument("--lr", type=float, help=f"peak learning rate (default {r.lr})")
+    t.add_argument("--momentum", type=float, help=f"SGD momentum (default {r.momentum})")
+    t.add_argument("--weight-decay", type=float, help=f"weight decay (default {r.weight_decay})")
+    t.add_argument("--schedule", choices=zoo.SCHEDULES, help=f"lr schedule (default {r.schedule})")
+    t.add_argument("--augment", type=int, metavar="K",
+                   help="random shifts of up to K pixels (default 0: none)")
+    t.add_argument("--seed", type=int, help="random seed (default 0)")
+    t.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/MODEL-DATASET)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--limit", type=_positive, metavar="N", help="train on the first N images")
+    t.add_argument("--test-limit", type=_positive, metavar="N",
+                   help="evaluate on the first N test images")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    common(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="accuracy, per-class accuracy, confusion matrix")
+    e.add_argument("checkpoint", help="a .npz checkpoint (e.g. RUN_DIR/model.npz)")
+    e.add_argument("--dataset", choices=DATASETS, help="default: the checkpoint's")
+    e.add_argument("--batch-size", type=_positive, default=1000)
+    e.add_argument("--limit", type=_positive, metavar="N", help="only the first N test images")
+    common(e)
+    e.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify image files or test-set images")
+    p.add_argument("checkpoint", help="a .npz checkpoint")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="a PNG/PGM file (28x28 grey, white on black) or a test-set index")
+    p.add_argument("--dataset", choices=DATASETS, help="test set for indices (default: the "
+                   "checkpoint's)")
+    p.add_argument("--invert", action="store_true", help="invert files (black digit on white)")
+    p.add_argument("--top", type=_positive, default=1, help="show the K likeliest classes")
+    common(p)
+    p.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("summary", help="print a model's layers and parameter counts")
+    s.add_argument("--model", choices=zoo.MODELS, required=True)
+    s.set_defaults(func=cmd_summary)
+
+    b = sub.add_parser("bench", help="time training and inference steps (see minicnn bench "
+                       "--help)", add_help=False)
+    b.set_defaults(func=cmd_bench)            # its options are parsed by minicnn.bench
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default sys.argv[1:]); return the exit status."""
+    parser = build_parser()
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if getattr(args, "command", None) == "bench":
+            args.bench_args = extra
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as exc:                  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else 0
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        _say("minicnn: interrupted")
+        return 130
+    except BrokenPipeError:                    # e.g. `minicnn evaluate ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except (CLIError, CheckpointError, DatasetError, TrainingError, minicnn.BackendError,
+            plots.PlotUnavailable, OSError, ValueError) as exc:
+        if os.environ.get("MINICNN_DEBUG"):
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        _say(f"minicnn {args.command}: error: {message}")
+        return 1

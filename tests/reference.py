@@ -1,0 +1,244 @@
+"""Naive reference implementations used by the tests: plain loops written from the definitions.
+
+Nothing here imports minicnn; everything is NumPy in float64 and deliberately slow and literal,
+so that a test comparing minicnn against these checks minicnn against the textbook definition,
+not against another vectorised implementation.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def out_size(size, k, s, p, d):
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def zero_pad(x, ph, pw, fill=0.0):
+    n, c, h, w = x.shape
+    out = np.full((n, c, h + 2 * ph, w + 2 * pw), fill, dtype=np.float64)
+    out[:, :, ph:ph + h, pw:pw + w] = x
+    return out
+
+
+# --------------------------------------------------------------------------- convolution
+
+def conv2d_forward(x, weight, bias, stride=1, padding=0, dilation=1):
+    """y[n, o, oh, ow] = b[o] + sum over (c, i, j) of W[o, c, i, j] * xpad[n, c, oh*s + i*d, ow*s + j*d].
+
+    Each output value is the sum of the element-wise product of one (dilated) window of the
+    zero-padded input with one filter.
+    """
+    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
+    n, c, h, w = x.shape
+    o, c2, kh, kw = weight.shape
+    assert c == c2
+    ho, wo = out_size(h, kh, sh, ph, dh), out_size(w, kw, sw, pw, dw)
+    xpad = zero_pad(x, ph, pw)
+    y = np.zeros((n, o, ho, wo))
+    for b in range(n):
+        for f in range(o):
+            for oh in range(ho):
+                for ow in range(wo):
+                    r, q = oh * sh, ow * sw
+                    window = xpad[b, :, r:r + dh * (kh - 1) + 1:dh, q:q + dw * (kw - 1) + 1:dw]
+                    y[b, f, oh, ow] = np.sum(window * weight[f]) + (0.0 if bias is None
+                                                                    else bias[f])
+    return y
+
+
+def conv2d_backward(x, weight, grad_out, stride=1, padding=0, dilation=1):
+    """Gradients of L = sum(y * grad_out) for ``conv2d_forward``: (dx, dW, db), by the same loops.
+
+    Every term W[o,c,i,j] * xpad[n,c,r,q] of the forward sum contributes grad_out[n,o,oh,ow]
+    times the other factor to the gradient of each factor; padding cells are cropped at the end.
+    """
+    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
+    n, c, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    ho, wo = grad_out.shape[2:]
+    xpad = zero_pad(x, ph, pw)
+    dxpad = np.zeros_like(xpad)
+    dweight = np.zeros(weight.shape)
+    dbias = np.zeros(o)
+    for b in range(n):
+        for f in range(o):
+            for oh in range(ho):
+                for ow in range(wo):
+                    g = grad_out[b, f, oh, ow]
+                    rows = slice(oh * sh, oh * sh + dh * (kh - 1) + 1, dh)
+                    cols = slice(ow * sw, ow * sw + dw * (kw - 1) + 1, dw)
+                    dxpad[b, :, rows, cols] += g * weight[f]
+                    dweight[f] += g * xpad[b, :, rows, cols]
+                    dbias[f] += g
+    return dxpad[:, :, ph:ph + h, pw:pw + w], dweight, dbias
+
+
+def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
+    """Entry (n, oh, ow, i, j, c) = x[n, c, oh*sh - ph + i*dh, ow*sw - pw + j*dw], or 0 outside."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (pair(kernel_size), pair(stride), pair(padding),
+                                              pair(dilation))
+    n, c, h, w = x.shape
+    ho, wo = out_size(h, kh, sh, ph, dh), out_size(w, kw, sw, pw, dw)
+    cols = np.zeros((n, ho, wo, kh, kw, c))
+    for b in range(n):
+        for oh in range(ho):
+            for ow in range(wo):
+                for i in range(kh):
+                    for j in range(kw):
+                        for ch in range(c):
+                            r = oh * sh - ph + i * dh
+                            q = ow * sw - pw + j * dw
+                            if 0 <= r < h and 0 <= q < w:
+                                cols[b, oh, ow, i, j, ch] = x[b, ch, r, q]
+    return cols
+
+
+# --------------------------------------------------------------------------- pooling
+
+def _windows(h, w, kernel_size, stride, padding):
+    (kh, kw), (sh, sw), (ph, pw) = pair(kernel_size), pair(stride), pair(padding)
+    ho, wo = out_size(h, kh, sh, ph, 1), out_size(w, kw, sw, pw, 1)
+    for oh in range(ho):
+        for ow in range(wo):
+            yield oh, ow, [(oh * sh - ph + i, ow * sw - pw + j) for i in range(kh)
+                           for j in range(kw)]
+
+
+def maxpool_forward(x, kernel_size, stride=None, padding=0):
+    """Max over each window, padding cells excluded (they never win)."""
+    stride = kernel_size if stride is None else stride
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = pair(kernel_size), pair(stride), pair(padding)
+    y = np.zeros((n, c, out_size(h, kh, sh, ph, 1), out_size(w, kw, sw, pw, 1)))
+    for b in range(n):
+        for ch in range(c):
+            for oh, ow, taps in _windows(h, w, kernel_size, stride, padding):
+                y[b, ch, oh, ow] = max(x[b, ch, r, q] for r, q in taps
+                                       if 0 <= r < h and 0 <= q < w)
+    return y
+
+
+def maxpool_backward(x, grad_out, kernel_size, stride=None, padding=0):
+    """Each window's gradient goes to its first maximal element (row-major); overlaps add up."""
+    stride = kernel_size if stride is None else stride
+    n, c, h, w = x.shape
+    dx = np.zeros(x.shape)
+    for b in range(n):
+        for ch in range(c):
+            for oh, ow, taps in _windows(h, w, kernel_size, stride, padding):
+                best = None
+                for r, q in taps:
+                    if 0 <= r < h and 0 <= q < w and (best is None or x[b, ch, r, q] >
+                                                      x[b, ch, best[0], best[1]]):
+                        best = (r, q)
+                dx[b, ch, best[0], best[1]] += grad_out[b, ch, oh, ow]
+    return dx
+
+
+def avgpool_forward(x, kernel_size, stride=None, padding=0):
+    """Mean over each window of kh*kw cells, padding cells counted as zeros."""
+    stride = kernel_size if stride is None else stride
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = pair(kernel_size), pair(stride), pair(padding)
+    y = np.zeros((n, c, out_size(h, kh, sh, ph, 1), out_size(w, kw, sw, pw, 1)))
+    for b in range(n):
+        for ch in range(c):
+            for oh, ow, taps in _windows(h, w, kernel_size, stride, padding):
+                y[b, ch, oh, ow] = sum(x[b, ch, r, q] for r, q in taps
+                                       if 0 <= r < h and 0 <= q < w) / (kh * kw)
+    return y
+
+
+def avgpool_backward(x, grad_out, kernel_size, stride=None, padding=0):
+    stride = kernel_size if stride is None else stride
+    n, c, h, w = x.shape
+    kh, kw = pair(kernel_size)
+    dx = np.zeros(x.shape)
+    for b in range(n):
+        for ch in range(c):
+            for oh, ow, taps in _windows(h, w, kernel_size, stride, padding):
+                for r, q in taps:
+                    if 0 <= r < h and 0 <= q < w:
+                        dx[b, ch, r, q] += grad_out[b, ch, oh, ow] / (kh * kw)
+    return dx
+
+
+# --------------------------------------------------------------------------- losses
+
+def softmax_cross_entropy(logits, labels):
+    """Mean over rows of -log(exp(z_y) / sum_k exp(z_k)), each row evaluated in Python floats
+    with the row maximum subtracted (the textbook stable form)."""
+    total = 0.0
+    for row, label in zip(np.asarray(logits, dtype=np.float64), labels):
+        m = max(row)
+        log_sum = m + np.log(sum(np.exp(v - m) for v in row))
+        total += log_sum - row[label]
+    return total / len(labels)
+
+
+def softmax(logits):
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+# --------------------------------------------------------------------------- SGD
+
+def sgd_reference(params, grads_per_step, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+    """torch.optim.SGD's documented update (dampening 0), element by element in Python floats.
+
+    params: list of float arrays; grads_per_step: list (steps) of lists (one per param) of grads.
+    Returns the parameters after every step.
+    """
+    params = [np.array(p, dtype=np.float64) for p in params]
+    bufs = [None] * len(params)
+    history = []
+    for grads in grads_per_step:
+        for k, (p, g) in enumerate(zip(params, grads)):
+            flat_p, flat_g = p.reshape(-1), np.asarray(g, dtype=np.float64).reshape(-1)
+            if bufs[k] is None:
+                bufs[k] = [None] * flat_p.size
+            for e in range(flat_p.size):
+                gt = float(flat_g[e]) + weight_decay * float(flat_p[e])
+                if momentum != 0:
+                    b = gt if bufs[k][e] is None else momentum * bufs[k][e] + gt
+                    bufs[k][e] = b
+                    gt = gt + momentum * b if nesterov else b
+                flat_p[e] = float(flat_p[e]) - lr * gt
+        history.append([p.copy() for p in params])
+    return history
+
+
+# --------------------------------------------------------------------------- random configurations
+
+def conv_config(seed):
+    """A random convolution geometry, reproducible from ``seed``: kernel 1-3 per axis (often
+    non-square), stride 1-3, padding 0-2, dilation 1-2, batch 1-2, channels 1 or 3, and an input
+    just large enough (plus 0-4 pixels) for at least one output position."""
+    rng = np.random.default_rng(1000 + seed)
+    kh, kw = (int(v) for v in rng.integers(1, 4, size=2))
+    sh, sw = (int(v) for v in rng.integers(1, 4, size=2))
+    ph, pw = (int(v) for v in rng.integers(0, 3, size=2))
+    dh, dw = (int(v) for v in rng.integers(1, 3, size=2))
+    h = max(1, dh * (kh - 1) + 1 - 2 * ph) + int(rng.integers(0, 5))
+    w = max(1, dw * (kw - 1) + 1 - 2 * pw) + int(rng.integers(0, 5))
+    return {"n": int(rng.choice([1, 2])), "c": int(rng.choice([1, 3])),
+            "o": int(rng.choice([1, 2])), "h": h, "w": w, "kernel_size": (kh, kw),
+            "stride": (sh, sw), "padding": (ph, pw), "dilation": (dh, dw)}
+
+
+def pool_config(seed):
+    """A random pooling geometry: kernel 1-3 per axis, stride 1-3, padding at most half the
+    kernel (as PyTorch requires), batch 1-2, channels 1 or 3."""
+    rng = np.random.default_rng(2000 + seed)
+    kh, kw = (int(v) for v in rng.integers(1, 4, size=2))
+    sh, sw = (int(v) for v in rng.integers(1, 4, size=2))
+    ph, pw = int(rng.integers(0, kh // 2 + 1)), int(rng.integers(0, kw // 2 + 1))
+    h = max(1, kh - 2 * ph) + int(rng.integers(0, 5))
+    w = max(1, kw - 2 * pw) + int(rng.integers(0, 5))
+    return {"n": int(rng.choice([1, 2])), "c": int(rng.choice([1, 3])), "h": h, "w": w,
+            "kernel_size": (kh, kw), "stride": (sh, sw), "padding": (ph, pw)}

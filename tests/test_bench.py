@@ -1,0 +1,149 @@
+"""Tests of minicnn.bench: the report and JSON with tiny settings (no timing assertions), the
+PyTorch comparison, and that the PyTorch model is the same model as minicnn's."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+import pytest
+
+import minicnn
+from minicnn import backend, bench
+
+TINY = ["--steps", "2", "--warmup", "1", "--batch-size", "8", "--infer-batch-size", "16",
+        "--infer-steps", "1"]
+FIGURE_KEYS = ("step_s_median", "epoch_s", "train_img_s", "infer_s_median", "infer_img_s",
+               "train_peak_rss_mib", "train_rss_increase_mib", "infer_peak_rss_mib",
+               "infer_rss_increase_mib")
+LAYERS = ["conv2d_1", "relu_1", "maxpool2d_1", "conv2d_2", "relu_2", "maxpool2d_2", "flatten_1",
+          "dense_1", "dense_2", "loss", "optimizer"]
+
+
+def _run(tmp_path, *extra):
+    path = tmp_path / "bench.json"
+    assert bench.main(TINY + ["--json", str(path), *extra]) == 0
+    return json.loads(path.read_text())
+
+
+def test_report_and_json_minicnn_alone_without_torch(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)     # import torch raises ImportError
+    report = _run(tmp_path, "--compare", "torch")
+    out = capsys.readouterr().out
+    assert "PyTorch is not installed here: reporting minicnn alone." in out
+    for row in ("time per step (s, median)", "time per epoch (s, extrapolated)",
+                "training images/s", "inference images/s", "peak RSS, training (MiB)",
+                "peak RSS, inference (MiB)", "conv2d_1 (Conv2D)", "dense_2 (Dense)",
+                "sum of the above", "minicnn numpy"):
+        assert row in out
+    assert "PyTorch cpu" not in out
+    assert report["compare"] is None and report["speedup"] is None
+    assert report["config"]["batch_size"] == 8 and report["config"]["params"] == 421_642
+    assert report["machine"]["cpu_count"] >= 1 and report["machine"]["numpy"] == np.__version__
+    res = report["results"]["numpy"]
+    assert set(res) == {"minicnn", "layers"}
+    figures = res["minicnn"]
+    for key in FIGURE_KEYS:
+        assert figures[key] > 0, key
+    assert figures["steps_per_epoch"] == 7500 and len(figures["step_s"]) == 2
+    assert [row["name"] for row in res["layers"]] == LAYERS
+    assert all(row["total_ms"] > 0 for row in res["layers"])
+    assert backend.get_backend() == "numpy"
+
+
+def test_compare_torch_reports_ratios(tmp_path, capsys):
+    pytest.importorskip("torch")
+    report = _run(tmp_path, "--compare", "torch", "--width-mult", "2")
+    out = capsys.readouterr().out
+    assert "PyTorch cpu" in out and "minicnn/PyTorch" in out and "conv channels 64/128" in out
+    res = report["results"]["numpy"]
+    assert res["torch"]["device"] == "cpu" and res["torch"]["threads"] >= 1
+    for key in FIGURE_KEYS:
+        assert res["torch"][key] > 0, key
+    for key in bench.RATIO_KEYS[:8]:
+        assert res["ratio"][key] > 0, key
+    assert res["ratio"]["step_s_median"] == pytest.approx(
+        res["minicnn"]["step_s_median"] / res["torch"]["step_s_median"])
+    assert report["machine"]["torch"]
+
+
+def test_torch_model_is_the_same_model():
+    torch = pytest.importorskip("torch")
+    minicnn.manual_seed(3)
+    model = bench.build_model("ref-cnn")
+    x, y = bench.make_batch(16, seed=1)
+    ours, theirs = bench.MinicnnRunner(model, x, y, x), bench.TorchRunner(torch, model, "cpu",
+                                                                          x, y, x)
+    np.testing.assert_allclose(ours.infer(), theirs.infer().numpy(), rtol=1e-4, atol=1e-4)
+    for _ in range(2):                    # same SGD (momentum, weight decay) and loss
+        ours.train_step()
+        theirs.train_step()
+    trained = bench.torch_model_from(model, torch).state_dict()
+    for name, value in theirs.net.state_dict().items():
+        np.testing.assert_allclose(trained[name].numpy(), value.numpy(), rtol=1e-4, atol=1e-5,
+                                   err_msg=name)
+    np.testing.assert_allclose(ours.infer(), theirs.infer().numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_width_mult_scales_the_conv_channels():
+    model = bench.build_model("ref-cnn", width_mult=2)
+    conv1, conv2, dense = model.layers[0], model.layers[3], model.layers[7]
+    assert (conv1.out_channels, conv2.in_channels, conv2.out_channels) == (64, 64, 128)
+    assert dense.weight.shape == (128 * 7 * 7, 128)
+    with pytest.raises(ValueError, match="lenet5"):
+        bench.build_model("lenet5")
+
+
+def test_cupy_without_a_gpu_is_one_clear_line(capsys):
+    try:
+        backend.get_module("cupy")
+    except minicnn.BackendError:
+        pass
+    else:
+        pytest.skip("a GPU is available here")
+    assert bench.main(TINY + ["--backend", "numpy", "--backend", "cupy"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("minicnn bench: backend 'cupy'")
+    assert backend.get_backend() == "numpy"
+
+
+def test_backend_options_and_cli_wiring(capsys):
+    parser = argparse.ArgumentParser(prog="minicnn")
+    bench.add_arguments(parser.add_subparsers(dest="command").add_parser("bench"))
+    args = parser.parse_args(["bench", "--backend", "numpy", "--backends", "numpy,cupy"])
+    assert bench._backend_list(args) == ["numpy", "cupy"]
+    assert (args.steps, args.warmup, args.batch_size, args.width_mult) == (20, 3, 128, 1)
+    assert bench._backend_list(parser.parse_args(["bench"])) == ["numpy"]
+    assert bench.run(parser.parse_args(["bench", "--backends", "numpy,tpu"])) == 2
+    assert "unknown backend 'tpu'" in capsys.readouterr().err
+
+
+def test_report_with_numpy_and_cupy_shows_the_gpu_speedup():
+    """The two-backend table, from made-up figures (no GPU needed)."""
+    def figures(step, infer, pool=None):
+        f = {"step_s_median": step, "epoch_s": 469 * step, "train_img_s": 128 / step,
+             "infer_img_s": 1000 / infer, "train_peak_rss_mib": 100.0,
+             "train_rss_increase_mib": 50.0, "infer_peak_rss_mib": 200.0,
+             "infer_rss_increase_mib": 150.0}
+        if pool:
+            f.update(train_gpu_pool_mib=pool, infer_gpu_pool_mib=2 * pool)
+        return f
+    layers = [{"name": "conv2d_1", "type": "Conv2D", "forward_ms": 1.0, "backward_ms": 2.0,
+               "total_ms": 3.0}]
+    results = {"numpy": {"minicnn": figures(0.08, 0.5), "layers": layers},
+               "cupy": {"minicnn": figures(0.004, 0.01, pool=64.0), "layers": layers}}
+    report = {"config": {"model": "ref-cnn", "width_mult": 1, "params": 421_642,
+                         "batch_size": 128, "steps": 20, "warmup": 3, "infer_batch_size": 1000,
+                         "infer_steps": 5, "seed": 0, "pause_s": 0.2, "data": bench.DATA_NOTE},
+              "machine": {"cpu_model": "CPU", "cpu_count": 8, "python": "3.11", "numpy": "2",
+                          "numpy_blas": None, "minicnn": "0.1.0", "cupy": "13", "gpu": "GPU"},
+              "results": results, "compare": None,
+              "speedup": {"minicnn": bench._speedup(results["numpy"]["minicnn"],
+                                                    results["cupy"]["minicnn"])}}
+    text = bench.format_report(report)
+    assert "minicnn numpy" in text and "minicnn cupy" in text and "minicnn cupy speedup" in text
+    step_row = next(line for line in text.splitlines() if line.startswith("| time per step"))
+    assert step_row.rstrip(" |").endswith("20.00x")
+    assert "GPU pool peak, training (MiB)" in text and "cupy 13 on GPU" in text
+    assert report["speedup"]["minicnn"]["infer_img_s"] == pytest.approx(50.0)
