@@ -13,10 +13,11 @@ from minicnn.backend import BackendError, get_backend, set_backend
 from minicnn.checkpoint import load, save
 from minicnn.gradcheck import GradientCheckError, gradcheck
 from minicnn.init import manual_seed
+from minicnn.layers.base import no_grad
 from minicnn.models import Input, Model, Sequential
 
 __version__ = "0.1.0"
 
 __all__ = ["layers", "losses", "optim", "set_backend", "get_backend", "BackendError",
            "gradcheck", "GradientCheckError", "manual_seed", "Input", "Model", "Sequential",
-           "save", "load"]
+           "save", "load", "no_grad"]

@@ -141,7 +141,8 @@ class MinicnnRunner:
         self.opt.step()
 
     def infer(self) -> Any:
-        return self.model.forward(self.xi, training=False, check=False)
+        with minicnn.no_grad():
+            return self.model.forward(self.xi, training=False, check=False)
 
 
 class TorchRunner:

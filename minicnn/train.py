@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import asdict, dataclass
 from typing import Any, Iterable, NamedTuple
 
 from tqdm import tqdm
@@ -191,9 +192,10 @@ class _StopRequest:
     """While active, the first Ctrl-C only sets ``requested``; a second one interrupts."""
 
     def __enter__(self) -> "_StopRequest":
-        self.requested, self._previous = False, None
-        if threading.current_thread() is threading.main_thread():
+        self.requested, self._installed = False, False
+        if threading.current_thread() is threading.main_thread():   # signals reach only it
             self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -202,8 +204,9 @@ class _StopRequest:
         self.requested = True
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None
+                          else signal.SIG_DFL)
 
 
 def _say(progress: bool, message: str) -> None:
@@ -211,32 +214,150 @@ def _say(progress: bool, message: str) -> None:
         tqdm.write(message, file=sys.stderr)
 
 
-def _save(path: Any, model: Any, optimizer: Any, loader: DataLoader, history: History,
-          epoch: int, step: int, epochs: int, partial: dict | None, meta: dict) -> None:
-    from minicnn.checkpoint import save
-    training = {"epoch": epoch, "step": step, "epochs": epochs, "partial": partial,
-                "rng": _init.get_rng_state(), "loader": loader.state_dict(),
-                "history": history.records}
-    save(model, path, optimizer, training=training, **meta)
+@dataclass
+class _Tally:
+    """An epoch's running sums (JSON-serialisable, saved in mid-epoch checkpoints)."""
+
+    position: int = 0           # batches done
+    loss_sum: float = 0.0       # sum over steps of batch loss * batch size
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0        # training time so far, across a resume
+    has_correct: bool = True
 
 
-def _resume(path: Any, model: Any, optimizer: Any, loader: DataLoader) -> tuple:
-    """Restore weights, optimizer, RNGs and history from ``path``; return (epoch, step,
-    partial, history)."""
-    from minicnn.checkpoint import CheckpointError, load_weights
-    ckpt = load_weights(model, path)
-    training = ckpt.meta.get("training")
-    if not training or ckpt.optimizer_state is None:
-        raise CheckpointError(f"{path}: not a training checkpoint (no optimizer state or "
-                              "training progress saved); cannot resume from it")
-    try:
-        optimizer.load_state_dict(ckpt.optimizer_state)
-        loader.load_state_dict(training["loader"])
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: does not fit this run: {exc}") from None
-    _init.set_rng_state(training["rng"])
-    return (training["epoch"], training["step"], training.get("partial"),
-            History(training["history"]))
+class _Run:
+    """The state of one ``fit`` call: what it trains, where it stands, where it saves."""
+
+    def __init__(self, model: Any, optimizer: Any, loader: DataLoader, loss_fn: Any,
+                 schedule: Any, checkpoint: Any, meta: dict[str, Any], epochs: int,
+                 progress: bool, log_every: int):
+        self.model, self.optimizer, self.loader = model, optimizer, loader
+        self.loss_fn, self.schedule, self.checkpoint = loss_fn, schedule, checkpoint
+        self.meta, self.epochs, self.progress = meta, epochs, progress
+        self.log_every = max(1, log_every)
+        self.epoch, self.step, self.history = 0, 0, History()
+        self.tally: _Tally | None = None     # a resumed, unfinished epoch
+        self.good = None                     # the checkpoint holding the last good weights
+
+    def resume(self, path: Any) -> None:
+        """Restore weights, optimizer, RNGs, position and history from ``path``."""
+        from minicnn.checkpoint import CheckpointError, load_weights
+        ckpt = load_weights(self.model, path)
+        training = ckpt.meta.get("training")
+        if not training or ckpt.optimizer_state is None:
+            raise CheckpointError(f"{path}: not a training checkpoint (no optimizer state or "
+                                  "training progress saved); cannot resume from it")
+        try:
+            self.optimizer.load_state_dict(ckpt.optimizer_state)
+            self.loader.load_state_dict(training["loader"])
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: does not fit this run: {exc}") from None
+        _init.set_rng_state(training["rng"])
+        self.epoch, self.step = training["epoch"], training["step"]
+        self.tally = _Tally(**training["partial"]) if training.get("partial") else None
+        self.history, self.good = History(training["history"]), path
+
+    def save(self, tally: _Tally | None) -> None:
+        """Write the checkpoint: at an epoch's end (tally None) or mid-epoch."""
+        if self.checkpoint is None:
+            return
+        from minicnn.checkpoint import save
+        training = {"epoch": self.epoch, "step": self.step, "epochs": self.epochs,
+                    "partial": None if tally is None else asdict(tally),
+                    "rng": _init.get_rng_state(), "loader": self.loader.state_dict(),
+                    "history": self.history.records}
+        save(self.model, self.checkpoint, self.optimizer, training=training, **self.meta)
+        if tally is None:
+            self.good = self.checkpoint
+
+    def train_step(self, x: Any, y: Any) -> tuple[Any, Any]:
+        """One SGD step on a batch; the loss and correct count stay on the device."""
+        if self.schedule is not None:
+            self.optimizer.lr = float(self.schedule(self.step))
+        out = self.model.forward(x, training=True, check=False)
+        loss = self.loss_fn.forward(out, y)
+        correct = _correct(out, y)
+        self.optimizer.zero_grad()
+        self.model.backward(self.loss_fn.backward(), input_grad=False)
+        self.optimizer.step()
+        self.step += 1
+        return loss, correct
+
+    def train_epoch(self, stop: "_StopRequest", on_step: list) -> _Tally:
+        """Run the current epoch's remaining steps, or until a stop request (then save a
+        mid-epoch checkpoint); return the epoch's tally."""
+        tally, self.tally = self.tally or _Tally(), None
+        started = time.perf_counter() - tally.seconds
+        steps = len(self.loader)
+        bar = tqdm(total=steps, initial=tally.position, unit="step", file=sys.stderr,
+                   desc=f"epoch {self.epoch + 1}/{self.epochs}", disable=not self.progress,
+                   dynamic_ncols=True)
+        window, mark = _Window(self.log_every), (time.perf_counter(), tally.seen)
+        batches = iter(self.loader)
+        try:
+            for x, y in batches:
+                loss, correct = self.train_step(x, y)
+                window.add(loss, correct, len(x))
+                tally.position += 1
+                bar.update(1)
+                for cb in on_step:
+                    cb(self.step)
+                if window.full() or tally.position == steps or stop.requested:
+                    mean_loss = self._drain(window, tally)
+                    now = time.perf_counter()
+                    rate = (tally.seen - mark[1]) / max(now - mark[0], 1e-9)
+                    mark = (now, tally.seen)
+                    postfix = {"loss": f"{mean_loss:.4f}"}
+                    if tally.has_correct:
+                        postfix["acc"] = f"{tally.correct / tally.seen:.4f}"
+                    postfix["img/s"] = f"{rate:.0f}"
+                    bar.set_postfix(postfix, refresh=False)
+                if stop.requested:
+                    break
+            tally.seconds = time.perf_counter() - started
+            if tally.position < steps:
+                self.save(tally)             # now, while the loader knows where it stands
+            return tally
+        finally:
+            bar.close()
+            batches.close()
+
+    def _drain(self, window: _Window, tally: _Tally) -> float:
+        """Add the window to the tally (one device read); raise TrainingError on NaN/inf."""
+        losses, counts, sizes = window.drain()
+        bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+        if bad is not None:
+            back = len(losses) - bad - 1       # steps taken since the bad one
+            kept = f"the last good checkpoint is {self.good}" if self.good else \
+                "no checkpoint was written"
+            raise TrainingError(
+                f"loss is {losses[bad]} at epoch {self.epoch + 1}, step {tally.position - back} "
+                f"of {len(self.loader)} (global step {self.step - back}); training stopped "
+                f"({kept}); try a smaller learning rate", self.history)
+        tally.loss_sum += sum(v * n for v, n in zip(losses, sizes))
+        tally.seen += sum(sizes)
+        if counts is None:
+            tally.has_correct = False
+        else:
+            tally.correct += sum(counts)
+        return sum(losses) / len(losses)
+
+    def end_epoch(self, tally: _Tally, val_loader: DataLoader | None) -> dict[str, Any]:
+        """Validate, append the epoch's record to the history, and return it."""
+        started = time.perf_counter()
+        seen = max(tally.seen, 1)
+        record = {"epoch": self.epoch + 1, "step": self.step, "lr": self.optimizer.lr,
+                  "train_loss": tally.loss_sum / seen,
+                  "train_acc": tally.correct / seen if tally.has_correct else None}
+        if val_loader is not None:
+            result = evaluate(self.model, val_loader, self.loss_fn)
+            record.update(val_loss=result.loss, val_acc=result.accuracy)
+        record.update(seconds=tally.seconds + time.perf_counter() - started,
+                      images_per_s=tally.seen / max(tally.seconds, 1e-9))
+        self.history.records.append(record)
+        self.epoch += 1
+        return record
 
 
 def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = None,
@@ -248,127 +369,51 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
 
     train_data: a DataLoader, or an (x, y) pair batched here (``batch_size``, shuffled with
     ``seed``). loss: default SoftmaxCrossEntropy(). val_data: a DataLoader or (x, y) pair
-    (pairs use the training loader's transform), evaluated after every epoch. schedule: maps
-    the global step to the lr. callbacks: callables ``cb(record)`` or objects with
-    ``on_epoch_end(record)`` and/or ``on_step_end(step)``. checkpoint: a path written after
-    every epoch and on Ctrl-C (with ``meta`` merged into its metadata); resume: True to
-    continue from ``checkpoint``, or the path of a checkpoint to continue from. Raises
-    TrainingError if the loss becomes NaN or inf.
+    (pairs use the training loader's transform), evaluated after every epoch in batches of
+    ``eval_batch_size``. schedule: maps the global step to the lr. callbacks: callables
+    ``cb(record)`` or objects with ``on_epoch_end(record)`` and/or ``on_step_end(step)``.
+    checkpoint: a path written after every epoch and on Ctrl-C (with ``meta`` merged into its
+    metadata); resume: True to continue from ``checkpoint``, or the path of a checkpoint to
+    continue from. Losses are read back every ``log_every`` steps. Raises TrainingError if the
+    loss becomes NaN or inf.
     """
     loader = _train_loader(train_data, batch_size, seed)
     val_loader = None if val_data is None else _eval_loader(val_data, eval_batch_size,
                                                            loader.transform)
-    loss_fn = loss if loss is not None else SoftmaxCrossEntropy()
     meta = dict(meta or {})
     if hasattr(loader.transform, "config"):
         meta.setdefault("transform", loader.transform.config())
-    epoch, step, partial, history = 0, 0, None, History()
-    good = None                          # the checkpoint holding the last good weights
+    run = _Run(model, optimizer, loader, loss if loss is not None else SoftmaxCrossEntropy(),
+               schedule, checkpoint, meta, epochs, progress, log_every)
     if resume:
         source = checkpoint if resume is True else resume
         if source is None:
             raise ValueError("fit: resume=True needs a checkpoint path")
-        epoch, step, partial, history = _resume(source, model, optimizer, loader)
-        good = source
-        if epoch >= epochs:
-            _say(progress, f"already trained for {epoch} epochs (asked for {epochs})")
+        run.resume(source)
+        if run.epoch >= epochs:
+            _say(progress, f"already trained for {run.epoch} epochs (asked for {epochs})")
     on_epoch = [getattr(cb, "on_epoch_end", cb) for cb in callbacks
                 if hasattr(cb, "on_epoch_end") or callable(cb)]
     on_step = [cb.on_step_end for cb in callbacks if hasattr(cb, "on_step_end")]
-    steps = len(loader)
+    saved_to = "" if checkpoint is None else f"; checkpoint saved to {checkpoint}"
     with _StopRequest() as stop:
-        while epoch < epochs:
-            part = partial or {"position": 0, "loss_sum": 0.0, "correct": 0, "seen": 0,
-                               "seconds": 0.0, "has_correct": True}
-            partial = None
-            started = time.perf_counter() - part["seconds"]
-            bar = tqdm(total=steps, initial=part["position"], desc=f"epoch {epoch + 1}/{epochs}",
-                       unit="step", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-            window, mark, marked_seen = _Window(max(1, log_every)), time.perf_counter(), 0
-            batches = iter(loader)
-            try:
-                for xb, yb in batches:
-                    if schedule is not None:
-                        optimizer.lr = float(schedule(step))
-                    out = model.forward(xb, training=True, check=False)
-                    value = loss_fn.forward(out, yb)
-                    correct = _correct(out, yb)
-                    optimizer.zero_grad()
-                    model.backward(loss_fn.backward(), input_grad=False)
-                    optimizer.step()
-                    window.add(value, correct, len(xb))
-                    step += 1
-                    part["position"] += 1
-                    bar.update(1)
-                    for cb in on_step:
-                        cb(step)
-                    if window.full() or part["position"] == steps or stop.requested:
-                        losses, counts, sizes = window.drain()
-                        bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
-                        if bad is not None:
-                            at = part["position"] - len(losses) + bad + 1
-                            kept = (f"the last good checkpoint is {good}" if good
-                                    else "no checkpoint was written")
-                            raise TrainingError(
-                                f"loss is {losses[bad]} at epoch {epoch + 1}, step {at} of "
-                                f"{steps} (global step {step - len(losses) + bad + 1}); "
-                                f"training stopped ({kept}); try a smaller learning rate",
-                                history)
-                        part["loss_sum"] += sum(v * n for v, n in zip(losses, sizes))
-                        part["seen"] += sum(sizes)
-                        if counts is None:
-                            part["has_correct"] = False
-                        else:
-                            part["correct"] += sum(counts)
-                        now = time.perf_counter()
-                        rate = (part["seen"] - marked_seen) / max(now - mark, 1e-9)
-                        mark, marked_seen = now, part["seen"]
-                        postfix = {"loss": f"{sum(losses) / len(losses):.4f}"}
-                        if part["has_correct"]:
-                            postfix["acc"] = f"{part['correct'] / part['seen']:.4f}"
-                        postfix["img/s"] = f"{rate:.0f}"
-                        bar.set_postfix(postfix, refresh=False)
-                    if stop.requested:
-                        break
-                if stop.requested and part["position"] < steps:
-                    part["seconds"] = time.perf_counter() - started
-                    bar.close()
-                    if checkpoint is not None:
-                        _save(checkpoint, model, optimizer, loader, history, epoch, step,
-                              epochs, part, meta)
-                    _say(True, f"interrupted at epoch {epoch + 1}, step {part['position']} of "
-                               f"{steps}" + (f"; checkpoint saved to {checkpoint}"
-                                             if checkpoint is not None else ""))
-                    history.stopped = "interrupted"
-                    return history
-            finally:
-                bar.close()
-                batches.close()
-            train_seconds = time.perf_counter() - started
-            seen = max(part["seen"], 1)
-            record = {"epoch": epoch + 1, "step": step, "lr": optimizer.lr,
-                      "train_loss": part["loss_sum"] / seen,
-                      "train_acc": part["correct"] / seen if part["has_correct"] else None}
-            if val_loader is not None:
-                result = evaluate(model, val_loader, loss_fn)
-                record.update(val_loss=result.loss, val_acc=result.accuracy)
-            record.update(seconds=time.perf_counter() - started,
-                          images_per_s=part["seen"] / max(train_seconds, 1e-9))
-            history.records.append(record)
-            epoch += 1
+        while run.epoch < epochs:
+            tally = run.train_epoch(stop, on_step)
+            if tally.position < len(loader):
+                _say(True, f"interrupted at epoch {run.epoch + 1}, step {tally.position} of "
+                           f"{len(loader)}{saved_to}")
+                run.history.stopped = "interrupted"
+                break
+            record = run.end_epoch(tally, val_loader)
             _say(progress, _describe(record, epochs))
             for cb in on_epoch:
                 cb(record)
-            if checkpoint is not None:
-                _save(checkpoint, model, optimizer, loader, history, epoch, step, epochs, None,
-                      meta)
-                good = checkpoint
+            run.save(None)
             if stop.requested:
-                _say(True, f"interrupted after epoch {epoch}" + (
-                    f"; checkpoint saved to {checkpoint}" if checkpoint is not None else ""))
-                history.stopped = "interrupted"
-                return history
-    return history
+                _say(True, f"interrupted after epoch {run.epoch}{saved_to}")
+                run.history.stopped = "interrupted"
+                break
+    return run.history
 
 
 def _describe(record: dict[str, Any], epochs: int) -> str:

@@ -85,6 +85,15 @@ def test_gradcheck_dense_without_bias():
     assert set(errors) == {"input", "weight"}
 
 
+def test_pool_seed_list_covers_the_required_configurations():
+    configs = [ref.pool_config(s) for s in SEEDS]
+    assert {v for c in configs for v in c["stride"]} == {1, 2, 3}
+    assert {v for c in configs for v in c["padding"]} == {0, 1}      # at most half the kernel
+    assert any(c["kernel_size"][0] != c["kernel_size"][1] for c in configs)
+    assert any(s < k for c in configs for s, k in zip(c["stride"], c["kernel_size"]))  # overlap
+    assert {c["n"] for c in configs} == {1, 2} and {c["c"] for c in configs} == {1, 3}
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_gradcheck_maxpool(seed):
     cfg = ref.pool_config(seed)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from minicnn import backend
-from minicnn.layers.base import Layer
+from minicnn.layers.base import Layer, grad_enabled
 
 
 class Activation(Layer):
@@ -21,7 +21,7 @@ class Activation(Layer):
     def forward(self, x: Any) -> Any:
         self.check_input(x)
         y = self.apply(x)
-        self._cache = (x, y)
+        self._cache = (x, y) if grad_enabled() else None
         return y
 
     def backward(self, grad_out: Any) -> Any:

@@ -20,7 +20,10 @@ from typing import Any
 from minicnn import backend
 from minicnn import init as _init
 from minicnn.im2col import IntPair, col2im, conv_output_size, im2col, pair
-from minicnn.layers.base import Layer, Parameter, column_sums
+from minicnn.layers.base import Layer, Parameter, column_sums, grad_enabled
+
+INFERENCE_COLUMNS = 1 << 22
+"""Elements of the im2col buffer per slice of the batch under ``no_grad()`` (16 MiB float32)."""
 
 
 class Conv2D(Layer):
@@ -87,14 +90,34 @@ class Conv2D(Layer):
         """x (N, C, H, W) -> y (N, O, Ho, Wo)."""
         self.check_input(x, 4, "(N, C, H, W)", channels=self.in_channels)
         _, ho, wo = self.output_shape(tuple(x.shape[1:]))
-        n = x.shape[0]
+        n, k = x.shape[0], self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        if not grad_enabled():
+            return self._forward_in_slices(x, ho, wo, k)
         cols = im2col(x, self.kernel_size, self.stride, self.padding, self.dilation,
                       out=self._buf_cols)
         self._buf_cols = cols
-        y = cols.reshape(n * ho * wo, -1) @ self._weight_matrix()
+        y = cols.reshape(n * ho * wo, k) @ self._weight_matrix()
         if self.bias is not None:
             y += self.bias.data
         self._cache = (tuple(x.shape), cols)
+        return y.reshape(n, ho, wo, self.out_channels).transpose(0, 3, 1, 2)
+
+    def _forward_in_slices(self, x: Any, ho: int, wo: int, k: int) -> Any:
+        """Inference: nothing is kept for backward, so im2col one slice of the batch at a
+        time into one small buffer (bounded memory, cache-friendly)."""
+        n = x.shape[0]
+        y = backend.xp.empty((n * ho * wo, self.out_channels), dtype=x.dtype)
+        step = max(1, INFERENCE_COLUMNS // (ho * wo * k))
+        w, cols = self._weight_matrix(), None
+        for start in range(0, n, step):
+            part = x[start:start + step]
+            cols = im2col(part, self.kernel_size, self.stride, self.padding, self.dilation,
+                          out=cols)
+            rows = slice(start * ho * wo, (start + part.shape[0]) * ho * wo)
+            backend.xp.matmul(cols.reshape(-1, k), w, out=y[rows])
+        if self.bias is not None:
+            y += self.bias.data
+        self._cache = None
         return y.reshape(n, ho, wo, self.out_channels).transpose(0, 3, 1, 2)
 
     def backward(self, grad_out: Any) -> Any:

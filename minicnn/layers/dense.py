@@ -5,7 +5,7 @@ from typing import Any
 
 from minicnn import init as _init
 from minicnn.layers.activations import get_activation
-from minicnn.layers.base import Layer, Parameter, column_sums
+from minicnn.layers.base import Layer, Parameter, column_sums, grad_enabled
 
 
 class Dense(Layer):
@@ -56,7 +56,7 @@ class Dense(Layer):
         if self.bias is not None:
             z += self.bias.data
         y = z if self.activation is None else self.activation.forward(z)
-        self._cache = x
+        self._cache = x if grad_enabled() else None
         return y
 
     def backward(self, grad_out: Any) -> Any:

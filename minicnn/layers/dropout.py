@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from minicnn import init
-from minicnn.layers.base import Layer
+from minicnn.layers.base import Layer, grad_enabled
 
 
 class Dropout(Layer):
@@ -25,7 +25,7 @@ class Dropout(Layer):
             return x
         keep = init.device_rng().random(x.shape, dtype=x.dtype) >= self.p
         mask = keep * x.dtype.type(1.0 / (1.0 - self.p))
-        self._cache = mask
+        self._cache = mask if grad_enabled() else None
         return x * mask
 
     def backward(self, grad_out: Any) -> Any:

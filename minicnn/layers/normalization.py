@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from minicnn import backend
-from minicnn.layers.base import Layer, Parameter
+from minicnn.layers.base import Layer, Parameter, grad_enabled
 
 
 class BatchNorm2D(Layer):
@@ -52,7 +52,7 @@ class BatchNorm2D(Layer):
             mean, var = self.running_mean, self.running_var
         inv_std = 1.0 / xp.sqrt(var + self.eps)
         x_hat = (x_nhwc - mean) * inv_std
-        self._cache = (x_hat, inv_std, self.training)
+        self._cache = (x_hat, inv_std, self.training) if grad_enabled() else None
         return (x_hat * self.weight.data + self.bias.data).transpose(0, 3, 1, 2)
 
     def backward(self, grad_out: Any) -> Any:

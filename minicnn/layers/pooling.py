@@ -13,7 +13,7 @@ from typing import Any
 
 from minicnn import backend
 from minicnn.im2col import IntPair, conv_output_size, pair
-from minicnn.layers.base import Layer
+from minicnn.layers.base import Layer, grad_enabled
 
 
 def _taps(kh: int, kw: int, ho: int, wo: int, sh: int, sw: int):
@@ -88,12 +88,15 @@ class MaxPool2D(_Pool2D):
                     y = tap.copy()
                     argmax = xp.zeros(y.shape, dtype=xp.uint8 if kh * kw < 256 else xp.int32)
                     continue
+                if not grad_enabled():               # inference: no argmax needed
+                    xp.maximum(y, tap, out=y)
+                    continue
                 better = tap > y                     # strict: ties keep the earlier tap
                 xp.maximum(y, tap, out=y)
                 # taps come in increasing k, so "argmax = k where better" is a running maximum
                 xp.maximum(argmax, better.astype(argmax.dtype) * argmax.dtype.type(k),
                            out=argmax)
-        self._cache = (tuple(x.shape), argmax)
+        self._cache = (tuple(x.shape), argmax) if grad_enabled() else None
         return y.transpose(0, 3, 1, 2)
 
     def backward(self, grad_out: Any) -> Any:
