@@ -16,11 +16,10 @@ What is measured, for each backend (``--backend numpy``, ``--backend cupy``, or 
   bytes held by the framework's caching allocator (CuPy pool / ``max_memory_reserved``).
 
 ``--compare torch`` builds the identical model in PyTorch (weights copied from minicnn, same
-SGD and loss) and alternates the two frameworks step by step in one run, so machine noise hits
-both, with ``--pause`` idle seconds before each timed call so that one framework's spinning
-BLAS/OpenMP worker threads do not slow the other's turn; it reports minicnn/PyTorch for every
-figure. GPU timings synchronize before reading
-the clock. Inputs are random N(0, 1) images with random labels, from a fixed seed.
+SGD and loss) and alternates the two frameworks in blocks of 5 steps in one run, so machine
+noise hits both; each block starts with ``--pause`` idle seconds and one untimed step, so that
+one framework's spinning BLAS/OpenMP worker threads do not slow the other's turn. It reports
+minicnn/PyTorch for every figure. GPU timings synchronize before reading the clock. Inputs are random N(0, 1) images with random labels, from a fixed seed.
 PyTorch is optional: imported only for ``--compare torch``.
 """
 from __future__ import annotations
@@ -184,23 +183,31 @@ def _clock(runner: Any, fn: Callable[[], Any]) -> float:
 
 
 def time_alternating(runners: Sequence[Any], method: str, warmup: int, reps: int,
-                     pause: float = 0.0) -> list[list[float]]:
-    """Seconds per call of ``method`` for each runner, runners taking turns call by call (the
-    order flips every round); the first ``warmup`` rounds are not recorded.
+                     pause: float = 0.0, block: int = 5) -> list[list[float]]:
+    """Seconds per call of ``method`` for each runner: ``reps`` timed calls each, after
+    ``warmup`` untimed ones.
 
-    With several runners, each call follows ``pause`` idle seconds: BLAS and OpenMP worker
-    threads busy-wait for a while after their work (OpenBLAS for about 0.1 s), and without the
-    pause one framework's spinning workers would slow the other framework's turn.
+    With several runners, they take turns in blocks of ``block`` timed calls (the order flips
+    every round), so machine noise hits all of them. Each turn starts with ``pause`` idle
+    seconds and one untimed call: BLAS and OpenMP worker threads busy-wait for a while after
+    their work (OpenBLAS for about 0.1 s), so without the pause one framework's spinning
+    workers would slow the other's turn, and the untimed call wakes the turn's own workers and
+    caches, as they are during a real training run.
     """
     times: list[list[float]] = [[] for _ in runners]
-    for i in range(warmup + reps):
+    for runner in runners:
+        for _ in range(warmup):
+            _clock(runner, getattr(runner, method))
+    rounds = 0
+    while any(len(t) < reps for t in times):
         order = list(enumerate(runners))
-        for k, runner in (order if i % 2 == 0 else order[::-1]):
-            if len(runners) > 1 and pause > 0:
+        for k, runner in (order if rounds % 2 == 0 else order[::-1]):
+            if len(runners) > 1:
                 time.sleep(pause)
-            seconds = _clock(runner, getattr(runner, method))
-            if i >= warmup:
-                times[k].append(seconds)
+                _clock(runner, getattr(runner, method))
+            for _ in range(min(block, reps - len(times[k]))):
+                times[k].append(_clock(runner, getattr(runner, method)))
+        rounds += 1
     return times
 
 
@@ -494,8 +501,8 @@ def format_report(report: dict[str, Any]) -> str:
            "steps / 2 inference passes); 'increase' = that peak minus the child's RSS once its "
            "imports are done"]
     if report.get("compare") == "torch":
-        out.append(f"minicnn and PyTorch alternate step by step in one process, "
-                   f"{cfg['pause_s']} s idle before each timed call; PyTorch runs the same model "
+        out.append(f"minicnn and PyTorch alternate in blocks of 5 timed steps in one process, "
+                   f"each block after {cfg['pause_s']} s idle and one untimed step; PyTorch runs the same model "
                    "from the same initial weights, SGD and loss")
     header, columns = ["figure"], []
     for b, res in results.items():

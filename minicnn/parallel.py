@@ -11,10 +11,20 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
+from minicnn import backend
+
 WORKERS = max(1, min(int(os.environ.get("MINICNN_NUM_THREADS", os.cpu_count() or 1)), 8))
 MIN_ELEMENTS = 1 << 18   # below this, thread hand-off costs more than it saves
 
 _pool: ThreadPoolExecutor | None = None
+
+
+def map_batch(fn: Callable[..., Any], *arrays: Any) -> Any:
+    """``fn(*arrays, out=out)`` computed slice by slice of the batch (axis 0) in worker threads;
+    ``out`` is a new array like ``arrays[0]`` (same memory layout)."""
+    out = backend.xp.empty_like(arrays[0])
+    for_batch_slices(lambda b: fn(*(a[b] for a in arrays), out=out[b]), out.shape[0], out.size)
+    return out
 
 
 def for_batch_slices(fn: Callable[[slice], Any], batch: int, elements: int) -> None:
@@ -25,7 +35,7 @@ def for_batch_slices(fn: Callable[[slice], Any], batch: int, elements: int) -> N
     """
     global _pool
     parts = min(WORKERS, batch)
-    if parts < 2 or elements < MIN_ELEMENTS:
+    if parts < 2 or elements < MIN_ELEMENTS or backend.name != "numpy":
         fn(slice(0, batch))
         return
     if _pool is None:

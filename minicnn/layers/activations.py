@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from minicnn import backend
+from minicnn import backend, parallel
 from minicnn.layers.base import Layer, grad_enabled
 
 
@@ -41,10 +41,11 @@ class ReLU(Activation):
     """max(x, 0)."""
 
     def apply(self, x):
-        return backend.xp.maximum(x, 0)
+        return parallel.map_batch(lambda a, out: backend.xp.maximum(a, 0, out=out), x)
 
     def derivative(self, x, y, grad_out):
-        return grad_out * (y > 0)
+        return parallel.map_batch(lambda g, a, out: backend.xp.multiply(g, a > 0, out=out),
+                                  grad_out, y)
 
 
 class LeakyReLU(Activation):
