@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from minicnn import backend, parallel
+from minicnn import backend
 
 IntPair = int | tuple[int, int]
 
@@ -87,10 +87,7 @@ def im2col(x: Any, kernel_size: IntPair, stride: IntPair = 1, padding: IntPair =
         from minicnn import cuda_kernels
         return cuda_kernels.im2col_nhwc(xp.ascontiguousarray(x_nhwc),
                                         kh, kw, sh, sw, ph, pw, dh, dw, out=out)
-    def copy_windows(b: slice) -> None:
-        _im2col_numpy(x_nhwc[b], out[b], kh, kw, sh, sw, ph, pw, dh, dw)
-
-    parallel.for_batch_slices(copy_windows, n, out.size)
+    _im2col_numpy(x_nhwc, out, kh, kw, sh, sw, ph, pw, dh, dw)
     return out
 
 
@@ -143,15 +140,11 @@ def col2im(cols: Any, x_shape: tuple[int, int, int, int], kernel_size: IntPair,
                                        kh, kw, sh, sw, ph, pw, dh, dw)
         return out.transpose(0, 3, 1, 2)
     out = xp.zeros((n, h, w, c), dtype=cols.dtype)
-
-    def add_windows(b: slice) -> None:
-        for i in range(kh):
-            r0, r1, h0 = _tap_range(i, ho, h, sh, ph, dh)
-            for j in range(kw):
-                c0, c1, w0 = _tap_range(j, wo, w, sw, pw, dw)
-                if r1 > r0 and c1 > c0:
-                    out[b, h0:h0 + (r1 - r0 - 1) * sh + 1:sh, w0:w0 + (c1 - c0 - 1) * sw + 1:sw] \
-                        += cols[b, r0:r1, c0:c1, i, j, :]
-
-    parallel.for_batch_slices(add_windows, n, cols.size)
+    for i in range(kh):
+        r0, r1, h0 = _tap_range(i, ho, h, sh, ph, dh)
+        for j in range(kw):
+            c0, c1, w0 = _tap_range(j, wo, w, sw, pw, dw)
+            if r1 > r0 and c1 > c0:
+                out[:, h0:h0 + (r1 - r0 - 1) * sh + 1:sh, w0:w0 + (c1 - c0 - 1) * sw + 1:sw] \
+                    += cols[:, r0:r1, c0:c1, i, j, :]
     return out.transpose(0, 3, 1, 2)

@@ -13,8 +13,9 @@ Losses and correct counts stay on the device in a small window and are read back
 every ``log_every`` steps, so a GPU is never made to wait for the host on every step; the
 epoch means are still exact (every step's loss is summed). A NaN or inf loss stops training
 (``TrainingError``, naming the epoch and step) without overwriting the last good checkpoint.
-The first Ctrl-C stops at the end of the current step, saves a checkpoint and returns; a
-second one interrupts at once.
+The first Ctrl-C stops at the end of the current step, saves a checkpoint (mid-epoch
+included: a resumed run ends with bit-identical weights) and returns the History with
+``stopped == "interrupted"``; a second Ctrl-C interrupts at once.
 """
 from __future__ import annotations
 

@@ -149,19 +149,3 @@ def test_pair_accepts_int_tuple_and_list():
     assert pair((2, 3)) == (2, 3)
     assert pair([4, 1]) == (4, 1)
 
-
-@pytest.mark.parametrize("workers", [2, 3])
-@pytest.mark.parametrize("seed", [2, 4, 9, 12])
-def test_threaded_batch_slices_give_the_same_result(monkeypatch, workers, seed):
-    """Large batches are split among worker threads (minicnn.parallel); force that path on small
-    inputs and check against the reference and the adjoint identity."""
-    from minicnn import parallel
-    monkeypatch.setattr(parallel, "MIN_ELEMENTS", 0)
-    monkeypatch.setattr(parallel, "WORKERS", workers)
-    cfg = dict(ref.conv_config(seed), n=5)
-    x = random_input(cfg, seed)
-    cols = im2col(x, **geometry(cfg))
-    np.testing.assert_array_equal(cols, ref.im2col(x, **geometry(cfg)))
-    c = np.random.default_rng(seed).standard_normal(cols.shape)
-    lhs, rhs = float(np.sum(cols * c)), float(np.sum(x * col2im(c, x.shape, **geometry(cfg))))
-    assert abs(lhs - rhs) <= 1e-12 * float(np.sum(np.abs(cols * c)))

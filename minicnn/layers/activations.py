@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from minicnn import backend, parallel
+from minicnn import backend
 from minicnn.layers.base import Layer, grad_enabled
 
 
@@ -41,11 +41,10 @@ class ReLU(Activation):
     """max(x, 0)."""
 
     def apply(self, x):
-        return parallel.map_batch(lambda a, out: backend.xp.maximum(a, 0, out=out), x)
+        return backend.xp.maximum(x, 0)
 
     def derivative(self, x, y, grad_out):
-        return parallel.map_batch(lambda g, a, out: backend.xp.multiply(g, a > 0, out=out),
-                                  grad_out, y)
+        return grad_out * (y > 0)
 
 
 class LeakyReLU(Activation):
