@@ -32,6 +32,7 @@ from tqdm import tqdm
 from minicnn import backend
 from minicnn import init as _init
 from minicnn.data import DataLoader
+from minicnn.layers.base import no_grad
 from minicnn.losses import SoftmaxCrossEntropy
 
 __all__ = ["fit", "evaluate", "predict", "confusion_matrix", "History", "Evaluation",
@@ -119,13 +120,14 @@ def evaluate(model: Any, data: Any, loss: Any = None, batch_size: int = 1000,
     was_training = model.training
     loss_sum, correct, seen = 0.0, None, 0
     try:
-        for xb, yb in loader:
-            out = model.forward(xb, training=False, check=False)
-            n = len(xb)
-            loss_sum = loss_sum + loss_fn.forward(out, yb).astype("float64") * n
-            c = _correct(out, yb)
-            correct = None if c is None else (c if correct is None else correct + c)
-            seen += n
+        with no_grad():
+            for xb, yb in loader:
+                out = model.forward(xb, training=False, check=False)
+                n = len(xb)
+                loss_sum = loss_sum + loss_fn.forward(out, yb).astype("float64") * n
+                c = _correct(out, yb)
+                correct = None if c is None else (c if correct is None else correct + c)
+                seen += n
     finally:
         model.train(was_training)
         model.clear_cache()
@@ -140,7 +142,8 @@ def predict(model: Any, x: Any, batch_size: int = 1000, transform: Any = None) -
     loader = _eval_loader(x, batch_size, transform)
     was_training = model.training
     try:
-        outs = [model.forward(xb, training=False, check=False) for xb, _ in loader]
+        with no_grad():
+            outs = [model.forward(xb, training=False, check=False) for xb, _ in loader]
     finally:
         model.train(was_training)
         model.clear_cache()

@@ -127,9 +127,9 @@ class Conv2D(Layer):
         xp = backend.xp
         n, o, ho, wo = grad_out.shape
         dy = xp.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)).reshape(n * ho * wo, o)
-        cols2d = cols.reshape(n * ho * wo, -1)
-        dw = cols2d.T @ dy                                   # (kh*kw*C, O)
         kh, kw = self.kernel_size
+        cols2d = cols.reshape(n * ho * wo, kh * kw * self.in_channels)
+        dw = cols2d.T @ dy                                   # (kh*kw*C, O)
         self.weight.grad += dw.reshape(kh, kw, self.in_channels, o).transpose(3, 2, 0, 1)
         if self.bias is not None:
             self.bias.grad += column_sums(dy)

@@ -130,12 +130,18 @@ class AvgPool2D(_Pool2D):
         self.check_input(x, 4, "(N, C, H, W)")
         _, ho, wo = self.output_shape(tuple(x.shape[1:]))
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        self._cache = tuple(x.shape)
+        if backend.is_cupy_array(x):
+            from minicnn import cuda_kernels
+            y = cuda_kernels.avgpool_forward_nhwc(
+                backend.xp.ascontiguousarray(x.transpose(0, 2, 3, 1)), kh, kw, sh, sw,
+                *self.padding)
+            return y.transpose(0, 3, 1, 2)
         xpad = self._padded(x.transpose(0, 2, 3, 1), 0.0)
         y = backend.xp.zeros((x.shape[0], ho, wo, x.shape[1]), dtype=x.dtype)
         for _, (rows, cols) in _taps(kh, kw, ho, wo, sh, sw):
             y += xpad[:, rows, cols]
         y *= y.dtype.type(1.0 / (kh * kw))
-        self._cache = tuple(x.shape)
         return y.transpose(0, 3, 1, 2)
 
     def backward(self, grad_out: Any) -> Any:
@@ -143,6 +149,12 @@ class AvgPool2D(_Pool2D):
         n, c, h, w = self._cache
         self._cache = None
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        if backend.is_cupy_array(grad_out):
+            from minicnn import cuda_kernels
+            dx = cuda_kernels.avgpool_backward_nhwc(
+                backend.xp.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)), h, w,
+                kh, kw, sh, sw, ph, pw)
+            return dx.transpose(0, 3, 1, 2)
         dy = grad_out.transpose(0, 2, 3, 1) * grad_out.dtype.type(1.0 / (kh * kw))
         ho, wo = dy.shape[1:3]
         dx = backend.xp.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=dy.dtype)
