@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # checkout
 import minicnn  # noqa: E402
-from minicnn.data import DataLoader, Normalize  # noqa: E402
+from minicnn.data import DataLoader, Normalize, RandomShift  # noqa: E402
 from minicnn.datasets import load_mnist  # noqa: E402
 from minicnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU  # noqa: E402
 from minicnn.optim import SGD, CosineLR  # noqa: E402
@@ -30,7 +30,7 @@ minicnn.manual_seed(0)
 x_train, y_train = x_train[:args.limit], y_train[:args.limit]
 normalize = Normalize(mean=0.1307, std=0.3081)          # pixels / 255, then zero mean, unit std
 train_loader = DataLoader(x_train, y_train, batch_size=128, shuffle=True, seed=0,
-                          transform=normalize)
+                          transform=normalize, augment=RandomShift(1))  # shifts of <= 1 pixel
 
 # 2. The model: two conv + ReLU + max-pool stages, then two dense layers.
 model = minicnn.Sequential([

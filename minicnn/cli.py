@@ -96,7 +96,7 @@ def _can_plot() -> bool:
 def _resolve(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str, Any]:
     """The run's settings: explicit options, else the saved run's (on --resume), else the
     reference recipe's defaults. A resumed run may change only --epochs and --test-limit."""
-    defaults = {"dataset": "mnist", "model": "ref-cnn", "seed": 0, "limit": None, "augment": 0,
+    defaults = {"dataset": "mnist", "model": "ref-cnn", "seed": 0, "limit": None,
                 "test_limit": None, **zoo.REFERENCE_RECIPE.as_dict()}
     saved = saved or {}
     settings = {}
@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=float, help=f"weight decay (default {r.weight_decay})")
     t.add_argument("--schedule", choices=zoo.SCHEDULES, help=f"lr schedule (default {r.schedule})")
     t.add_argument("--augment", type=int, metavar="K",
-                   help="random shifts of up to K pixels (default 0: none)")
+                   help=f"random shifts of up to K pixels (default {r.augment}; 0: none)")
     t.add_argument("--seed", type=int, help="random seed (default 0)")
     t.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/MODEL-DATASET)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -342,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="accuracy, per-class accuracy, confusion matrix")
     e.add_argument("checkpoint", help="a .npz checkpoint (e.g. RUN_DIR/model.npz)")
     e.add_argument("--dataset", choices=DATASETS, help="default: the checkpoint's")
-    e.add_argument("--batch-size", type=_positive, default=1000)
+    e.add_argument("--batch-size", type=_positive, default=256)
     e.add_argument("--limit", type=_positive, metavar="N", help="only the first N test images")
     common(e)
     e.set_defaults(func=cmd_evaluate)
