@@ -17,10 +17,12 @@ from minicnn.layers.base import Layer, grad_enabled
 
 
 def _taps(kh: int, kw: int, ho: int, wo: int, sh: int, sw: int):
-    """(k, i, j, (row slice, col slice)) for each window tap, over the padded input."""
+    """(k, (row slice, column slice)) for each window tap k = i*kw + j: the slices of the padded
+    input that tap (i, j) of every window reads."""
     for i in range(kh):
         for j in range(kw):
-            yield i * kw + j, (slice(i, i + sh * (ho - 1) + 1, sh), slice(j, j + sw * (wo - 1) + 1, sw))
+            yield i * kw + j, (slice(i, i + sh * (ho - 1) + 1, sh),
+                               slice(j, j + sw * (wo - 1) + 1, sw))
 
 
 class _Pool2D(Layer):
