@@ -8,7 +8,8 @@ time, by convention as a local ``xp = backend.xp``, so the same layer code runs 
     y = xp.maximum(x, 0)
 
 Pick the backend with ``minicnn.set_backend("cupy")`` or the environment variable
-``MINICNN_BACKEND=cupy`` (read when minicnn is imported).
+``MINICNN_BACKEND=cupy``, which is applied on first use of the backend (so an unusable choice
+is reported where it is used, e.g. as the command line's one-line error, not at import).
 """
 from __future__ import annotations
 
@@ -20,11 +21,10 @@ import numpy
 
 BACKENDS = ("numpy", "cupy")
 
-xp: ModuleType = numpy
-"""The active array module (numpy or cupy)."""
-
-name: str = "numpy"
-"""The active backend's name."""
+# The active array module (numpy or cupy) and its name. Both are set by ``set_backend``; until
+# then, the module-level ``__getattr__`` below applies MINICNN_BACKEND on first access.
+xp: ModuleType
+name: str
 
 default_dtype = numpy.float32
 """The dtype of new parameters and of data batches; float64 is for gradient checks."""
@@ -76,7 +76,20 @@ def set_backend(backend_name: str) -> None:
 
 def get_backend() -> str:
     """The active backend's name."""
+    if "name" not in globals():
+        _apply_environment()
     return name
+
+
+def _apply_environment() -> None:
+    set_backend(os.environ.get("MINICNN_BACKEND", "").strip().lower() or "numpy")
+
+
+def __getattr__(attribute: str) -> Any:
+    if attribute in ("xp", "name"):
+        _apply_environment()
+        return globals()[attribute]
+    raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}")
 
 
 def is_cupy_array(a: Any) -> bool:
@@ -101,7 +114,7 @@ def to_numpy(a: Any) -> numpy.ndarray:
 
 def to_backend(a: Any, backend_name: str | None = None) -> Any:
     """Move an array to ``backend_name`` (default: the active backend); no copy if already there."""
-    target = name if backend_name is None else backend_name
+    target = get_backend() if backend_name is None else backend_name
     if target == "numpy":
         return to_numpy(a)
     module = get_module(target)
@@ -110,10 +123,6 @@ def to_backend(a: Any, backend_name: str | None = None) -> Any:
 
 def synchronize() -> None:
     """Wait for queued GPU work to finish (no-op on NumPy); call before reading a clock."""
-    if name == "cupy":
+    if get_backend() == "cupy":
         xp.cuda.get_current_stream().synchronize()
 
-
-_env_backend = os.environ.get("MINICNN_BACKEND", "").strip().lower()
-if _env_backend and _env_backend != "numpy":
-    set_backend(_env_backend)
