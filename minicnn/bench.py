@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 import numpy
 
 import minicnn
-from minicnn import backend, losses, optim
+from minicnn import backend, losses, optim, parallel
 from minicnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from minicnn.models import Sequential
 
@@ -123,8 +123,11 @@ class MinicnnRunner:
 
     name = "minicnn"
 
-    def __init__(self, model: Sequential, x: Any, y: Any, xi: Any = None):
+    def __init__(self, model: Sequential, x: Any, y: Any, xi: Any = None,
+                 workers: int | None = None):
         self.model = model
+        # as minicnn.train.fit does: on the CPU, one replica per core (parallel.py)
+        self.net = parallel.data_parallel(model, workers)
         self.loss = losses.SoftmaxCrossEntropy()
         self.opt = optim.SGD(model.parameters(), LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
         self.x, self.y, self.xi = (None if a is None else backend.to_backend(a) for a in (x, y, xi))
@@ -134,14 +137,14 @@ class MinicnnRunner:
 
     def train_step(self) -> None:
         self.opt.zero_grad()
-        out = self.model.forward(self.x, training=True, check=False)
+        out = self.net.forward(self.x, training=True, check=False)
         self.loss.forward(out, self.y)
-        self.model.backward(self.loss.backward(), input_grad=False)
+        self.net.backward(self.loss.backward(), input_grad=False)
         self.opt.step()
 
     def infer(self) -> Any:
         with minicnn.no_grad():
-            return self.model.forward(self.xi, training=False, check=False)
+            return self.net.forward(self.xi, training=False, check=False)
 
 
 class TorchRunner:

@@ -29,7 +29,7 @@ from typing import Any, Iterable, NamedTuple
 
 from tqdm import tqdm
 
-from minicnn import backend
+from minicnn import backend, parallel
 from minicnn import init as _init
 from minicnn.data import DataLoader
 from minicnn.layers.base import no_grad
@@ -248,6 +248,7 @@ class _Run:
         self.loss_fn, self.schedule, self.checkpoint = loss_fn, schedule, checkpoint
         self.meta, self.epochs, self.progress = meta, epochs, progress
         self.log_every = max(1, log_every)
+        self.net = model                     # or a DataParallel of it (see fit)
         self.epoch, self.step, self.history = 0, 0, History()
         self.tally: _Tally | None = None     # a resumed, unfinished epoch
         self.good = None                     # the checkpoint holding the last good weights
@@ -287,11 +288,11 @@ class _Run:
         """One SGD step on a batch; the loss and correct count stay on the device."""
         if self.schedule is not None:
             self.optimizer.lr = float(self.schedule(self.step))
-        out = self.model.forward(x, training=True, check=False)
+        out = self.net.forward(x, training=True, check=False)
         loss = self.loss_fn.forward(out, y)
         correct = _correct(out, y)
         self.optimizer.zero_grad()
-        self.model.backward(self.loss_fn.backward(), input_grad=False)
+        self.net.backward(self.loss_fn.backward(), input_grad=False)
         self.optimizer.step()
         self.step += 1
         return loss, correct
@@ -363,7 +364,7 @@ class _Run:
                   "train_loss": tally.loss_sum / seen,
                   "train_acc": tally.correct / seen if tally.has_correct else None}
         if val_loader is not None:
-            result = evaluate(self.model, val_loader, self.loss_fn,
+            result = evaluate(self.net, val_loader, self.loss_fn,
                               batch_size=val_loader.batch_size)
             record.update(val_loss=result.loss, val_acc=result.accuracy)
         record.update(seconds=tally.seconds + time.perf_counter() - started,
@@ -377,7 +378,8 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
         val_data: Any = None, schedule: Any = None, callbacks: Iterable[Any] = (),
         batch_size: int = 128, seed: int | None = None, checkpoint: Any = None,
         resume: Any = False, meta: dict[str, Any] | None = None, progress: bool = True,
-        log_every: int = 20, eval_batch_size: int = EVAL_BATCH_SIZE) -> History:
+        log_every: int = 20, eval_batch_size: int = EVAL_BATCH_SIZE,
+        workers: int | None = None) -> History:
     """Train ``model`` for ``epochs`` epochs with ``optimizer`` and return the History.
 
     train_data: a DataLoader, or an (x, y) pair batched here (``batch_size``, shuffled with
@@ -388,7 +390,8 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
     checkpoint: a path written after every epoch and on Ctrl-C (with ``meta`` merged into its
     metadata); resume: True to continue from ``checkpoint``, or the path of a checkpoint to
     continue from. Losses are read back every ``log_every`` steps. Raises TrainingError if the
-    loss becomes NaN or inf.
+    loss becomes NaN or inf. workers: on the NumPy backend each step is split among this many
+    replicas of the model in threads (default: one per core; see ``minicnn.parallel``).
     """
     loader = _train_loader(train_data, batch_size, seed)
     val_loader = None if val_data is None else _eval_loader(val_data, eval_batch_size,
@@ -398,6 +401,7 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
         meta.setdefault("transform", loader.transform.config())
     run = _Run(model, optimizer, loader, loss if loss is not None else SoftmaxCrossEntropy(),
                schedule, checkpoint, meta, epochs, progress, log_every)
+    run.net = parallel.data_parallel(model, workers)
     if resume:
         source = checkpoint if resume is True else resume
         if source is None:
@@ -409,23 +413,27 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
                 if hasattr(cb, "on_epoch_end") or callable(cb)]
     on_step = [cb.on_step_end for cb in callbacks if hasattr(cb, "on_step_end")]
     saved_to = "" if checkpoint is None else f"; checkpoint saved to {checkpoint}"
-    with _StopRequest() as stop:
-        while run.epoch < epochs:
-            tally = run.train_epoch(stop, on_step)
-            if tally.position < len(loader):
-                _say(True, f"interrupted at epoch {run.epoch + 1}, step {tally.position} of "
-                           f"{len(loader)}{saved_to}")
-                run.history.stopped = "interrupted"
-                break
-            record = run.end_epoch(tally, val_loader)
-            _say(progress, _describe(record, epochs))
-            for cb in on_epoch:
-                cb(record)
-            run.save(None)
-            if stop.requested:
-                _say(True, f"interrupted after epoch {run.epoch}{saved_to}")
-                run.history.stopped = "interrupted"
-                break
+    try:
+        with _StopRequest() as stop:
+            while run.epoch < epochs:
+                tally = run.train_epoch(stop, on_step)
+                if tally.position < len(loader):
+                    _say(True, f"interrupted at epoch {run.epoch + 1}, step {tally.position} of "
+                               f"{len(loader)}{saved_to}")
+                    run.history.stopped = "interrupted"
+                    break
+                record = run.end_epoch(tally, val_loader)
+                _say(progress, _describe(record, epochs))
+                for cb in on_epoch:
+                    cb(record)
+                run.save(None)
+                if stop.requested:
+                    _say(True, f"interrupted after epoch {run.epoch}{saved_to}")
+                    run.history.stopped = "interrupted"
+                    break
+    finally:
+        if run.net is not model:
+            run.net.close()
     return run.history
 
 

@@ -1,0 +1,164 @@
+"""Data parallelism on the CPU: each step splits the batch among replicas of the model, one per
+core, run in threads.
+
+NumPy runs an element-wise operation on one core, and OpenBLAS's own threads busy-wait between
+matrix multiplies, holding the other cores. So on the NumPy backend a training step is faster
+when BLAS is single-threaded and each core runs the *whole* forward and backward of a slice of
+the batch: the replicas share the parameter arrays (read-only during the step), keep their own
+activations and gradients, and the gradients are summed into the model's afterwards, which gives
+exactly the full batch's gradient. NumPy releases the GIL inside its loops and BLAS calls, so
+the threads really run in parallel.
+
+Used by ``minicnn.train.fit`` when it can set OpenBLAS's thread count (otherwise its threads
+would fight the replicas' threads) and the model has no layer with state or randomness
+(BatchNorm2D's running statistics, Dropout's masks), whose results would depend on the split.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from minicnn import backend, init
+
+_BLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                 "openblas_set_num_threads64_", "openblas_set_num_threads")
+_BLAS_GETTERS = tuple(s.replace("set_num", "get_num") for s in _BLAS_SETTERS)
+
+
+def _openblas() -> tuple[Any, Any] | None:
+    """OpenBLAS's (set, get) thread-count functions from the libraries loaded in this process."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for set_name, get_name in zip(_BLAS_SETTERS, _BLAS_GETTERS):
+            if hasattr(lib, set_name) and hasattr(lib, get_name):
+                return getattr(lib, set_name), getattr(lib, get_name)
+    return None
+
+
+def set_blas_threads(count: int) -> int | None:
+    """Set OpenBLAS's thread count; returns the previous count, or None if it cannot."""
+    functions = _openblas()
+    if functions is None:
+        return None
+    set_threads, get_threads = functions
+    previous = int(get_threads())
+    set_threads(ctypes.c_int(count))
+    return previous
+
+
+def can_split(model: Any) -> bool:
+    """True when splitting the batch cannot change the model's results."""
+    from minicnn.layers import BatchNorm2D, Dropout
+    return not any(isinstance(layer, BatchNorm2D | Dropout) for layer in model.layers)
+
+
+class DataParallel:
+    """``forward`` / ``backward`` of ``model`` on slices of the batch, one replica per thread.
+
+    Everything else (parameters, config, modes) is the model's own. Gradients are summed into
+    the model's parameters, so an optimizer over ``model.parameters()`` works unchanged.
+    """
+
+    def __init__(self, model: Any, workers: int):
+        from minicnn.models import layer_from_config
+        self.model, self.workers = model, workers
+        state = init.get_rng_state()        # building replicas must not move the global RNG
+        entry = {"class": type(model).__name__, "config": model.config()}
+        self.replicas = [layer_from_config(entry) for _ in range(workers)]
+        init.set_rng_state(state)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="minicnn")
+        self._slices: list[slice] = []
+        self.blas_threads_before: int | None = None   # restored by close()
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self.model, attribute)
+
+    def _share_parameters(self) -> None:
+        """Point every replica's parameters at the model's arrays (cheap when they already do)."""
+        params = self.model.parameters()
+        for replica in self.replicas:
+            for mine, theirs in zip(replica.parameters(), params):
+                if mine.data is not theirs.data:
+                    mine.data = theirs.data
+                    mine.grad = backend.module_of(theirs.data).zeros_like(theirs.data)
+
+    def _map(self, fn: Any) -> list[Any]:
+        jobs = [self._pool.submit(fn, r, s) for r, s in zip(self.replicas, self._slices)]
+        return [job.result() for job in jobs]
+
+    def forward(self, x: Any, training: bool | None = None, check: bool = True) -> Any:
+        """The model's output for x (N, ...), computed on up to ``workers`` slices of N."""
+        self._share_parameters()
+        n, parts = x.shape[0], min(self.workers, max(1, x.shape[0]))
+        bounds = [n * k // parts for k in range(parts + 1)]
+        self._slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+        if training is not None:
+            self.model.train(training)
+        outs = self._map(lambda r, s: r.forward(x[s], training=training, check=check))
+        return backend.xp.concatenate(outs, axis=0)
+
+    def backward(self, grad_out: Any, input_grad: bool = True) -> Any:
+        """Back-propagate each slice in its replica, then add the replicas' parameter
+        gradients into the model's (the sum is the full batch's gradient)."""
+        for replica in self.replicas:
+            replica.zero_grad()
+        grads = self._map(lambda r, s: r.backward(grad_out[s], input_grad=input_grad))
+        used = self.replicas[:len(self._slices)]
+        for k, param in enumerate(self.model.parameters()):
+            for replica in used:
+                param.grad += replica.parameters()[k].grad
+        return backend.xp.concatenate(grads, axis=0) if input_grad else None
+
+    def train(self, mode: bool = True) -> "DataParallel":
+        self.model.train(mode)
+        for replica in self.replicas:
+            replica.train(mode)
+        return self
+
+    def eval(self) -> "DataParallel":
+        return self.train(False)
+
+    def clear_cache(self) -> None:
+        for replica in self.replicas:
+            replica.clear_cache()
+
+    def close(self) -> None:
+        """Stop the threads and give OpenBLAS back the thread count it had."""
+        self._pool.shutdown()
+        if self.blas_threads_before is not None:
+            set_blas_threads(self.blas_threads_before)
+
+
+def default_workers() -> int:
+    """Cores to split a NumPy training step across: ``MINICNN_WORKERS`` if set, else the
+    cores this process may use (at most 8); 1 on the GPU backend."""
+    if backend.get_backend() != "numpy":
+        return 1
+    if os.environ.get("MINICNN_WORKERS"):
+        return max(1, int(os.environ["MINICNN_WORKERS"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, 8))
+
+
+def data_parallel(model: Any, workers: int | None = None) -> Any:
+    """``DataParallel(model, workers)`` with OpenBLAS made single-threaded, when that is
+    possible and useful (see the module docstring); otherwise ``model`` itself."""
+    workers = default_workers() if workers is None else workers
+    if workers < 2 or backend.get_backend() != "numpy" or not can_split(model):
+        return model
+    previous = set_blas_threads(1)
+    if previous is None:
+        return model
+    net = DataParallel(model, workers)
+    net.blas_threads_before = previous
+    return net
