@@ -217,7 +217,12 @@ def time_alternating(runners: Sequence[Any], method: str, warmup: int, reps: int
 def layer_breakdown(runner: MinicnnRunner, reps: int) -> list[dict[str, Any]]:
     """Median milliseconds of each layer's forward and backward (and of the loss and the
     optimizer) over ``reps`` training steps timed piece by piece, like ``Sequential`` runs them."""
-    model, sync = runner.model, runner.sync
+    model, sync, x, y = runner.model, runner.sync, runner.x, runner.y
+    if isinstance(runner.net, parallel.DataParallel):
+        # one replica on its share of the batch, on one core: what each core does in a step
+        share = -(-x.shape[0] // runner.net.workers)
+        runner.net.forward(x[:1], training=True, check=False)   # shares the parameters
+        model, x, y = runner.net.replicas[0], x[:share], y[:share]
     layers = model.layers
     fwd: list[list[float]] = [[] for _ in layers]
     bwd: list[list[float]] = [[] for _ in layers]
@@ -227,7 +232,7 @@ def layer_breakdown(runner: MinicnnRunner, reps: int) -> list[dict[str, Any]]:
         layers[0].skip_input_grad = True
     for _ in range(reps):
         opt_t.append(_clock(runner, runner.opt.zero_grad))
-        h = runner.x
+        h = x
         for i, layer in enumerate(layers):
             sync()
             start = time.perf_counter()
@@ -236,7 +241,7 @@ def layer_breakdown(runner: MinicnnRunner, reps: int) -> list[dict[str, Any]]:
             fwd[i].append(time.perf_counter() - start)
         sync()
         start = time.perf_counter()
-        runner.loss.forward(h, runner.y)
+        runner.loss.forward(h, y)
         g = runner.loss.backward()
         sync()
         loss_t.append(time.perf_counter() - start)
@@ -417,6 +422,8 @@ def bench_backend(backend_name: str, args: argparse.Namespace, torch: Any = None
         _add_memory(figures, runner.name, backend_name, args)
         if isinstance(runner, TorchRunner):
             figures.update(device=device, threads=torch.get_num_threads())
+        else:
+            figures["workers"] = getattr(runner.net, "workers", 1)
         result[runner.name] = figures
     if "torch" in result:
         result["ratio"] = _ratios(result["minicnn"], result["torch"])
@@ -528,8 +535,11 @@ def format_report(report: dict[str, Any]) -> str:
         total = sum(r["total_ms"] for r in res["layers"])
         rows.append(["sum of the above", "", "", _fmt(total, "ms"),
                      _fmt(100 * total / step_ms, "%")])
+        split = res["minicnn"].get("workers", 1)
+        share = (f"one of {split} replicas on its 1/{split} of the batch, one core (each core "
+                 "does this in parallel)" if split > 1 else "the whole batch")
         out += ["", f"minicnn {b}, per layer (median ms; % of the {step_ms:.4g} ms median step; "
-                "each layer timed alone, so the sum may differ from the step):",
+                f"{share}; each layer timed alone, so the sum may differ from the step):",
                 _table(["layer", "forward ms", "backward ms", "total ms", "share"], rows)]
     return "\n".join(out)
 
