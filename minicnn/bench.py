@@ -127,7 +127,7 @@ class MinicnnRunner:
                  workers: int | None = None):
         self.model = model
         # as minicnn.train.fit does: on the CPU, one replica per core (parallel.py)
-        self.net = parallel.data_parallel(model, workers)
+        self.net = parallel.data_parallel(model, workers, len(x) if x is not None else None)
         self.loss = losses.SoftmaxCrossEntropy()
         self.opt = optim.SGD(model.parameters(), LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
         self.x, self.y, self.xi = (None if a is None else backend.to_backend(a) for a in (x, y, xi))

@@ -150,10 +150,18 @@ def default_workers() -> int:
     return max(1, min(cores or 1, 8))
 
 
-def data_parallel(model: Any, workers: int | None = None) -> Any:
+MIN_SLICE = 64
+"""Fewest samples per replica for splitting to pay: measured on 2 cores for the reference CNN,
+batch 32 ran 17.3 s per epoch whole and 21.5 s split in two; batch 128, 19.6 s and 14.9 s."""
+
+
+def data_parallel(model: Any, workers: int | None = None, batch_size: int | None = None) -> Any:
     """``DataParallel(model, workers)`` with OpenBLAS made single-threaded, when that is
-    possible and useful (see the module docstring); otherwise ``model`` itself."""
+    possible and useful (see the module docstring, and ``MIN_SLICE`` for ``batch_size``);
+    otherwise ``model`` itself."""
     workers = default_workers() if workers is None else workers
+    if batch_size is not None:
+        workers = min(workers, batch_size // MIN_SLICE)
     if workers < 2 or backend.get_backend() != "numpy" or not can_split(model):
         return model
     previous = set_blas_threads(1)

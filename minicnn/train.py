@@ -401,7 +401,7 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
         meta.setdefault("transform", loader.transform.config())
     run = _Run(model, optimizer, loader, loss if loss is not None else SoftmaxCrossEntropy(),
                schedule, checkpoint, meta, epochs, progress, log_every)
-    run.net = parallel.data_parallel(model, workers)
+    run.net = parallel.data_parallel(model, workers, loader.batch_size)
     if resume:
         source = checkpoint if resume is True else resume
         if source is None:

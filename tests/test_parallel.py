@@ -80,6 +80,7 @@ def test_models_with_state_or_randomness_are_not_split():
     assert parallel.data_parallel(with_bn, 2) is with_bn
     model = _sequential()
     assert parallel.data_parallel(model, 1) is model
+    assert parallel.data_parallel(model, 2, batch_size=2 * parallel.MIN_SLICE - 1) is model
 
 
 def test_blas_thread_count_round_trips():
@@ -94,15 +95,15 @@ def test_blas_thread_count_round_trips():
 
 def test_fit_with_workers_matches_fit_without():
     rng = np.random.default_rng(3)
-    x = rng.integers(0, 256, (96, 1, 8, 8)).astype(np.uint8)
-    y = rng.integers(0, 3, 96)
+    x = rng.integers(0, 256, (256, 1, 8, 8)).astype(np.uint8)
+    y = rng.integers(0, 3, 256)
     results = []
     for workers in (1, 2):
         minicnn.manual_seed(0)
         model = minicnn.Sequential([Conv2D(1, 4, 3, padding=1), ReLU(), Flatten(),
                                     Dense(4 * 8 * 8, 3)], input_shape=(1, 8, 8))
         opt = SGD(model.parameters(), 0.05, momentum=0.9)
-        history = model.fit((x, y), epochs=2, optimizer=opt, batch_size=32, seed=0,
+        history = model.fit((x, y), epochs=2, optimizer=opt, batch_size=128, seed=0,
                             progress=False, workers=workers)
         results.append(([r["train_loss"] for r in history.records],
                         [p.data.copy() for p in model.parameters()]))
