@@ -10,8 +10,8 @@ exactly the full batch's gradient. NumPy releases the GIL inside its loops and B
 the threads really run in parallel.
 
 Used by ``minicnn.train.fit`` when it can set OpenBLAS's thread count (otherwise its threads
-would fight the replicas' threads) and the model has no layer with state or randomness
-(BatchNorm2D's running statistics, Dropout's masks), whose results would depend on the split.
+would fight the replicas' threads) and every layer is one of minicnn's own without state or
+randomness (BatchNorm2D's running statistics and Dropout's masks would depend on the split).
 """
 from __future__ import annotations
 
@@ -57,9 +57,18 @@ def set_blas_threads(count: int) -> int | None:
 
 
 def can_split(model: Any) -> bool:
-    """True when splitting the batch cannot change the model's results."""
+    """True when splitting the batch cannot change the model's results: every layer is one of
+    minicnn's own, none keeps state or draws random numbers (a layer of yours might, and might
+    not be safe to run in two threads at once, so models with one are not split)."""
     from minicnn.layers import BatchNorm2D, Dropout
-    return not any(isinstance(layer, BatchNorm2D | Dropout) for layer in model.layers)
+    for layer in model.layers:
+        if hasattr(layer, "layers"):                 # a model inside the model
+            if not can_split(layer):
+                return False
+        elif isinstance(layer, BatchNorm2D | Dropout) or \
+                not type(layer).__module__.startswith("minicnn."):
+            return False
+    return True
 
 
 class DataParallel:

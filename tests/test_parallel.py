@@ -73,10 +73,22 @@ def test_replicas_follow_optimizer_updates_and_reassigned_parameters():
         net.close()
 
 
-def test_models_with_state_or_randomness_are_not_split():
+class _Custom(minicnn.layers.Layer):
+    """A user's layer: minicnn cannot know whether it is safe to run in two threads."""
+
+    def forward(self, x):
+        return x
+
+    def backward(self, grad_out):
+        return grad_out
+
+
+def test_models_with_state_randomness_or_unknown_layers_are_not_split():
     with_dropout = minicnn.Sequential([Flatten(), Dropout(0.5), Dense(4, 2)])
     with_bn = minicnn.Sequential([BatchNorm2D(1), Flatten(), Dense(4, 2)])
     assert parallel.data_parallel(with_dropout, 2) is with_dropout
+    assert parallel.data_parallel(minicnn.Sequential([_Custom(), Flatten(), Dense(4, 2)]),
+                                  2).__class__ is minicnn.Sequential
     assert parallel.data_parallel(with_bn, 2) is with_bn
     model = _sequential()
     assert parallel.data_parallel(model, 1) is model
