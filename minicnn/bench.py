@@ -221,7 +221,7 @@ def layer_breakdown(runner: MinicnnRunner, reps: int) -> list[dict[str, Any]]:
     if isinstance(runner.net, parallel.DataParallel):
         # one replica on its share of the batch, on one core: what each core does in a step
         share = -(-x.shape[0] // runner.net.workers)
-        runner.net.forward(x[:1], training=True, check=False)   # shares the parameters
+        runner.net.share_parameters()
         model, x, y = runner.net.replicas[0], x[:share], y[:share]
     layers = model.layers
     fwd: list[list[float]] = [[] for _ in layers]

@@ -92,7 +92,7 @@ class DataParallel:
     def __getattr__(self, attribute: str) -> Any:
         return getattr(self.model, attribute)
 
-    def _share_parameters(self) -> None:
+    def share_parameters(self) -> None:
         """Point every replica's parameters at the model's arrays (cheap when they already do)."""
         params = self.model.parameters()
         for replica in self.replicas:
@@ -107,7 +107,7 @@ class DataParallel:
 
     def forward(self, x: Any, training: bool | None = None, check: bool = True) -> Any:
         """The model's output for x (N, ...), computed on up to ``workers`` slices of N."""
-        self._share_parameters()
+        self.share_parameters()
         n, parts = x.shape[0], min(self.workers, max(1, x.shape[0]))
         bounds = [n * k // parts for k in range(parts + 1)]
         self._slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
@@ -122,10 +122,10 @@ class DataParallel:
         for replica in self.replicas:
             replica.zero_grad()
         grads = self._map(lambda r, s: r.backward(grad_out[s], input_grad=input_grad))
-        used = self.replicas[:len(self._slices)]
+        used = [replica.parameters() for replica in self.replicas[:len(self._slices)]]
         for k, param in enumerate(self.model.parameters()):
-            for replica in used:
-                param.grad += replica.parameters()[k].grad
+            for params in used:
+                param.grad += params[k].grad
         return backend.xp.concatenate(grads, axis=0) if input_grad else None
 
     def train(self, mode: bool = True) -> "DataParallel":
