@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 import numpy
 
 import minicnn
-from minicnn import backend, losses, optim, parallel
+from minicnn import backend, blas, losses, optim, parallel
 from minicnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from minicnn.models import Sequential
 
@@ -450,6 +450,7 @@ def machine_info(backends: Sequence[str], torch: Any = None) -> dict[str, Any]:
         info["numpy_blas"] = f"{blas.get('name')} {blas.get('version')}"
     except Exception:   # older numpy: no mode="dicts"
         pass
+    info["blas_kernels"] = blas.kernels()
     if torch is not None:
         info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
     if "cupy" in backends:
@@ -493,7 +494,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def format_report(report: dict[str, Any]) -> str:
     """The plain-text report: header lines, the figures table, a per-layer table per backend."""
     cfg, mach, results = report["config"], report["machine"], report["results"]
-    versions = f"numpy {mach['numpy']} ({mach['numpy_blas'] or 'BLAS unknown'})"
+    versions = (f"numpy {mach['numpy']} ({mach['numpy_blas'] or 'BLAS unknown'}, "
+                f"{mach.get('blas_kernels', 'unknown')} kernels)")
     if "torch" in mach:
         versions += f", torch {mach['torch']} ({mach['torch_threads']} CPU threads)"
     if "gpu" in mach:

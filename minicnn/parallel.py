@@ -15,46 +15,12 @@ randomness (BatchNorm2D's running statistics and Dropout's masks would depend on
 """
 from __future__ import annotations
 
-import ctypes
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from minicnn import backend, init
-
-_BLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                 "openblas_set_num_threads64_", "openblas_set_num_threads")
-_BLAS_GETTERS = tuple(s.replace("set_num", "get_num") for s in _BLAS_SETTERS)
-
-
-def _openblas() -> tuple[Any, Any] | None:
-    """OpenBLAS's (set, get) thread-count functions from the libraries loaded in this process."""
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
-    except OSError:
-        return None
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for set_name, get_name in zip(_BLAS_SETTERS, _BLAS_GETTERS):
-            if hasattr(lib, set_name) and hasattr(lib, get_name):
-                return getattr(lib, set_name), getattr(lib, get_name)
-    return None
-
-
-def set_blas_threads(count: int) -> int | None:
-    """Set OpenBLAS's thread count; returns the previous count, or None if it cannot."""
-    functions = _openblas()
-    if functions is None:
-        return None
-    set_threads, get_threads = functions
-    previous = int(get_threads())
-    set_threads(ctypes.c_int(count))
-    return previous
-
+from minicnn.blas import set_blas_threads
 
 def can_split(model: Any) -> bool:
     """True when splitting the batch cannot change the model's results: every layer is one of

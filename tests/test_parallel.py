@@ -95,16 +95,6 @@ def test_models_with_state_randomness_or_unknown_layers_are_not_split():
     assert parallel.data_parallel(model, 2, batch_size=2 * parallel.MIN_SLICE - 1) is model
 
 
-def test_blas_thread_count_round_trips():
-    before = parallel.set_blas_threads(1)
-    if before is None:
-        pytest.skip("no OpenBLAS thread control in this NumPy build")
-    try:
-        assert parallel.set_blas_threads(before) == 1
-    finally:
-        parallel.set_blas_threads(before)
-
-
 def test_fit_with_workers_matches_fit_without():
     rng = np.random.default_rng(3)
     x = rng.integers(0, 256, (256, 1, 8, 8)).astype(np.uint8)
@@ -122,3 +112,4 @@ def test_fit_with_workers_matches_fit_without():
     np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5)
     for a, b in zip(results[1][1], results[0][1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+

@@ -1,0 +1,74 @@
+"""NumPy's BLAS (OpenBLAS): which CPU kernels it runs, and how many threads it uses.
+
+Every Conv2D and Dense layer is a matrix multiply, so on the CPU most of a training step is
+OpenBLAS's single-precision GEMM, and its speed depends on the kernels OpenBLAS picked when it
+loaded. NumPy's OpenBLAS is built for many CPUs and picks by CPU model; the environment variable
+``OPENBLAS_CORETYPE`` overrides that choice, and some machines set it to an older core on
+purpose (older OpenBLAS builds computed wrong results on newer CPUs). On this project's AMD EPYC
+(AVX-512), OpenBLAS picks its 'SkylakeX' AVX-512 kernels; ``OPENBLAS_CORETYPE=Haswell`` (AVX2)
+makes the reference CNN's largest GEMM take 4.8 instead of 2.6 ms on one core. minicnn never
+changes the setting; ``minicnn bench`` reports which kernels ran.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Any
+
+import numpy  # noqa: F401  (loads NumPy's OpenBLAS, which this module talks to)
+
+_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+            "openblas_set_num_threads64_", "openblas_set_num_threads")
+_GETTERS = tuple(s.replace("set_num", "get_num") for s in _SETTERS)
+_CORENAMES = ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename",
+              "openblas_get_corename64_", "openblas_get_corename")
+
+
+def openblas_library() -> Any | None:
+    """The OpenBLAS shared library loaded in this process (NumPy's), or None."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower()})
+    except OSError:
+        return None
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        if any(hasattr(lib, name) for name in _SETTERS):
+            return lib
+    return None
+
+
+def _function(lib: Any, names: tuple[str, ...]) -> Any | None:
+    return next((getattr(lib, n) for n in names if hasattr(lib, n)), None)
+
+
+def set_blas_threads(count: int) -> int | None:
+    """Set OpenBLAS's thread count; returns the previous count, or None if it cannot."""
+    lib = openblas_library()
+    setter = _function(lib, _SETTERS) if lib is not None else None
+    getter = _function(lib, _GETTERS) if lib is not None else None
+    if setter is None or getter is None:
+        return None
+    previous = int(getter())
+    setter(ctypes.c_int(count))
+    return previous
+
+
+def corename() -> str | None:
+    """The name of the kernels OpenBLAS runs ('Haswell', 'SkylakeX', ...), or None."""
+    lib = openblas_library()
+    getter = _function(lib, _CORENAMES) if lib is not None else None
+    if getter is None:
+        return None
+    getter.restype = ctypes.c_char_p
+    return getter().decode()
+
+
+def kernels() -> str:
+    """OpenBLAS's kernel name, and the environment setting that forced it if one did."""
+    name = corename() or "unknown"
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    return f"{name} (forced by OPENBLAS_CORETYPE={forced})" if forced else name
