@@ -446,8 +446,8 @@ def machine_info(backends: Sequence[str], torch: Any = None) -> dict[str, Any]:
         "blas_threads_env": {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
                                                          "MKL_NUM_THREADS") if k in os.environ}}
     try:
-        blas = numpy.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        info["numpy_blas"] = f"{blas.get('name')} {blas.get('version')}"
+        build = numpy.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        info["numpy_blas"] = f"{build.get('name')} {build.get('version')}"
     except Exception:   # older numpy: no mode="dicts"
         pass
     info["blas_kernels"] = blas.kernels()

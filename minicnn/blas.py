@@ -15,7 +15,7 @@ import ctypes
 import os
 from typing import Any
 
-import numpy  # noqa: F401  (loads NumPy's OpenBLAS, which this module talks to)
+from minicnn import backend  # noqa: F401  (imports NumPy, which loads its OpenBLAS)
 
 _SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
             "openblas_set_num_threads64_", "openblas_set_num_threads")

@@ -15,7 +15,9 @@ C-contiguous array of shape (N, Ho, Wo, kh, kw, C), viewed as a matrix
 
 A convolution is then one matrix multiply: ``cols @ W.transpose(2, 3, 1, 0).reshape(-1, O)``.
 ``col2im`` is the exact adjoint of ``im2col``: every column entry is added back onto the pixel
-it was copied from, so pixels covered by several windows receive the sum.
+it was copied from, so pixels covered by several windows receive the sum. A convolution's input
+gradient is ``col2im(dy @ W'.T)``; ``col2im_matmul`` computes it without the (N*Ho*Wo, kh*kw*C)
+product: one small matrix multiply per kernel tap, added straight into the image.
 
 On NumPy, im2col is one copy out of a strided 6-D view of the padded image (or, for one
 channel, one strided slice per kernel tap), and col2im adds one strided slice per tap: no
@@ -147,4 +149,48 @@ def col2im(cols: Any, x_shape: tuple[int, int, int, int], kernel_size: IntPair,
             if r1 > r0 and c1 > c0:
                 out[:, h0:h0 + (r1 - r0 - 1) * sh + 1:sh, w0:w0 + (c1 - c0 - 1) * sw + 1:sw] \
                     += cols[:, r0:r1, c0:c1, i, j, :]
+    return out.transpose(0, 3, 1, 2)
+
+
+def col2im_matmul(dy: Any, w: Any, x_shape: tuple[int, int, int, int], kernel_size: IntPair,
+                  stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1) -> Any:
+    """``col2im((dy @ w.T).reshape(N, Ho, Wo, kh, kw, C), x_shape, ...)``, for dy (N*Ho*Wo, O)
+    and w (kh*kw*C, O) with rows in im2col's (i, j, c) order (Conv2D's weight matrix).
+
+    On NumPy the product is formed one kernel tap (i, j) at a time, ``dy @ w[rows of (i, j)].T``
+    of shape (N*Ho*Wo, C), and added onto the pixels that tap reads: nine products small enough
+    to stay in cache instead of one 9x larger matrix written out and read back. Returns logical
+    shape ``x_shape`` = (N, C, H, W) with channels-last memory.
+    """
+    xp = backend.xp
+    n, c, h, w_in, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo = _geometry(
+        x_shape, kernel_size, stride, padding, dilation)
+    if dy.shape != (n * ho * wo, w.shape[1]) or w.shape[0] != kh * kw * c:
+        raise ValueError(f"col2im_matmul: expected dy ({n * ho * wo}, O) and w ({kh * kw * c}, O), "
+                         f"got {tuple(dy.shape)} and {tuple(w.shape)}")
+    if backend.is_cupy_array(dy):
+        cols = (dy @ w.T).reshape(n, ho, wo, kh, kw, c)
+        return col2im(cols, x_shape, kernel_size, stride, padding, dilation)
+    taps = [(i * kw + j, *_tap_range(i, ho, h, sh, ph, dh), *_tap_range(j, wo, w_in, sw, pw, dw))
+            for i in range(kh) for j in range(kw)]                 # (k, r0, r1, h0, c0, c1, w0)
+    # A tap that reads every pixel once, at its own position (the centre of a 'same' stride-1
+    # convolution), starts the sum: its product is written straight into the image.
+    whole = next((t for t in taps if (ho, wo, sh, sw) == (h, w_in, 1, 1)
+                  and t[1:] == (0, h, 0, 0, w_in, 0)), None)
+
+    def tap_matrix(k: int) -> Any:                               # (O, C) rows of tap k
+        return w[k * c:(k + 1) * c].T
+
+    if whole is not None:
+        out = xp.matmul(dy, tap_matrix(whole[0])).reshape(n, h, w_in, c)
+    else:
+        out = xp.zeros((n, h, w_in, c), dtype=dy.dtype)
+    part = None
+    for tap in taps:
+        k, r0, r1, h0, c0, c1, w0 = tap
+        if tap is whole or r1 <= r0 or c1 <= c0:
+            continue
+        part = xp.matmul(dy, tap_matrix(k), out=part)
+        out[:, h0:h0 + (r1 - r0 - 1) * sh + 1:sh, w0:w0 + (c1 - c0 - 1) * sw + 1:sw] += \
+            part.reshape(n, ho, wo, c)[:, r0:r1, c0:c1]
     return out.transpose(0, 3, 1, 2)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import reference as ref
-from minicnn.im2col import col2im, conv_output_size, im2col, pair
+from minicnn.im2col import col2im, col2im_matmul, conv_output_size, im2col, pair
 
 SEEDS = list(range(16))
 GEOMETRY = ("kernel_size", "stride", "padding", "dilation")
@@ -53,6 +53,32 @@ def test_col2im_is_the_adjoint_of_im2col(seed):
     rhs = float(np.sum(x * back))
     scale = float(np.sum(np.abs(x * back))) + 1e-30
     assert abs(lhs - rhs) <= 1e-12 * scale, (lhs, rhs)
+
+
+SAME_STRIDE_1 = [  # the centre tap covers the image: col2im_matmul starts from its product
+    {"n": 2, "c": 3, "o": 4, "h": 5, "w": 6, "kernel_size": (3, 3), "stride": (1, 1),
+     "padding": (1, 1), "dilation": (1, 1)},
+    {"n": 1, "c": 2, "o": 3, "h": 7, "w": 4, "kernel_size": (5, 3), "stride": (1, 1),
+     "padding": (4, 2), "dilation": (2, 2)},
+]
+
+
+@pytest.mark.parametrize("cfg", [ref.conv_config(s) for s in SEEDS] + SAME_STRIDE_1)
+def test_col2im_matmul_equals_col2im_of_the_product(cfg):
+    rng = np.random.default_rng(7)
+    x = random_input(cfg, 0)
+    n, ho, wo, kh, kw, c = im2col(x, **geometry(cfg)).shape
+    dy = rng.standard_normal((n * ho * wo, cfg["o"]))
+    w = rng.standard_normal((kh * kw * c, cfg["o"]))
+    expected = col2im((dy @ w.T).reshape(n, ho, wo, kh, kw, c), x.shape, **geometry(cfg))
+    got = col2im_matmul(dy, w, x.shape, **geometry(cfg))
+    assert got.shape == x.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_col2im_matmul_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="col2im_matmul: expected dy"):
+        col2im_matmul(np.zeros((10, 2)), np.zeros((9, 2)), (1, 1, 4, 4), 3, padding=1)
 
 
 @pytest.mark.parametrize("seed", SEEDS[:6])

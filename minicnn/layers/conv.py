@@ -8,7 +8,9 @@ Forward, for input x (N, C, H, W) and weight W (O, C, kh, kw)::
 so every output value is the dot product of one flattened window with one flattened filter.
 Backward is two more matrix multiplies and col2im::
 
-    dW' = cols.T @ dy      db = sum of dy over rows      dcols = dy @ W'.T    dx = col2im(dcols)
+    dW' = cols.T @ dy      db = sum of dy over rows      dx = col2im(dy @ W'.T)
+
+(``col2im_matmul`` forms ``dy @ W'.T`` one kernel tap at a time, see ``minicnn.im2col``).
 
 The output is logically (N, O, Ho, Wo) and channels-last in memory, which is the layout the
 next im2col reads fastest.
@@ -19,7 +21,7 @@ from typing import Any
 
 from minicnn import backend
 from minicnn import init as _init
-from minicnn.im2col import IntPair, col2im, conv_output_size, im2col, pair
+from minicnn.im2col import IntPair, col2im_matmul, conv_output_size, im2col, pair
 from minicnn.layers.base import Layer, Parameter, column_sums, grad_enabled
 
 INFERENCE_COLUMNS = 1 << 22
@@ -129,13 +131,12 @@ class Conv2D(Layer):
         dy = xp.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)).reshape(n * ho * wo, o)
         kh, kw = self.kernel_size
         cols2d = cols.reshape(n * ho * wo, kh * kw * self.in_channels)
-        dw = cols2d.T @ dy                                   # (kh*kw*C, O)
-        self.weight.grad += dw.reshape(kh, kw, self.in_channels, o).transpose(3, 2, 0, 1)
+        dw = dy.T @ cols2d                                   # (O, kh*kw*C), = dW'.T
+        self.weight.grad += dw.reshape(o, kh, kw, self.in_channels).transpose(0, 3, 1, 2)
         if self.bias is not None:
             self.bias.grad += column_sums(dy)
         self._cache = None
         if self.skip_input_grad:
             return None
-        # The columns are no longer needed: reuse their memory for dL/dcols.
-        xp.matmul(dy, self._weight_matrix().T, out=cols2d)
-        return col2im(cols, x_shape, self.kernel_size, self.stride, self.padding, self.dilation)
+        return col2im_matmul(dy, self._weight_matrix(), x_shape, self.kernel_size, self.stride,
+                             self.padding, self.dilation)
