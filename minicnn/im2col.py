@@ -76,7 +76,8 @@ def im2col(x: Any, kernel_size: IntPair, stride: IntPair = 1, padding: IntPair =
     """Gather the windows of x (N, C, H, W) into columns of shape (N, Ho, Wo, kh, kw, C).
 
     ``x`` may have any strides; it is cheapest when its memory is channels-last. ``out``, when
-    given, is a C-contiguous buffer of the result's shape and dtype that is filled and returned.
+    given, is an array (or a view, such as some columns of a wider matrix) of the result's shape
+    and dtype that is filled and returned.
     """
     xp = backend.xp
     n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo = _geometry(
@@ -87,8 +88,11 @@ def im2col(x: Any, kernel_size: IntPair, stride: IntPair = 1, padding: IntPair =
         out = xp.empty(shape, dtype=x.dtype)
     if backend.is_cupy_array(x):
         from minicnn import cuda_kernels
-        return cuda_kernels.im2col_nhwc(xp.ascontiguousarray(x_nhwc),
-                                        kh, kw, sh, sw, ph, pw, dh, dw, out=out)
+        x_nhwc = xp.ascontiguousarray(x_nhwc)
+        if out.flags.c_contiguous:
+            return cuda_kernels.im2col_nhwc(x_nhwc, kh, kw, sh, sw, ph, pw, dh, dw, out=out)
+        out[...] = cuda_kernels.im2col_nhwc(x_nhwc, kh, kw, sh, sw, ph, pw, dh, dw)
+        return out
     _im2col_numpy(x_nhwc, out, kh, kw, sh, sw, ph, pw, dh, dw)
     return out
 
