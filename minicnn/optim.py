@@ -46,22 +46,25 @@ class SGD:
         """Apply one update to every parameter, in place (one scratch buffer each)."""
         xp = backend.xp
         for i, p in enumerate(self.params):
+            scratch = self._scratch[i]
+            if scratch is None or scratch.shape != p.data.shape or scratch.dtype != p.data.dtype:
+                scratch = self._scratch[i] = xp.empty_like(p.data)
             g = p.grad
             if self.weight_decay:
-                g = self._scratch[i] = _into(self._scratch[i], p.data)
-                g *= self.weight_decay
+                g = xp.multiply(p.data, self.weight_decay, out=scratch)
                 g += p.grad
             if self.momentum:
                 v = self.velocity[i]
                 v *= self.momentum
                 v += g
                 if self.nesterov:
-                    if g is p.grad:
-                        g = self._scratch[i] = _into(self._scratch[i], g)
+                    if g is p.grad:              # keep the gradient as it is
+                        scratch[...] = g
+                        g = scratch
                     g += self.momentum * v
                 else:
                     g = v
-            xp.subtract(p.data, g * p.data.dtype.type(self.lr), out=p.data)
+            p.data -= xp.multiply(g, self.lr, out=scratch)
 
     def state_dict(self) -> dict[str, Any]:
         """Hyper-parameters and momentum buffers (arrays of the active backend)."""
@@ -78,14 +81,6 @@ class SGD:
         self.nesterov, self.weight_decay = bool(state["nesterov"]), float(state["weight_decay"])
         self.velocity = [backend.to_backend(v).astype(p.data.dtype)
                          for v, p in zip(velocity, self.params)]
-
-
-def _into(buffer: Any, value: Any) -> Any:
-    """Copy ``value`` into ``buffer`` (allocated on first use) and return it."""
-    if buffer is None or buffer.shape != value.shape or buffer.dtype != value.dtype:
-        return value.copy()
-    buffer[...] = value
-    return buffer
 
 
 class ConstantLR:

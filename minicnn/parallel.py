@@ -49,7 +49,8 @@ class DataParallel:
         self.model, self.workers = model, workers
         state = init.get_rng_state()        # building replicas must not move the global RNG
         entry = {"class": type(model).__name__, "config": model.config()}
-        self.replicas = [layer_from_config(entry) for _ in range(workers)]
+        # the model itself is the first replica: its gradients need no copying
+        self.replicas = [model] + [layer_from_config(entry) for _ in range(workers - 1)]
         init.set_rng_state(state)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="minicnn")
         self._slices: list[slice] = []
@@ -61,7 +62,7 @@ class DataParallel:
     def share_parameters(self) -> None:
         """Point every replica's parameters at the model's arrays (cheap when they already do)."""
         params = self.model.parameters()
-        for replica in self.replicas:
+        for replica in self.replicas[1:]:
             for mine, theirs in zip(replica.parameters(), params):
                 if mine.data is not theirs.data:
                     mine.data = theirs.data
@@ -85,12 +86,15 @@ class DataParallel:
     def backward(self, grad_out: Any, input_grad: bool = True) -> Any:
         """Back-propagate each slice in its replica, then add the replicas' parameter
         gradients into the model's (the sum is the full batch's gradient)."""
-        for replica in self.replicas:
-            replica.zero_grad()
-        grads = self._map(lambda r, s: r.backward(grad_out[s], input_grad=input_grad))
-        used = [replica.parameters() for replica in self.replicas[:len(self._slices)]]
+        def backward(replica: Any, rows: slice) -> Any:
+            if replica is not self.model:            # the model's own gradients accumulate
+                replica.zero_grad()
+            return replica.backward(grad_out[rows], input_grad=input_grad)
+
+        grads = self._map(backward)
+        others = [replica.parameters() for replica in self.replicas[1:len(self._slices)]]
         for k, param in enumerate(self.model.parameters()):
-            for params in used:
+            for params in others:
                 param.grad += params[k].grad
         return backend.xp.concatenate(grads, axis=0) if input_grad else None
 
