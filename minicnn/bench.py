@@ -495,7 +495,7 @@ def format_report(report: dict[str, Any]) -> str:
     """The plain-text report: header lines, the figures table, a per-layer table per backend."""
     cfg, mach, results = report["config"], report["machine"], report["results"]
     versions = (f"numpy {mach['numpy']} ({mach['numpy_blas'] or 'BLAS unknown'}, "
-                f"{mach.get('blas_kernels', 'unknown')} kernels)")
+                f"{mach.get('blas_kernels', 'unknown kernels')})")
     if "torch" in mach:
         versions += f", torch {mach['torch']} ({mach['torch_threads']} CPU threads)"
     if "gpu" in mach:

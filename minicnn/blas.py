@@ -68,7 +68,7 @@ def corename() -> str | None:
 
 
 def kernels() -> str:
-    """OpenBLAS's kernel name, and the environment setting that forced it if one did."""
-    name = corename() or "unknown"
+    """'<name> kernels', and the environment setting that forced them if one did."""
+    text = f"{corename() or 'unknown'} kernels"
     forced = os.environ.get("OPENBLAS_CORETYPE")
-    return f"{name} (forced by OPENBLAS_CORETYPE={forced})" if forced else name
+    return f"{text}, forced by OPENBLAS_CORETYPE={forced}" if forced else text

@@ -19,6 +19,6 @@ def test_blas_kernels_name_the_core_and_an_environment_override(monkeypatch):
     if name is None:
         pytest.skip("NumPy's BLAS is not OpenBLAS")
     monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
-    assert blas.kernels() == f"{name} (forced by OPENBLAS_CORETYPE=Haswell)"
+    assert blas.kernels() == f"{name} kernels, forced by OPENBLAS_CORETYPE=Haswell"
     monkeypatch.delenv("OPENBLAS_CORETYPE")
-    assert blas.kernels() == name
+    assert blas.kernels() == f"{name} kernels"
