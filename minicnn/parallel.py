@@ -129,10 +129,11 @@ def default_workers() -> int:
     return max(1, min(cores or 1, 8))
 
 
-MIN_SLICE = 32
-"""Fewest samples per replica for splitting to pay. Measured on 2 cores for the reference CNN
-(whole batch with 2 OpenBLAS threads against split in two, seconds per epoch): batch 32,
-13.9 against 18.6; batch 64, 15.7 against 13.1; batch 128, 16.3 against 11.2."""
+MIN_SLICE = 16
+"""Fewest samples per replica for splitting to pay. Measured on 2 cores for the reference CNN,
+each setting in its own process (whole batch with 2 OpenBLAS threads against split in two,
+seconds per epoch): batch 16, 13.9 against 14.7; batch 32, 16.8 against 13.7; batch 64, 14.4
+against 10.9."""
 
 
 def data_parallel(model: Any, workers: int | None = None, batch_size: int | None = None) -> Any:
