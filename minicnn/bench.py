@@ -17,8 +17,9 @@ What is measured, for each backend (``--backend numpy``, ``--backend cupy``, or 
 
 ``--compare torch`` builds the identical model in PyTorch (weights copied from minicnn, same
 SGD and loss) and alternates the two frameworks in blocks of 5 steps in one run, so machine
-noise hits both; each block starts with ``--pause`` idle seconds and one untimed step, so that
-one framework's spinning BLAS/OpenMP worker threads do not slow the other's turn. It reports
+noise hits both; each block starts with ``--pause`` idle seconds, so that one framework's
+spinning BLAS/OpenMP worker threads do not slow the other's turn, then ``REWARM_SECONDS`` of
+untimed steps, so that the machine is as busy as during training when the clock starts. It reports
 minicnn/PyTorch for every figure. GPU timings synchronize before reading the clock. Inputs are random N(0, 1) images with random labels, from a fixed seed.
 PyTorch is optional: imported only for ``--compare torch``.
 """
@@ -185,6 +186,13 @@ def _clock(runner: Any, fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
+REWARM_SECONDS = 0.1
+"""Untimed calls that start each turn, at least one. After an idle pause the CPUs of a virtual
+machine answer thread wake-ups slowly for a while (measured here: minicnn's batch-32 step took
+10 ms instead of 6.3 ms for its first 50 ms after a 0.2 s pause; PyTorch's first step 17 ms
+instead of 7), and a training run is never idle between steps."""
+
+
 def time_alternating(runners: Sequence[Any], method: str, warmup: int, reps: int,
                      pause: float = 0.0, block: int = 5) -> list[list[float]]:
     """Seconds per call of ``method`` for each runner: ``reps`` timed calls each, after
@@ -192,10 +200,10 @@ def time_alternating(runners: Sequence[Any], method: str, warmup: int, reps: int
 
     With several runners, they take turns in blocks of ``block`` timed calls (the order flips
     every round), so machine noise hits all of them. Each turn starts with ``pause`` idle
-    seconds and one untimed call: BLAS and OpenMP worker threads busy-wait for a while after
-    their work (OpenBLAS for about 0.1 s), so without the pause one framework's spinning
-    workers would slow the other's turn, and the untimed call wakes the turn's own workers and
-    caches, as they are during a real training run.
+    seconds and ``REWARM_SECONDS`` of untimed calls: BLAS and OpenMP worker threads busy-wait
+    for a while after their work (OpenBLAS for about 0.1 s), so without the pause one
+    framework's spinning workers would slow the other's turn, and the untimed calls wake the
+    turn's own workers, caches and CPUs, as they are during a real training run.
     """
     times: list[list[float]] = [[] for _ in runners]
     for runner in runners:
@@ -207,7 +215,10 @@ def time_alternating(runners: Sequence[Any], method: str, warmup: int, reps: int
         for k, runner in (order if rounds % 2 == 0 else order[::-1]):
             if len(runners) > 1:
                 time.sleep(pause)
+                warm_until = time.perf_counter() + REWARM_SECONDS
                 _clock(runner, getattr(runner, method))
+                while time.perf_counter() < warm_until:
+                    _clock(runner, getattr(runner, method))
             for _ in range(min(block, reps - len(times[k]))):
                 times[k].append(_clock(runner, getattr(runner, method)))
         rounds += 1
@@ -514,7 +525,8 @@ def format_report(report: dict[str, Any]) -> str:
            "imports are done"]
     if report.get("compare") == "torch":
         out.append(f"minicnn and PyTorch alternate in blocks of 5 timed steps in one process, "
-                   f"each block after {cfg['pause_s']} s idle and one untimed step; PyTorch runs the same model "
+                   f"each block after {cfg['pause_s']} s idle and {REWARM_SECONDS} s of untimed steps; "
+                   "PyTorch runs the same model "
                    "from the same initial weights, SGD and loss")
     header, columns = ["figure"], []
     for b, res in results.items():
