@@ -462,6 +462,7 @@ def machine_info(backends: Sequence[str], torch: Any = None) -> dict[str, Any]:
     except Exception:   # older numpy: no mode="dicts"
         pass
     info["blas_kernels"] = blas.kernels()
+    info["blas_note"] = blas.slow_kernels_note()
     if torch is not None:
         info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
     if "cupy" in backends:
@@ -525,9 +526,10 @@ def format_report(report: dict[str, Any]) -> str:
            "imports are done"]
     if report.get("compare") == "torch":
         out.append(f"minicnn and PyTorch alternate in blocks of 5 timed steps in one process, "
-                   f"each block after {cfg['pause_s']} s idle and {REWARM_SECONDS} s of untimed steps; "
-                   "PyTorch runs the same model "
-                   "from the same initial weights, SGD and loss")
+                   f"each block after {cfg['pause_s']} s idle and {REWARM_SECONDS} s of untimed "
+                   "steps; PyTorch runs the same model from the same initial weights, SGD and loss")
+    if mach.get("blas_note"):
+        out.append(mach["blas_note"])
     header, columns = ["figure"], []
     for b, res in results.items():
         header.append(f"minicnn {b}")

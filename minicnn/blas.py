@@ -72,3 +72,32 @@ def kernels() -> str:
     text = f"{corename() or 'unknown'} kernels"
     forced = os.environ.get("OPENBLAS_CORETYPE")
     return f"{text}, forced by OPENBLAS_CORETYPE={forced}" if forced else text
+
+
+AVX512_FLAGS = frozenset({"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"})
+"""The AVX-512 subsets that OpenBLAS's SkylakeX kernels need."""
+AVX512_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags Linux reports in /proc/cpuinfo (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def slow_kernels_note() -> str | None:
+    """A one-line note when ``OPENBLAS_CORETYPE`` holds OpenBLAS to kernels without AVX-512 on
+    a CPU that has it (matrix multiplies then run at about half speed), else None."""
+    forced, name = os.environ.get("OPENBLAS_CORETYPE"), corename()
+    if not forced or name is None or name.lower() in AVX512_CORES \
+            or not AVX512_FLAGS <= cpu_flags():
+        return None
+    return (f"note: OPENBLAS_CORETYPE={forced} holds OpenBLAS to its {name} kernels on this "
+            "AVX-512 CPU, so matrix multiplies run at about half speed; unset OPENBLAS_CORETYPE "
+            "and OPENBLAS_L2_SIZE for this command if your NumPy is current")
