@@ -4,9 +4,9 @@ core, run in threads.
 NumPy runs an element-wise operation on one core, and OpenBLAS's own threads busy-wait between
 matrix multiplies, holding the other cores. So on the NumPy backend a training step is faster
 when BLAS is single-threaded and each core runs the *whole* forward and backward of a slice of
-the batch: the replicas share the parameter arrays (read-only during the step), keep their own
-activations and gradients, and the gradients are summed into the model's afterwards, which gives
-exactly the full batch's gradient. NumPy releases the GIL inside its loops and BLAS calls, so
+the batch: the replicas (the model itself and copies of it) share the parameter arrays
+(read-only during the step) and keep their own activations and gradients; the copies' gradients
+are added into the model's afterwards, which gives exactly the full batch's gradient. NumPy releases the GIL inside its loops and BLAS calls, so
 the threads really run in parallel.
 
 Used by ``minicnn.train.fit`` when it can set OpenBLAS's thread count (otherwise its threads
