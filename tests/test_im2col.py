@@ -55,6 +55,21 @@ def test_col2im_is_the_adjoint_of_im2col(seed):
     assert abs(lhs - rhs) <= 1e-12 * scale, (lhs, rhs)
 
 
+@pytest.mark.parametrize("seed", SEEDS[:8])
+def test_im2col_fills_a_view_into_a_wider_matrix(seed):
+    """Conv2D keeps its bias column of ones beside the columns: im2col writes the view only."""
+    cfg = ref.conv_config(seed)
+    x = random_input(cfg, seed)
+    expected = ref.im2col(x, **geometry(cfg))
+    rows, k = int(np.prod(expected.shape[:3])), int(np.prod(expected.shape[3:]))
+    wide = np.full((rows, k + 1), 7.0)
+    view = wide[:, :k].reshape(expected.shape)
+    assert np.shares_memory(view, wide)
+    assert im2col(x, **geometry(cfg), out=view) is view
+    np.testing.assert_array_equal(wide[:, :k].reshape(expected.shape), expected)
+    assert (wide[:, k] == 7.0).all()
+
+
 SAME_STRIDE_1 = [  # the centre tap covers the image: col2im_matmul starts from its product
     {"n": 2, "c": 3, "o": 4, "h": 5, "w": 6, "kernel_size": (3, 3), "stride": (1, 1),
      "padding": (1, 1), "dilation": (1, 1)},
