@@ -108,8 +108,8 @@ def _windows(h, w, kernel_size, stride, padding):
                            for j in range(kw)]
 
 
-def maxpool_forward(x, kernel_size, stride=None, padding=0):
-    """Max over each window, padding cells excluded (they never win)."""
+def _pool_forward(x, kernel_size, stride, padding, reduce):
+    """y[b, ch, oh, ow] = reduce(the window's cells inside the image, kh * kw)."""
     stride = kernel_size if stride is None else stride
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw) = pair(kernel_size), pair(stride), pair(padding)
@@ -117,9 +117,14 @@ def maxpool_forward(x, kernel_size, stride=None, padding=0):
     for b in range(n):
         for ch in range(c):
             for oh, ow, taps in _windows(h, w, kernel_size, stride, padding):
-                y[b, ch, oh, ow] = max(x[b, ch, r, q] for r, q in taps
-                                       if 0 <= r < h and 0 <= q < w)
+                y[b, ch, oh, ow] = reduce([x[b, ch, r, q] for r, q in taps
+                                           if 0 <= r < h and 0 <= q < w], kh * kw)
     return y
+
+
+def maxpool_forward(x, kernel_size, stride=None, padding=0):
+    """Max over each window, padding cells excluded (they never win)."""
+    return _pool_forward(x, kernel_size, stride, padding, lambda cells, size: max(cells))
 
 
 def maxpool_backward(x, grad_out, kernel_size, stride=None, padding=0):
@@ -141,16 +146,7 @@ def maxpool_backward(x, grad_out, kernel_size, stride=None, padding=0):
 
 def avgpool_forward(x, kernel_size, stride=None, padding=0):
     """Mean over each window of kh*kw cells, padding cells counted as zeros."""
-    stride = kernel_size if stride is None else stride
-    n, c, h, w = x.shape
-    (kh, kw), (sh, sw), (ph, pw) = pair(kernel_size), pair(stride), pair(padding)
-    y = np.zeros((n, c, out_size(h, kh, sh, ph, 1), out_size(w, kw, sw, pw, 1)))
-    for b in range(n):
-        for ch in range(c):
-            for oh, ow, taps in _windows(h, w, kernel_size, stride, padding):
-                y[b, ch, oh, ow] = sum(x[b, ch, r, q] for r, q in taps
-                                       if 0 <= r < h and 0 <= q < w) / (kh * kw)
-    return y
+    return _pool_forward(x, kernel_size, stride, padding, lambda cells, size: sum(cells) / size)
 
 
 def avgpool_backward(x, grad_out, kernel_size, stride=None, padding=0):

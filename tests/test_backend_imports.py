@@ -19,6 +19,8 @@ import pytest
 import minicnn
 from minicnn import backend
 
+from gpu_check import gpu_unavailable_reason
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "minicnn"
 ALLOWED = {"backend.py", "init.py", "datasets.py", "data.py", "checkpoint.py", "cli.py",
@@ -108,14 +110,6 @@ def test_no_numpy_import_outside_the_host_side_modules(module):
 
 # =========================================================================== CuPy where it cannot run
 
-def gpu_available() -> bool:
-    try:
-        backend.get_module("cupy")
-    except minicnn.BackendError:
-        return False
-    return True
-
-
 def run_import(env_backend: str, fake_cupy: str | None, tmp_path: Path):
     """``python -c "import minicnn"`` with MINICNN_BACKEND set, optionally with a fake ``cupy``
     module first on the path."""
@@ -147,7 +141,7 @@ def assert_one_backend_error(result, *needles):
 
 def test_env_cupy_with_the_real_cupy_or_without_it(tmp_path):
     """The machine as it is: CuPy may or may not be installed; without a GPU it must fail."""
-    if gpu_available():
+    if gpu_unavailable_reason() is None:
         pytest.skip("a GPU is visible here: MINICNN_BACKEND=cupy works")
     result = run_import("cupy", None, tmp_path)
     assert_one_backend_error(result, "backend 'cupy'")
@@ -195,7 +189,7 @@ def test_env_numpy_and_bogus(tmp_path):
 
 
 def test_set_backend_cupy_raises_backend_error_and_keeps_numpy(monkeypatch):
-    if gpu_available():
+    if gpu_unavailable_reason() is None:
         pytest.skip("a GPU is visible here")
     with pytest.raises(minicnn.BackendError, match="backend 'cupy'"):
         minicnn.set_backend("cupy")

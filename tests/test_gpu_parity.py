@@ -10,16 +10,11 @@ from minicnn.layers import (Add, AvgPool2D, BatchNorm2D, Concatenate, Conv2D, De
 from minicnn.losses import SoftmaxCrossEntropy
 from minicnn.optim import SGD
 
-
-def _gpu_reason():
-    try:
-        backend.get_module("cupy")
-    except backend.BackendError as exc:
-        return str(exc)
-    return None
+from gpu_check import gpu_unavailable_reason
 
 
-pytestmark = pytest.mark.skipif(_gpu_reason() is not None, reason=f"no GPU: {_gpu_reason()}")
+_REASON = gpu_unavailable_reason()
+pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"no GPU: {_REASON}")
 
 
 def _ref_cnn():

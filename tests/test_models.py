@@ -14,6 +14,8 @@ from minicnn.layers import (Add, AvgPool2D, BatchNorm2D, Concatenate, Conv2D, De
                             Flatten, GlobalAvgPool2D, LeakyReLU, MaxPool2D, ReLU, Sigmoid, Tanh)
 from minicnn.models import Input, Model, Sequential
 
+from gpu_check import gpu_unavailable_reason
+
 TOL = 1e-6
 EPS = 1e-5     # see tests/test_layers.py: central differences are exact up to rounding here
 
@@ -347,16 +349,8 @@ def test_to_numpy_keeps_numpy_arrays():
     assert model.forward(randn(1, 2, 7, 8).astype(np.float32)).shape == (1, 3)
 
 
-def _gpu_available() -> bool:
-    try:
-        backend.get_module("cupy")
-    except minicnn.BackendError:
-        return False
-    return True
-
-
 def test_to_cupy_without_gpu_raises_backend_error_and_leaves_model_usable():
-    if _gpu_available():
+    if gpu_unavailable_reason() is None:
         pytest.skip("a GPU is visible: covered by test_to_cupy_and_back_on_gpu")
     model = build_sequential()
     with pytest.raises(minicnn.BackendError, match="cupy"):
@@ -366,7 +360,7 @@ def test_to_cupy_without_gpu_raises_backend_error_and_leaves_model_usable():
 
 
 def test_to_cupy_and_back_on_gpu():
-    if not _gpu_available():
+    if gpu_unavailable_reason() is not None:
         pytest.skip("no CuPy or no GPU here")
     import cupy
     model = build_sequential()

@@ -84,10 +84,11 @@ class Conv2D(Layer):
                              f"than the kernel {self.kernel_size} (dilation {self.dilation})")
         return (self.out_channels, ho, wo)
 
-    def _weight_matrix(self) -> Any:
-        """(kh*kw*C [+ 1], O): the weight, rows in im2col's (i, j, c) order, then the bias."""
+    def _weight_matrix(self, bias_row: bool = False) -> Any:
+        """(kh*kw*C, O): the weight, rows in im2col's (i, j, c) order; with ``bias_row`` and a
+        bias, the bias follows as one more row (to meet im2col's column of ones)."""
         w = self.weight.data.transpose(2, 3, 1, 0).reshape(-1, self.out_channels)
-        if self.bias is None:
+        if not bias_row or self.bias is None:
             return w
         return backend.xp.concatenate([w, self.bias.data[None, :]], axis=0)
 
@@ -111,7 +112,7 @@ class Conv2D(Layer):
         if not grad_enabled():
             return self._forward_in_slices(x, ho, wo)
         cols = self._buf_cols = self._columns(x, ho, wo, self._buf_cols)
-        y = cols @ self._weight_matrix()
+        y = cols @ self._weight_matrix(bias_row=True)
         self._cache = (tuple(x.shape), cols)
         return y.reshape(x.shape[0], ho, wo, self.out_channels).transpose(0, 3, 1, 2)
 
@@ -120,7 +121,7 @@ class Conv2D(Layer):
         time into one small buffer (bounded memory, cache-friendly)."""
         n = x.shape[0]
         y = backend.xp.empty((n * ho * wo, self.out_channels), dtype=x.dtype)
-        w, cols = self._weight_matrix(), None
+        w, cols = self._weight_matrix(bias_row=True), None
         step = max(1, INFERENCE_COLUMNS // (ho * wo * w.shape[0]))
         for start in range(0, n, step):
             part = x[start:start + step]
@@ -149,5 +150,5 @@ class Conv2D(Layer):
         self._cache = None
         if self.skip_input_grad:
             return None
-        return col2im_matmul(dy, self._weight_matrix()[:k], x_shape, self.kernel_size,
-                             self.stride, self.padding, self.dilation)
+        return col2im_matmul(dy, self._weight_matrix(), x_shape, self.kernel_size, self.stride,
+                             self.padding, self.dilation)
