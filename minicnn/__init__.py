@@ -8,7 +8,7 @@ SGD, and one switch between NumPy (CPU) and CuPy (GPU)::
     model = minicnn.Sequential([Conv2D(1, 8, 3), ReLU(), MaxPool2D(2), Flatten(),
                                 Dense(8 * 13 * 13, 10)], input_shape=(1, 28, 28))
 """
-from minicnn import allocator, layers, losses, optim
+from minicnn import layers, losses, optim
 from minicnn.backend import BackendError, get_backend, set_backend
 from minicnn.checkpoint import load, save
 from minicnn.gradcheck import GradientCheckError, gradcheck
@@ -17,8 +17,6 @@ from minicnn.layers.base import no_grad
 from minicnn.models import Input, Model, Sequential
 
 __version__ = "0.1.0"
-
-allocator.keep_freed_memory()   # reuse freed activations instead of page-faulting each step
 
 __all__ = ["layers", "losses", "optim", "set_backend", "get_backend", "BackendError",
            "gradcheck", "GradientCheckError", "manual_seed", "Input", "Model", "Sequential",

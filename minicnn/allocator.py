@@ -7,8 +7,16 @@ step gets fresh pages, and the kernel zeroes each 4 KiB page on first touch: on 
 machine that cost a third of the step. Raising glibc's mmap and trim thresholds keeps freed
 blocks in the heap, where the next step's arrays of the same sizes reuse them.
 
+This retunes malloc for the whole process, so it is never applied on import: the ``minicnn``
+command line applies it for the commands that run models (train, evaluate, predict, bench),
+and a script gets the same speed by calling it once at its start::
+
+    import minicnn.allocator
+    minicnn.allocator.keep_freed_memory()
+
 Only glibc (Linux) is touched, through ``mallopt``; elsewhere this does nothing. Set the
-environment variable ``MINICNN_KEEP_FREED_MEMORY=0`` to leave the allocator alone.
+environment variable ``MINICNN_KEEP_FREED_MEMORY=0`` to leave the allocator alone, even when
+the command line or a script asks for it.
 """
 from __future__ import annotations
 

@@ -1,15 +1,17 @@
-"""The one module that chooses the array library: NumPy (CPU, the default) or CuPy (NVIDIA GPU).
+"""The one module that knows the array libraries: NumPy (CPU, the default) and CuPy (NVIDIA GPU).
 
-Array code elsewhere in minicnn never imports numpy for math; it reads the active module at call
-time, by convention as a local ``xp = backend.xp``, so the same layer code runs on both::
+**Arrays decide.** Code that computes takes the array module from the arrays it is given, as
+Chainer's ``get_array_module`` does, so the same layer code runs on both and a model moved with
+``model.to("cupy")`` computes on the GPU whatever the global backend says::
 
     from minicnn import backend
-    xp = backend.xp
+    xp = backend.get_array_module(x)
     y = xp.maximum(x, 0)
 
-Pick the backend with ``minicnn.set_backend("cupy")`` or the environment variable
-``MINICNN_BACKEND=cupy``, which is applied on first use of the backend (so an unusable choice
-is reported where it is used, e.g. as the command line's one-line error, not at import).
+The global backend (``backend.xp``, chosen with ``minicnn.set_backend("cupy")`` or the
+environment variable ``MINICNN_BACKEND=cupy``) is only the *default* for new parameters and new
+data. The variable is applied on first use (so an unusable choice is reported where it is used,
+e.g. as the command line's one-line error, not at import).
 """
 from __future__ import annotations
 
@@ -105,6 +107,16 @@ def module_of(a: Any) -> ModuleType:
     return numpy
 
 
+def get_array_module(*arrays: Any) -> ModuleType:
+    """The array module to compute with for ``arrays``: cupy if any of them is a CuPy array,
+    else numpy (``None`` entries and plain numbers are ignored)."""
+    for a in arrays:
+        if is_cupy_array(a):
+            import cupy
+            return cupy
+    return numpy
+
+
 def to_numpy(a: Any) -> numpy.ndarray:
     """Copy an array of either backend to a NumPy array on the host."""
     if is_cupy_array(a):
@@ -121,8 +133,10 @@ def to_backend(a: Any, backend_name: str | None = None) -> Any:
     return module.asarray(a)
 
 
-def synchronize() -> None:
-    """Wait for queued GPU work to finish (no-op on NumPy); call before reading a clock."""
-    if get_backend() == "cupy":
-        xp.cuda.get_current_stream().synchronize()
+def synchronize(*arrays: Any) -> None:
+    """Wait for queued GPU work to finish (no-op on NumPy); call before reading a clock. With
+    arrays, their module decides; without, the global backend."""
+    module = get_array_module(*arrays) if arrays else (None if get_backend() == "numpy" else xp)
+    if module is not None and module is not numpy:
+        module.cuda.get_current_stream().synchronize()
 

@@ -12,8 +12,11 @@ changes the setting; ``minicnn bench`` reports which kernels ran.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
-from typing import Any
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from minicnn import backend  # noqa: F401  (imports NumPy, which loads its OpenBLAS)
 
@@ -24,6 +27,7 @@ _CORENAMES = ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename",
               "openblas_get_corename64_", "openblas_get_corename")
 
 
+@functools.cache
 def openblas_library() -> Any | None:
     """The OpenBLAS shared library loaded in this process (NumPy's), or None."""
     try:
@@ -55,6 +59,36 @@ def set_blas_threads(count: int) -> int | None:
     previous = int(getter())
     setter(ctypes.c_int(count))
     return previous
+
+
+def can_set_threads() -> bool:
+    """True when OpenBLAS's thread count can be read and set here."""
+    lib = openblas_library()
+    return lib is not None and _function(lib, _SETTERS) is not None and \
+        _function(lib, _GETTERS) is not None
+
+
+_single_lock = threading.Lock()
+_single_users = 0
+_threads_before: int | None = None
+
+
+@contextmanager
+def single_threaded() -> Iterator[None]:
+    """OpenBLAS runs single-threaded inside this block (for threads that each run their own
+    matrix multiplies); the previous count comes back when the last overlapping block ends."""
+    global _single_users, _threads_before
+    with _single_lock:
+        if _single_users == 0:
+            _threads_before = set_blas_threads(1)
+        _single_users += 1
+    try:
+        yield
+    finally:
+        with _single_lock:
+            _single_users -= 1
+            if _single_users == 0 and _threads_before is not None:
+                set_blas_threads(_threads_before)
 
 
 def corename() -> str | None:

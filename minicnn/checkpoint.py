@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -29,8 +28,10 @@ import numpy
 
 from minicnn import backend
 from minicnn import init as _init
-from minicnn.layers.base import Layer
-from minicnn.models import Network, layer_from_config
+from minicnn.atomic import atomic_write
+from minicnn.layers.base import Layer, layer_config, layer_from_config
+
+MODEL_CLASSES = ("Sequential", "Model")
 
 __all__ = ["CheckpointError", "Checkpoint", "save", "load", "load_checkpoint", "load_weights"]
 
@@ -49,7 +50,7 @@ class Checkpoint:
     """What ``load_checkpoint`` returns: the rebuilt model and everything saved beside it."""
 
     path: Path
-    model: Network
+    model: Layer
     meta: dict[str, Any] = field(default_factory=dict)
     optimizer_state: dict[str, Any] | None = None
     """``SGD.load_state_dict`` input (velocity on the active backend), or None if not saved."""
@@ -76,7 +77,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
-def save(model: Network, path: str | os.PathLike, optimizer: Any = None,
+def save(model: Layer, path: str | os.PathLike, optimizer: Any = None,
          **meta: Any) -> Path:
     """Write ``model`` (architecture and weights), optionally ``optimizer``'s state, and the
     JSON-serialisable keyword arguments ``meta`` to the ``.npz`` file ``path``, atomically.
@@ -93,7 +94,7 @@ def save(model: Network, path: str | os.PathLike, optimizer: Any = None,
         arrays[f"state/{name}"] = backend.to_numpy(value)
     description: dict[str, Any] = {
         "format": FORMAT, "version": VERSION,
-        "model": {"class": type(model).__name__, "name": model.name, "config": model.config()},
+        "model": layer_config(model),
         "parameters": shapes, "optimizer": None, "meta": meta}
     if optimizer is not None:
         state = dict(optimizer.state_dict())
@@ -108,27 +109,8 @@ def save(model: Network, path: str | os.PathLike, optimizer: Any = None,
         raise CheckpointError(f"{path}: cannot describe the model and metadata as JSON "
                               f"({exc})") from None
     arrays[_DESCRIPTION] = numpy.frombuffer(text.encode("utf-8"), dtype=numpy.uint8)
-    _atomic_savez(path, arrays)
+    atomic_write(path, lambda f: numpy.savez(f, **arrays))
     return path
-
-
-def _atomic_savez(path: Path, arrays: dict[str, numpy.ndarray]) -> None:
-    """``numpy.savez`` into a temp file beside ``path``, flushed to disk, then renamed over it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".",
-                               prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            numpy.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)                      # mkstemp makes it private (0600)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 # --------------------------------------------------------------------------- loading
@@ -174,7 +156,7 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, numpy.ndarray]]:
     return description, arrays
 
 
-def _restore(model: Network, path: Path, arrays: dict[str, numpy.ndarray]) -> None:
+def _restore(model: Layer, path: Path, arrays: dict[str, numpy.ndarray]) -> None:
     """Copy parameters and state arrays into ``model`` (active backend), checking names/shapes."""
     params = dict(model.named_parameters())
     saved = {k[len("param/"):] for k in arrays if k.startswith("param/")}
@@ -221,8 +203,13 @@ def _optimizer_state(path: Path, description: dict[str, Any],
         "velocity": velocity}
 
 
-def _build(path: Path, description: dict[str, Any]) -> Network:
+def _build(path: Path, description: dict[str, Any]) -> Layer:
     """Rebuild the model from its JSON config, without touching the global RNG."""
+    found = (description.get("model") or {}).get("class") \
+        if isinstance(description.get("model"), dict) else None
+    if found not in MODEL_CLASSES:
+        raise CheckpointError(f"{path}: the checkpoint holds a {found}, not a Sequential or "
+                              "Model")
     rng_state = _init.get_rng_state()
     try:
         model = layer_from_config(description["model"])
@@ -231,9 +218,6 @@ def _build(path: Path, description: dict[str, Any]) -> Network:
                               f"({type(exc).__name__}: {exc})") from None
     finally:
         _init.set_rng_state(rng_state)     # the throwaway initial weights drew from it
-    if not isinstance(model, Network):
-        raise CheckpointError(f"{path}: the checkpoint holds a {type(model).__name__}, "
-                              "not a Sequential or Model")
     return model
 
 
@@ -248,12 +232,12 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
                       _optimizer_state(path, description, arrays))
 
 
-def load(path: str | os.PathLike) -> Network:
+def load(path: str | os.PathLike) -> Layer:
     """The model saved in ``path`` (architecture and weights), rebuilt on the active backend."""
     return load_checkpoint(path).model
 
 
-def load_weights(model: Network, path: str | os.PathLike) -> Checkpoint:
+def load_weights(model: Layer, path: str | os.PathLike) -> Checkpoint:
     """Copy the weights of checkpoint ``path`` into an existing ``model`` (which must have the
     same architecture) and return the checkpoint's metadata and optimizer state.
 

@@ -24,10 +24,12 @@ from typing import Any, Sequence
 import numpy
 
 import minicnn
-from minicnn import backend, plots, zoo
+from minicnn import allocator, backend, plots, zoo
+from minicnn.atomic import atomic_write_bytes
 from minicnn.checkpoint import CheckpointError, load_checkpoint, save
-from minicnn.data import DataLoader, Normalize, RandomShift, read_image, transform_from_config
+from minicnn.data import DataLoader, Normalize, RandomShift, transform_from_config
 from minicnn.datasets import DatasetError, load_fashion_mnist, load_mnist
+from minicnn.images import read_image
 from minicnn.train import TrainingError, confusion_matrix, fit, predict
 
 LAST, FINAL, METRICS = "last.npz", "model.npz", "metrics.jsonl"
@@ -38,6 +40,9 @@ DATASETS = {
     "fashion-mnist": (load_fashion_mnist, ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                                            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]),
 }
+
+# Commands that run training or inference steps, for which the CLI tunes the C allocator.
+RUNS_MODELS = ("train", "evaluate", "predict", "bench")
 
 # Settings a run is defined by: on --resume they default to the saved ones and may not change.
 RUN_KEYS = ("dataset", "model", "batch_size", "lr", "momentum", "weight_decay", "schedule",
@@ -110,9 +115,8 @@ def _resolve(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str
 
 
 def _write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
+    """Rewrite ``path`` atomically with one JSON line per record."""
+    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode("utf-8"))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -382,6 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return 2
+    if args.command in RUNS_MODELS:
+        allocator.keep_freed_memory()      # once per process; see minicnn/allocator.py
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -16,7 +16,6 @@ import gzip
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -26,6 +25,8 @@ from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
+
+from minicnn.atomic import atomic_write_bytes
 
 __all__ = [
     "DatasetError", "read_idx", "write_idx", "idx_payload", "payload_sha256", "data_root",
@@ -137,19 +138,7 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None 
     data = header + np.ascontiguousarray(array, _IDX_DTYPES[code]).tobytes()
     if compress if compress is not None else path.name.endswith(".gz"):
         data = gzip.compress(data, compresslevel=6, mtime=0)
-    _atomic_write(path, data)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, data)
 
 
 # --------------------------------------------------------------------------- datasets
@@ -232,7 +221,7 @@ def _fetch(url: str, folder: Path, stem: str, sha256: str) -> Path:
         raise DatasetError(f"connection closed after {len(raw)} of {total} bytes")
     _parse_idx(_decompress(raw), sha256)
     target = folder / (f"{stem}.gz" if raw[:2] == _GZIP_MAGIC else stem)
-    _atomic_write(target, raw)
+    atomic_write_bytes(target, raw)
     return target
 
 

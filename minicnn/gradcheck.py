@@ -3,6 +3,9 @@
 For a layer f, a random input x and a fixed random projection r, the scalar
 L = sum(f(x) * r) has dL/dy = r, so ``backward(r)`` must return dL/dx and add dL/dparam into the
 parameter gradients. Each is compared with (L(t + eps) - L(t - eps)) / (2 eps) per element t.
+Before that backward every parameter gradient is filled with random numbers, and what backward
+added is what is checked: a backward that overwrites a gradient (``grad =``) instead of adding
+to it (``grad +=``) fails.
 
 The relative error of an element is |analytic - numeric| / max(|analytic|, |numeric|, floor)
 with floor = 1e-3 times the tensor's largest numeric gradient, so elements whose true gradient
@@ -24,7 +27,8 @@ def numeric_gradient(f: Callable[[], float], array: Any, indices: Sequence[int],
                      eps: float) -> Any:
     """Central differences of the scalar f() with respect to ``array.flat[i]`` for i in indices."""
     flat = array.reshape(-1)           # a view: the arrays checked here are contiguous
-    out = backend.xp.zeros(len(indices), dtype=backend.xp.float64)
+    xp = backend.get_array_module(array)
+    out = xp.zeros(len(indices), dtype=xp.float64)
     for n, i in enumerate(indices):
         old = float(flat[i])
         flat[i] = old + eps
@@ -38,7 +42,7 @@ def numeric_gradient(f: Callable[[], float], array: Any, indices: Sequence[int],
 
 def relative_error(analytic: Any, numeric: Any) -> float:
     """Worst element-wise relative error (see the module docstring for the floor)."""
-    xp = backend.xp
+    xp = backend.get_array_module(analytic, numeric)
     if analytic.size == 0:
         return 0.0
     floor = max(1e-3 * float(xp.abs(numeric).max()), 1e-12)
@@ -58,7 +62,9 @@ def gradcheck(layer: Layer, input_shape: Sequence[int] | Sequence[Sequence[int]]
     Returns {tensor name: worst relative error}; raises GradientCheckError when one exceeds
     ``tol``. The layer's parameters are converted to float64 for the check and back after.
     """
-    xp = backend.xp
+    params = layer.parameters()
+    xp = backend.get_array_module(params[0].data) if params else \
+        backend.get_array_module(*(inputs or ())) if inputs else backend.xp
     saved_state = init.get_rng_state()
     gen = init.generator(seed)
 
@@ -83,13 +89,17 @@ def gradcheck(layer: Layer, input_shape: Sequence[int] | Sequence[Sequence[int]]
         def loss() -> float:
             return float((run() * projection).sum())
 
-        layer.zero_grad()
+        named = list(layer.named_parameters())
+        before = []
+        for _, p in named:                           # backward must add to what is there
+            p.grad[...] = draw(p.grad.shape)
+            before.append(p.grad.copy())
         run()
         grads = layer.backward(projection)
         grads = grads if isinstance(grads, tuple) else (grads,)
         tensors = [(f"input{i}" if len(xs) > 1 else "input", x, g) for i, (x, g) in
                    enumerate(zip(xs, grads))]
-        tensors += [(name, p.data, p.grad) for name, p in layer.named_parameters()]
+        tensors += [(name, p.data, p.grad - start) for (name, p), start in zip(named, before)]
         errors = {}
         for name, data, grad in tensors:
             if grad is None:
@@ -101,6 +111,7 @@ def gradcheck(layer: Layer, input_shape: Sequence[int] | Sequence[Sequence[int]]
             errors[name] = relative_error(analytic.astype(xp.float64), numeric)
     finally:
         init.set_rng_state(saved_state)
+        layer.zero_grad()
         if original_dtype is not None:
             layer.astype(original_dtype)
         layer.clear_cache()

@@ -79,7 +79,7 @@ def im2col(x: Any, kernel_size: IntPair, stride: IntPair = 1, padding: IntPair =
     given, is an array (or a view, such as some columns of a wider matrix) of the result's shape
     and dtype that is filled and returned.
     """
-    xp = backend.xp
+    xp = backend.get_array_module(x)
     n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo = _geometry(
         x.shape, kernel_size, stride, padding, dilation)
     x_nhwc = x.transpose(0, 2, 3, 1)
@@ -99,7 +99,7 @@ def im2col(x: Any, kernel_size: IntPair, stride: IntPair = 1, padding: IntPair =
 
 def _im2col_numpy(x_nhwc, out, kh, kw, sh, sw, ph, pw, dh, dw) -> None:
     """Fill ``out`` (N, Ho, Wo, kh, kw, C) with the windows of ``x_nhwc`` (N, H, W, C)."""
-    xp = backend.xp
+    xp = backend.get_array_module(x_nhwc)
     n, h, w, c = x_nhwc.shape
     ho, wo = out.shape[1:3]
     if c > 1:
@@ -134,7 +134,7 @@ def col2im(cols: Any, x_shape: tuple[int, int, int, int], kernel_size: IntPair,
 
     Returns an array of logical shape ``x_shape`` = (N, C, H, W) whose memory is channels-last.
     """
-    xp = backend.xp
+    xp = backend.get_array_module(cols)
     n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo = _geometry(
         x_shape, kernel_size, stride, padding, dilation)
     if cols.shape != (n, ho, wo, kh, kw, c):
@@ -166,7 +166,7 @@ def col2im_matmul(dy: Any, w: Any, x_shape: tuple[int, int, int, int], kernel_si
     to stay in cache instead of one 9x larger matrix written out and read back. Returns logical
     shape ``x_shape`` = (N, C, H, W) with channels-last memory.
     """
-    xp = backend.xp
+    xp = backend.get_array_module(dy)
     n, c, h, w_in, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo = _geometry(
         x_shape, kernel_size, stride, padding, dilation)
     if dy.shape != (n * ho * wo, w.shape[1]) or w.shape[0] != kh * kw * c:

@@ -2,6 +2,11 @@
 
 Weights are drawn on the host from one seeded NumPy generator and then moved to the active
 backend, so ``manual_seed(n)`` gives the same initial weights on NumPy and on CuPy.
+
+The generator is **global to the process**, as ``torch.manual_seed``'s is: every thread draws
+from it (NumPy's generators are thread-safe, but threads drawing at once get the numbers in no
+fixed order). Code that needs its own stream uses ``generator(seed)``; the DataLoader has its
+own for shuffling and augmentation.
 """
 from __future__ import annotations
 
@@ -93,11 +98,11 @@ def initialize_bias(name: str, size: int, fan_in: int, dtype: Any = None) -> Any
 _device_rngs: dict[str, Any] = {}
 
 
-def device_rng() -> Any:
-    """A generator on the active backend (for dropout masks), seeded from the global seed."""
-    if backend.name == "numpy":
+def rng_for(xp: Any) -> Any:
+    """The global generator for array module ``xp`` (dropout masks): the host generator for
+    NumPy, for CuPy a device generator seeded once from it."""
+    if xp is numpy:
         return _host_rng
-    if backend.name not in _device_rngs:
-        seed = int(_host_rng.integers(2**62))
-        _device_rngs[backend.name] = backend.xp.random.default_rng(seed)
-    return _device_rngs[backend.name]
+    if xp.__name__ not in _device_rngs:
+        _device_rngs[xp.__name__] = xp.random.default_rng(int(_host_rng.integers(2**62)))
+    return _device_rngs[xp.__name__]

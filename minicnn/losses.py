@@ -1,7 +1,7 @@
 """Losses: ``forward(prediction, target) -> scalar`` and ``backward() -> dLoss/dprediction``.
 
-The scalar is a 0-d array of the active backend (``float(loss)`` reads it), so a GPU training
-step need not wait for it.
+The scalar is a 0-d array of the prediction's array module (``float(loss)`` reads it), so a GPU
+training step need not wait for it. Targets are moved to the prediction's module.
 """
 from __future__ import annotations
 
@@ -19,6 +19,13 @@ def _check_prediction(who: str, x: Any, ndim: int | None = None) -> None:
                          f"{tuple(x.shape)}")
 
 
+def _to_module(a: Any, xp: Any) -> Any:
+    """``a`` as an array of module ``xp`` (no copy when it already is one)."""
+    if backend.get_array_module(a) is xp:
+        return a
+    return backend.to_numpy(a) if xp.__name__ == "numpy" else xp.asarray(a)
+
+
 class SoftmaxCrossEntropy:
     """Mean over the batch of -log softmax(logits)[label], for integer labels.
 
@@ -30,8 +37,8 @@ class SoftmaxCrossEntropy:
         self._cache = None
 
     def forward(self, logits: Any, labels: Any) -> Any:
-        xp = backend.xp
         _check_prediction("SoftmaxCrossEntropy", logits, ndim=2)
+        xp = backend.get_array_module(logits)
         n, k = logits.shape
         if not hasattr(labels, "dtype") or labels.dtype.kind not in "iu":
             raise TypeError("SoftmaxCrossEntropy: expected integer class labels, got "
@@ -42,6 +49,7 @@ class SoftmaxCrossEntropy:
         if not backend.is_cupy_array(labels) and n and (labels.min() < 0 or labels.max() >= k):
             raise ValueError(f"SoftmaxCrossEntropy: labels must be in [0, {k}), got values from "
                              f"{labels.min()} to {labels.max()}")
+        labels = _to_module(labels, xp)
         shifted = logits - logits.max(axis=1, keepdims=True)
         exp = xp.exp(shifted)
         sum_exp = exp.sum(axis=1, keepdims=True)
@@ -57,7 +65,7 @@ class SoftmaxCrossEntropy:
         self._cache = None
         n = prob.shape[0]
         grad = prob
-        grad[backend.xp.arange(n), labels] -= 1
+        grad[backend.get_array_module(grad).arange(n), labels] -= 1
         grad *= grad.dtype.type(1.0 / n)
         return grad
 
@@ -76,6 +84,7 @@ class MSELoss:
         if tuple(target.shape) != tuple(prediction.shape):
             raise ValueError(f"MSELoss: expected a target of shape {tuple(prediction.shape)}, "
                              f"got {tuple(target.shape)}")
+        target = _to_module(target, backend.get_array_module(prediction))
         diff = prediction - target.astype(prediction.dtype, copy=False)
         self._cache = diff
         return (diff * diff).mean()

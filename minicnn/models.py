@@ -13,97 +13,116 @@ topological order; in backward, gradients of a tensor used by several layers are
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterator, Sequence
 
-from minicnn import backend
-from minicnn.layers.base import LAYER_REGISTRY, Layer
+from minicnn import backend, modes, parallel, train
+from minicnn.layers.base import Layer, layer_config, layer_from_config
+from minicnn.symbolic import Input, SymbolicTensor
 
-
-class SymbolicTensor:
-    """A placeholder for an activation while a graph is built: its per-sample shape and origin."""
-
-    def __init__(self, shape: tuple[int, ...], layer: Layer | None = None,
-                 parents: tuple["SymbolicTensor", ...] = ()):
-        self.shape, self.layer, self.parents = tuple(shape), layer, parents
-
-    @classmethod
-    def from_layer(cls, layer: Layer, parents: Sequence["SymbolicTensor"]) -> "SymbolicTensor":
-        shapes = [p.shape for p in parents]
-        try:
-            shape = layer.output_shape(*shapes)
-        except ValueError as exc:
-            raise ValueError(f"cannot connect {layer!r} to input shape(s) "
-                             f"{', '.join(map(str, shapes))}: {exc}") from None
-        return cls(shape, layer, tuple(parents))
-
-    def __repr__(self) -> str:
-        origin = type(self.layer).__name__ if self.layer else "Input"
-        return f"SymbolicTensor(shape={self.shape}, from={origin})"
-
-
-def Input(shape: Sequence[int]) -> SymbolicTensor:
-    """The graph's input, with its per-sample shape (batch axis excluded), e.g. (1, 28, 28)."""
-    return SymbolicTensor(tuple(int(s) for s in shape))
+__all__ = ["Network", "Sequential", "Model", "Input", "SymbolicTensor", "layer_from_config"]
 
 
 class Network(Layer):
-    """What Sequential and Model share: naming, modes, devices, checks, summary, training."""
+    """What Sequential and Model share: naming, input checks, splitting a batch, summary.
+
+    Subclasses implement ``forward_layers(x)`` and ``backward_layers(grad, input_grad)``, which
+    run the layers on one (slice of a) batch. ``forward`` checks the input, moves it to the
+    parameters' array module, and on the NumPy backend splits a batch among replicas of the
+    model in threads when that is faster and exact (``minicnn.parallel``); ``backward`` follows
+    the same split. ``workers`` caps the replicas (None: one per core; 1: never split).
+    """
+
+    workers: int | None = None
 
     def __init__(self, layers: list[Layer]):
         super().__init__()
         self.layers = list(layers)
         self._name_layers()
-        for layer in self.layers:
-            layer.check_finite = False
 
     def _name_layers(self) -> None:
         counts: dict[str, int] = {}
+        seen: set[int] = set()
         for layer in self.layers:
-            if sum(layer is other for other in self.layers) > 1:
+            if id(layer) in seen:
                 raise ValueError(f"{layer!r} appears twice in one model; create a second layer")
+            seen.add(id(layer))
             base = type(layer).__name__.lower()
             counts[base] = counts.get(base, 0) + 1
             if not layer.name:
                 layer.name = f"{base}_{counts[base]}"
 
-    def named_parameters(self, prefix: str = ""):
+    def named_children(self) -> Iterator[tuple[str, Layer]]:
         for layer in self.layers:
-            yield from layer.named_parameters(prefix + layer.name + ".")
+            yield layer.name, layer
 
-    def train(self, mode: bool = True) -> "Network":
-        self.training = mode
-        for layer in self.layers:
-            layer.train(mode)
-        return self
+    # --- forward and backward -------------------------------------------------------------
+    def forward(self, x: Any, training: bool | None = None, check: bool = True) -> Any:
+        """The model's output for a batch x; ``training`` sets the mode for this call only
+        (None: each layer's ``train()``/``eval()`` setting); ``check`` scans x for NaN/inf."""
+        x = self._accept(x, check)
+        with modes.training_mode(training):
+            count = 1 if modes.is_inside_model() else parallel.split_count(self, x, self.workers)
+            if count < 2:
+                with modes.inside_model():
+                    y = self.forward_layers(x)
+                self.save_for_backward(None)
+                return y
+            replicas = self.__dict__.get("_replicas")
+            if replicas is None or replicas.count != count:
+                replicas = self._replicas = parallel.Replicas(self, count)
+            with modes.inside_model():
+                y = replicas.forward(x)
+            self.save_for_backward(replicas)
+            return y
 
-    def to(self, backend_name: str) -> "Network":
-        for layer in self.layers:
-            layer.to(backend_name)
-        return self
+    def backward(self, grad_out: Any, input_grad: bool = True) -> Any:
+        """Back-propagate dL/dy through the model (as its forward ran: whole or split); adds
+        into every parameter's grad and returns dL/dx (None if not ``input_grad``)."""
+        (replicas,) = self.pop_saved()
+        if replicas is None:
+            return self.backward_layers(grad_out, input_grad)
+        return replicas.backward(grad_out, input_grad)
 
-    def astype(self, dtype: Any) -> "Network":
-        for layer in self.layers:
-            layer.astype(dtype)
-        return self
+    def forward_layers(self, x: Any) -> Any:
+        raise NotImplementedError
 
-    def clear_cache(self) -> None:
-        for layer in self.layers:
-            layer.clear_cache()
+    def backward_layers(self, grad_out: Any, input_grad: bool) -> Any:
+        raise NotImplementedError
 
-    def _prepare(self, x: Any, training: bool | None, check: bool) -> None:
-        if training is not None:
-            self.train(training)
-        if check and hasattr(x, "dtype") and x.dtype.kind == "f" and x.size and \
-                not bool(backend.xp.isfinite(x).all()):
+    def _accept(self, x: Any, check: bool) -> Any:
+        """x as an array of the parameters' module, checked when ``check``."""
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            raise TypeError(f"{type(self).__name__}: expected an array (N, ...), got "
+                            f"{type(x).__name__}")
+        params = self.parameters()
+        if params:
+            xp = backend.get_array_module(params[0].data)
+            if backend.get_array_module(x) is not xp:
+                x = backend.to_numpy(x) if xp.__name__ == "numpy" else xp.asarray(x)
+        if check and x.dtype.kind == "f" and x.size and \
+                not bool(backend.get_array_module(x).isfinite(x).all()):
             raise ValueError(f"{type(self).__name__}: input contains NaN or inf")
+        return x
 
-    def _set_first_layers_skip_input_grad(self, first: Iterable[Layer], skip: bool) -> None:
-        for layer in first:
-            if hasattr(layer, "skip_input_grad"):
-                layer.skip_input_grad = skip
+    @property
+    def per_sample(self) -> bool:
+        return all(layer.per_sample for layer in self.layers)
+
+    # --- training and inference (the loops live in minicnn.train) -------------------------
+    def fit(self, *args: Any, **kwargs: Any) -> train.History:
+        """Train the model; see ``minicnn.train.fit`` for the arguments."""
+        return train.fit(self, *args, **kwargs)
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> train.Evaluation:
+        """Loss and accuracy on a data set; see ``minicnn.train.evaluate``."""
+        return train.evaluate(self, *args, **kwargs)
+
+    def predict(self, *args: Any, **kwargs: Any) -> Any:
+        """Model outputs for inputs, in batches; see ``minicnn.train.predict``."""
+        return train.predict(self, *args, **kwargs)
 
     # --- summary --------------------------------------------------------------------------
-    def _summary_rows(self) -> list[tuple[str, tuple[int, ...], int]]:
+    def _summary_rows(self) -> list[tuple[Layer, tuple[int, ...]]]:
         raise NotImplementedError
 
     def summary(self, print_fn: Any = print) -> str:
@@ -122,22 +141,6 @@ class Network(Layer):
         if print_fn is not None:
             print_fn(text)
         return text
-
-    # --- training (see minicnn.train) -----------------------------------------------------
-    def fit(self, *args: Any, **kwargs: Any) -> Any:
-        """Train the model; see ``minicnn.train.fit`` for the arguments."""
-        from minicnn import train
-        return train.fit(self, *args, **kwargs)
-
-    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
-        """Loss and accuracy on a data set; see ``minicnn.train.evaluate``."""
-        from minicnn import train
-        return train.evaluate(self, *args, **kwargs)
-
-    def predict(self, *args: Any, **kwargs: Any) -> Any:
-        """Model outputs for inputs, in batches; see ``minicnn.train.predict``."""
-        from minicnn import train
-        return train.predict(self, *args, **kwargs)
 
 
 class Sequential(Network):
@@ -168,23 +171,21 @@ class Sequential(Network):
             input_shape = layer.output_shape(input_shape)
         return input_shape
 
-    def forward(self, x: Any, training: bool | None = None, check: bool = True) -> Any:
-        """Run the layers in order on a batch x; ``training`` switches the mode when given."""
-        self._prepare(x, training, check)
+    def forward_layers(self, x: Any) -> Any:
+        """Run the layers in order on a batch x."""
         for layer in self.layers:
             x = layer.forward(x)
         return x
 
-    def backward(self, grad_out: Any, input_grad: bool = True) -> Any:
-        """Back-propagate dL/dy through every layer; returns dL/dx (None if not input_grad)."""
-        self._set_first_layers_skip_input_grad(self.layers[:1], not input_grad)
-        for layer in reversed(self.layers):
-            grad_out = layer.backward(grad_out)
+    def backward_layers(self, grad_out: Any, input_grad: bool) -> Any:
+        """Back-propagate dL/dy through every layer; the first computes dL/dx if input_grad."""
+        for i in range(len(self.layers) - 1, -1, -1):
+            grad_out = self.layers[i].backward_step(grad_out, input_grad or i > 0)
         return grad_out
 
     def config(self) -> dict[str, Any]:
         return {"input_shape": self.input_shape,
-                "layers": [_layer_config(layer) for layer in self.layers]}
+                "layers": [layer_config(layer) for layer in self.layers]}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "Sequential":
@@ -236,24 +237,23 @@ class Model(Network):
                              f"got {tuple(input_shape)}")
         return self.output_tensor.shape
 
-    def forward(self, x: Any, training: bool | None = None, check: bool = True) -> Any:
+    def forward_layers(self, x: Any) -> Any:
         """Run the graph on a batch x, each layer after the layers it reads from."""
-        self._prepare(x, training, check)
         values = {id(self.input_tensor): x}
         for t in self.order:
             values[id(t)] = t.layer.forward(*(values[id(p)] for p in t.parents))
         return values[id(self.output_tensor)]
 
-    def backward(self, grad_out: Any, input_grad: bool = True) -> Any:
-        """Back-propagate through the graph in reverse order, summing fan-out gradients."""
-        first = [t.layer for t in self.order if self.input_tensor in t.parents]
-        self._set_first_layers_skip_input_grad(first, not input_grad)
+    def backward_layers(self, grad_out: Any, input_grad: bool) -> Any:
+        """Back-propagate through the graph in reverse order, summing fan-out gradients; a
+        layer that reads only the input computes dL/dx only if input_grad."""
         grads = {id(self.output_tensor): grad_out}
         for t in reversed(self.order):
             grad = grads.pop(id(t), None)
             if grad is None:                         # a tensor nothing downstream uses
                 continue
-            parent_grads = t.layer.backward(grad)
+            needed = input_grad or any(p is not self.input_tensor for p in t.parents)
+            parent_grads = t.layer.backward_step(grad, needed)
             if not isinstance(parent_grads, tuple):
                 parent_grads = (parent_grads,)
             for parent, g in zip(t.parents, parent_grads):
@@ -267,7 +267,7 @@ class Model(Network):
         index = {id(self.input_tensor): 0}
         index.update({id(t): i + 1 for i, t in enumerate(self.order)})
         return {"input_shape": self.input_tensor.shape,
-                "nodes": [dict(_layer_config(t.layer), inputs=[index[id(p)] for p in t.parents])
+                "nodes": [dict(layer_config(t.layer), inputs=[index[id(p)] for p in t.parents])
                           for t in self.order]}
 
     @classmethod
@@ -277,23 +277,3 @@ class Model(Network):
             layer = layer_from_config(node)
             tensors.append(layer(*(tensors[i] for i in node["inputs"])))
         return cls(tensors[0], tensors[-1])
-
-
-def _layer_config(layer: Layer) -> dict[str, Any]:
-    return {"class": type(layer).__name__, "name": layer.name, "config": layer.config()}
-
-
-def layer_from_config(entry: dict[str, Any]) -> Layer:
-    """Rebuild a layer from ``{"class": name, "config": {...}, "name": ...}``."""
-    name = entry.get("class")
-    cls = {"Sequential": Sequential, "Model": Model}.get(name) or LAYER_REGISTRY.get(name)
-    if cls is None:
-        raise ValueError(f"unknown layer class {name!r}: import the module that defines it "
-                         "before loading")
-    config = {k: layer_from_config(v) if isinstance(v, dict) and "class" in v else v
-              for k, v in entry["config"].items()}
-    config = {k: tuple(v) if isinstance(v, list) and k != "layers" and k != "nodes" else v
-              for k, v in config.items()}
-    layer = cls.from_config(config) if hasattr(cls, "from_config") else cls(**config)
-    layer.name = entry.get("name", "")
-    return layer

@@ -44,8 +44,8 @@ class SGD:
 
     def step(self) -> None:
         """Apply one update to every parameter, in place (one scratch buffer each)."""
-        xp = backend.xp
         for i, p in enumerate(self.params):
+            xp = backend.get_array_module(p.data)
             scratch = self._scratch[i]
             if scratch is None or scratch.shape != p.data.shape or scratch.dtype != p.data.dtype:
                 scratch = self._scratch[i] = xp.empty_like(p.data)
@@ -79,8 +79,8 @@ class SGD:
                              f"({len(velocity)} buffers for {len(self.params)} parameters)")
         self.lr, self.momentum = float(state["lr"]), float(state["momentum"])
         self.nesterov, self.weight_decay = bool(state["nesterov"]), float(state["weight_decay"])
-        self.velocity = [backend.to_backend(v).astype(p.data.dtype)
-                         for v, p in zip(velocity, self.params)]
+        self.velocity = [backend.get_array_module(p.data).asarray(backend.to_numpy(v))
+                         .astype(p.data.dtype) for v, p in zip(velocity, self.params)]
 
 
 class ConstantLR:

@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 import numpy
 
+from minicnn.atomic import atomic_write
+
 __all__ = ["PlotUnavailable", "available", "plot_curves", "plot_confusion"]
 
 
@@ -40,12 +42,14 @@ def _figure(width: float, height: float) -> Any:
 
 
 def _save(figure: Any, path: str | os.PathLike) -> Path:
+    """Lay out ``figure`` and write it to ``path`` atomically, in the format its suffix names
+    (``.pdf``, ``.svg``...), PNG for any other suffix."""
     path = Path(path)
     figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp)
-    os.replace(tmp, path)
-    return path
+    image_format = path.suffix[1:].lower()
+    if image_format not in figure.canvas.get_supported_filetypes():
+        image_format = "png"
+    return atomic_write(path, lambda f: figure.savefig(f, format=image_format))
 
 
 def plot_curves(records: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:

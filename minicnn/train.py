@@ -1,13 +1,16 @@
 """The training loop (``fit``), evaluation (``evaluate``) and batched inference (``predict``).
 
-One training step is::
+One training step (``train_step``) is::
 
-    optimizer.lr = schedule(step)
     out = model.forward(x, training=True, check=False)
     l = loss.forward(out, y)
     optimizer.zero_grad()
     model.backward(loss.backward(), input_grad=False)     # the first layer skips dL/dx
     optimizer.step()
+
+The model splits the batch among cores by itself (``minicnn.parallel``), so this loop and one
+written by hand run at the same speed. This module never imports ``minicnn.models``: it works
+with any object that has forward, backward, train and parameters.
 
 Losses and correct counts stay on the device in a small window and are read back to the host
 every ``log_every`` steps, so a GPU is never made to wait for the host on every step; the
@@ -29,14 +32,14 @@ from typing import Any, Iterable, NamedTuple
 
 from tqdm import tqdm
 
-from minicnn import backend, parallel
+from minicnn import backend
 from minicnn import init as _init
 from minicnn.data import DataLoader
-from minicnn.layers.base import no_grad
 from minicnn.losses import SoftmaxCrossEntropy
+from minicnn.modes import no_grad
 
-__all__ = ["fit", "evaluate", "predict", "confusion_matrix", "History", "Evaluation",
-           "TrainingError"]
+__all__ = ["fit", "evaluate", "predict", "train_step", "confusion_matrix", "History",
+           "Evaluation", "TrainingError"]
 
 EVAL_BATCH_SIZE = 256
 """Default batch for evaluation and prediction. Inference keeps nothing for backward, but each
@@ -124,43 +127,33 @@ def evaluate(model: Any, data: Any, loss: Any = None, batch_size: int = EVAL_BAT
     if loader.y is None:
         raise ValueError("evaluate: the data has no labels")
     loss_fn = loss if loss is not None else SoftmaxCrossEntropy()
-    was_training = model.training
     loss_sum, correct, seen = 0.0, None, 0
-    try:
-        with no_grad():
-            for xb, yb in loader:
-                out = model.forward(xb, training=False, check=False)
-                n = len(xb)
-                loss_sum = loss_sum + loss_fn.forward(out, yb).astype("float64") * n
-                c = _correct(out, yb)
-                correct = None if c is None else (c if correct is None else correct + c)
-                seen += n
-    finally:
-        model.train(was_training)
-        model.clear_cache()
+    with no_grad():
+        for xb, yb in loader:
+            out = model.forward(xb, training=False, check=False)
+            n = len(xb)
+            loss_sum = loss_sum + loss_fn.forward(out, yb).astype("float64") * n
+            c = _correct(out, yb)
+            correct = None if c is None else (c if correct is None else correct + c)
+            seen += n
     accuracy = None if correct is None else int(correct) / seen
     return Evaluation(float(loss_sum) / seen, accuracy)
 
 
 def predict(model: Any, x: Any, batch_size: int = EVAL_BATCH_SIZE,
             transform: Any = None) -> Any:
-    """Model outputs (N, ...) on the active backend for inputs x (N, H, W) or (N, C, H, W), in
-    eval mode and batches of ``batch_size``. x may be a DataLoader (its transform is used)."""
-    xp = backend.xp
+    """Model outputs (N, ...), on the model's array module, for inputs x (N, H, W) or
+    (N, C, H, W), in eval mode and batches of ``batch_size``. x may be a DataLoader (its
+    transform is used)."""
     loader = _eval_loader(x, batch_size, transform)
-    was_training = model.training
-    try:
-        with no_grad():
-            outs = [model.forward(xb, training=False, check=False) for xb, _ in loader]
-    finally:
-        model.train(was_training)
-        model.clear_cache()
-    return xp.concatenate(outs, axis=0)
+    with no_grad():
+        outs = [model.forward(xb, training=False, check=False) for xb, _ in loader]
+    return backend.get_array_module(*outs).concatenate(outs, axis=0)
 
 
 def confusion_matrix(labels: Any, predictions: Any, num_classes: int) -> Any:
     """(K, K) int64 counts: entry [i, j] is how many samples of class i were predicted j."""
-    xp = backend.xp
+    xp = backend.get_array_module(labels, predictions)
     labels, predictions = xp.asarray(labels), xp.asarray(predictions)
     flat = labels.astype(xp.int64) * num_classes + predictions.astype(xp.int64)
     return xp.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes,
@@ -169,17 +162,32 @@ def confusion_matrix(labels: Any, predictions: Any, num_classes: int) -> Any:
 
 # --------------------------------------------------------------------------- training
 
+def train_step(model: Any, loss_fn: Any, optimizer: Any, x: Any, y: Any) -> tuple[Any, Any]:
+    """One optimizer step on batch (x, y); returns the loss (a 0-d array, left on the device)
+    and the number of correct predictions (or None when the outputs are not class scores)."""
+    out = model.forward(x, training=True, check=False)
+    loss = loss_fn.forward(out, y)
+    correct = _correct(out, y)
+    optimizer.zero_grad()
+    model.backward(loss_fn.backward(), input_grad=False)     # nobody needs dL/dx
+    optimizer.step()
+    return loss, correct
+
+
 class _Window:
     """The last few steps' losses and correct counts, kept on the device until read."""
 
     def __init__(self, size: int):
-        xp = backend.xp
-        self.loss = xp.zeros(size, dtype=xp.float32)
-        self.correct = xp.zeros(size, dtype=xp.int64)
+        self.size = size
+        self.loss = self.correct = None
         self.sizes: list[int] = []
         self.has_correct = True
 
     def add(self, loss: Any, correct: Any, n: int) -> None:
+        if self.loss is None:                        # on the device the loss lives on
+            xp = backend.get_array_module(loss)
+            self.loss = xp.zeros(self.size, dtype=xp.float32)
+            self.correct = xp.zeros(self.size, dtype=xp.int64)
         k = len(self.sizes)
         self.loss[k] = loss
         if correct is None:
@@ -189,11 +197,13 @@ class _Window:
         self.sizes.append(n)
 
     def full(self) -> bool:
-        return len(self.sizes) == len(self.loss)
+        return len(self.sizes) == self.size
 
     def drain(self) -> tuple[list[float], list[int] | None, list[int]]:
         """Read the window to the host (one sync) and empty it."""
         k = len(self.sizes)
+        if k == 0:
+            return [], [] if self.has_correct else None, []
         losses = backend.to_numpy(self.loss[:k]).tolist()
         correct = backend.to_numpy(self.correct[:k]).tolist() if self.has_correct else None
         sizes, self.sizes = self.sizes, []
@@ -248,7 +258,6 @@ class _Run:
         self.loss_fn, self.schedule, self.checkpoint = loss_fn, schedule, checkpoint
         self.meta, self.epochs, self.progress = meta, epochs, progress
         self.log_every = max(1, log_every)
-        self.net = model                     # or a DataParallel of it (see fit)
         self.epoch, self.step, self.history = 0, 0, History()
         self.tally: _Tally | None = None     # a resumed, unfinished epoch
         self.good = None                     # the checkpoint holding the last good weights
@@ -285,17 +294,12 @@ class _Run:
             self.good = self.checkpoint
 
     def train_step(self, x: Any, y: Any) -> tuple[Any, Any]:
-        """One SGD step on a batch; the loss and correct count stay on the device."""
+        """One step at the schedule's lr; the loss and correct count stay on the device."""
         if self.schedule is not None:
             self.optimizer.lr = float(self.schedule(self.step))
-        out = self.net.forward(x, training=True, check=False)
-        loss = self.loss_fn.forward(out, y)
-        correct = _correct(out, y)
-        self.optimizer.zero_grad()
-        self.net.backward(self.loss_fn.backward(), input_grad=False)
-        self.optimizer.step()
+        result = train_step(self.model, self.loss_fn, self.optimizer, x, y)
         self.step += 1
-        return loss, correct
+        return result
 
     def train_epoch(self, stop: "_StopRequest", on_step: list) -> _Tally:
         """Run the current epoch's remaining steps, or until a stop request (then save a
@@ -364,7 +368,7 @@ class _Run:
                   "train_loss": tally.loss_sum / seen,
                   "train_acc": tally.correct / seen if tally.has_correct else None}
         if val_loader is not None:
-            result = evaluate(self.net, val_loader, self.loss_fn,
+            result = evaluate(self.model, val_loader, self.loss_fn,
                               batch_size=val_loader.batch_size)
             record.update(val_loss=result.loss, val_acc=result.accuracy)
         record.update(seconds=tally.seconds + time.perf_counter() - started,
@@ -390,8 +394,8 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
     checkpoint: a path written after every epoch and on Ctrl-C (with ``meta`` merged into its
     metadata); resume: True to continue from ``checkpoint``, or the path of a checkpoint to
     continue from. Losses are read back every ``log_every`` steps. Raises TrainingError if the
-    loss becomes NaN or inf. workers: on the NumPy backend each step is split among this many
-    replicas of the model in threads (default: one per core; see ``minicnn.parallel``).
+    loss becomes NaN or inf. workers: caps the replicas the model splits each NumPy step among
+    during this call (default: the model's own ``workers``; see ``minicnn.parallel``).
     """
     loader = _train_loader(train_data, batch_size, seed)
     val_loader = None if val_data is None else _eval_loader(val_data, eval_batch_size,
@@ -401,7 +405,6 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
         meta.setdefault("transform", loader.transform.config())
     run = _Run(model, optimizer, loader, loss if loss is not None else SoftmaxCrossEntropy(),
                schedule, checkpoint, meta, epochs, progress, log_every)
-    run.net = parallel.data_parallel(model, workers, loader.batch_size)
     if resume:
         source = checkpoint if resume is True else resume
         if source is None:
@@ -413,6 +416,9 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
                 if hasattr(cb, "on_epoch_end") or callable(cb)]
     on_step = [cb.on_step_end for cb in callbacks if hasattr(cb, "on_step_end")]
     saved_to = "" if checkpoint is None else f"; checkpoint saved to {checkpoint}"
+    workers_before = model.__dict__.get("workers")
+    if workers is not None:
+        model.workers = workers
     try:
         with _StopRequest() as stop:
             while run.epoch < epochs:
@@ -432,8 +438,11 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
                     run.history.stopped = "interrupted"
                     break
     finally:
-        if run.net is not model:
-            run.net.close()
+        if workers is not None:
+            if workers_before is None:
+                del model.workers
+            else:
+                model.workers = workers_before
     return run.history
 
 

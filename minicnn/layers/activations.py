@@ -8,26 +8,20 @@ from __future__ import annotations
 from typing import Any
 
 from minicnn import backend
-from minicnn.layers.base import Layer, grad_enabled
+from minicnn.layers.base import Layer
 
 
 class Activation(Layer):
-    """Base for shape-preserving activations: checks input, caches, names."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._cache = None
+    """Base for shape-preserving activations: ``apply(x)`` and ``derivative(x, y, dy)``."""
 
     def forward(self, x: Any) -> Any:
         self.check_input(x)
         y = self.apply(x)
-        self._cache = (x, y) if grad_enabled() else None
+        self.save_for_backward(x, y)
         return y
 
     def backward(self, grad_out: Any) -> Any:
-        self.check_backward(self._cache)
-        x, y = self._cache
-        self._cache = None
+        x, y = self.pop_saved()
         return self.derivative(x, y, grad_out)
 
     def apply(self, x: Any) -> Any:
@@ -41,7 +35,7 @@ class ReLU(Activation):
     """max(x, 0)."""
 
     def apply(self, x):
-        return backend.xp.maximum(x, 0)
+        return backend.get_array_module(x).maximum(x, 0)
 
     def derivative(self, x, y, grad_out):
         return grad_out * (y > 0)
@@ -55,17 +49,18 @@ class LeakyReLU(Activation):
         self.negative_slope = float(negative_slope)
 
     def apply(self, x):
-        return backend.xp.where(x > 0, x, x * x.dtype.type(self.negative_slope))
+        return backend.get_array_module(x).where(x > 0, x, x * x.dtype.type(self.negative_slope))
 
     def derivative(self, x, y, grad_out):
-        return backend.xp.where(x > 0, grad_out, grad_out * x.dtype.type(self.negative_slope))
+        xp = backend.get_array_module(x)
+        return xp.where(x > 0, grad_out, grad_out * x.dtype.type(self.negative_slope))
 
 
 class Sigmoid(Activation):
     """1 / (1 + exp(-x)), computed without overflow for large |x|."""
 
     def apply(self, x):
-        xp = backend.xp
+        xp = backend.get_array_module(x)
         e = xp.exp(-xp.abs(x))
         return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
@@ -77,7 +72,7 @@ class Tanh(Activation):
     """tanh(x)."""
 
     def apply(self, x):
-        return backend.xp.tanh(x)
+        return backend.get_array_module(x).tanh(x)
 
     def derivative(self, x, y, grad_out):
         return grad_out * (1 - y * y)
@@ -91,7 +86,7 @@ class Softmax(Activation):
         self.axis = axis
 
     def apply(self, x):
-        xp = backend.xp
+        xp = backend.get_array_module(x)
         if not -x.ndim <= self.axis < x.ndim:
             raise ValueError(f"{self.label()}: expected an input with an axis {self.axis}, got "
                              f"shape {tuple(x.shape)}")

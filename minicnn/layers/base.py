@@ -1,47 +1,55 @@
 """The Layer protocol and the Parameter that holds a trainable array and its gradient.
 
-A layer computes ``forward(x) -> y`` and, given dLoss/dy, ``backward(grad_out) -> dLoss/dx``.
-Backward also *adds* dLoss/dparam into each ``Parameter.grad`` (gradients accumulate, as in
-PyTorch, until ``zero_grad()``). Shapes handed to ``output_shape`` exclude the batch axis.
+A new layer is one class; this is everything the base class needs from it::
 
-A new layer is one short class: see ``examples/custom_layer.py``.
+    class Scale(Layer):
+        def __init__(self, channels: int):
+            super().__init__()                       # constructor arguments are recorded
+            self.s = Parameter(init.ones((1, channels, 1, 1)), "s")   # found wherever held
+        def forward(self, x):
+            self.save_for_backward(x)                # kept only when gradients are recorded
+            return x * self.s.data
+        def backward(self, grad_out):
+            (x,) = self.pop_saved()                  # one clear error if forward did not save
+            self.s.grad += (grad_out * x).sum(axis=(0, 2, 3), keepdims=True)   # add, never =
+            return grad_out * self.s.data
+
+* ``forward(x) -> y`` and ``backward(grad_out) -> dL/dx``; backward *adds* dL/dparam into each
+  ``Parameter.grad`` (gradients accumulate until ``zero_grad()``). A layer with several inputs
+  returns a tuple of input gradients.
+* ``backward`` may take a keyword ``input_grad: bool = True``; a model passes False to its first
+  layers when nobody needs dL/dx, and the layer may then skip computing it and return None.
+* ``Parameter`` s and sub-layers are found in attributes, lists, tuples and dicts.
+* ``output_shape(input_shape)`` (per-sample shapes) only if the layer changes the shape.
+* Constructor arguments are recorded for ``config()`` (checkpoints, ``repr``): keep them
+  JSON-friendly (numbers, strings, tuples, None).
+* Compute with the array module of the inputs (``xp = backend.get_array_module(x)``).
+* A layer is assumed to treat the samples of a batch independently, so a model may split a
+  batch among threads; a layer that mixes samples (batch statistics) sets ``per_sample =
+  False``.
 """
 from __future__ import annotations
 
+import copy
+import functools
 import inspect
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from minicnn import backend
+from minicnn import backend, modes
+from minicnn.modes import grad_enabled, no_grad
+from minicnn.symbolic import SymbolicTensor
+
+__all__ = ["Layer", "Parameter", "LAYER_REGISTRY", "no_grad", "grad_enabled", "column_sums",
+           "layer_config", "layer_from_config"]
 
 LAYER_REGISTRY: dict[str, type] = {}
 """Every Layer subclass by class name, so a checkpoint can rebuild a model from its JSON."""
 
 
-_grad_enabled = True
-
-
-@contextmanager
-def no_grad() -> Iterator[None]:
-    """Inside this block layers keep nothing for backward: inference with less memory and
-    time (Conv2D then also works through the batch in slices, bounding its im2col buffer)."""
-    global _grad_enabled
-    previous, _grad_enabled = _grad_enabled, False
-    try:
-        yield
-    finally:
-        _grad_enabled = previous
-
-
-def grad_enabled() -> bool:
-    """False inside ``no_grad()``."""
-    return _grad_enabled
-
-
 def column_sums(a: Any) -> Any:
     """Sum of a 2-D array's rows, (M, K) -> (K,), as a matrix-vector product: on NumPy that is
     several times faster than ``a.sum(axis=0)`` for tall arrays (bias gradients)."""
-    return backend.xp.ones(a.shape[0], dtype=a.dtype) @ a
+    return backend.get_array_module(a).ones(a.shape[0], dtype=a.dtype) @ a
 
 
 class Parameter:
@@ -67,33 +75,57 @@ class Parameter:
         return f"Parameter({self.name or '?'}, shape={self.shape}, dtype={self.data.dtype})"
 
 
-class Layer:
-    """Base class: parameter bookkeeping, train/eval mode, devices, repr and graph building.
+def _record_init_arguments(cls: type) -> None:
+    """Wrap ``cls.__init__`` so the outermost call records its bound arguments (for config)."""
+    original = cls.__dict__["__init__"]
+    signature = inspect.signature(original)
 
-    Subclasses implement ``forward``, ``backward`` and, when the shape changes,
-    ``output_shape``. Constructor arguments are recorded automatically (for checkpoints and
-    ``repr``), so keep them JSON-friendly: ints, floats, strings, tuples.
+    @functools.wraps(original)
+    def __init__(self: "Layer", *args: Any, **kwargs: Any) -> None:
+        if "_init_args" not in self.__dict__:      # the most derived __init__ runs first
+            bound = signature.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            arguments = dict(bound.arguments)
+            arguments.pop(next(iter(arguments)))   # self
+            self.__dict__["_init_args"] = arguments
+        original(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+
+
+def _takes_input_grad(cls: type) -> bool:
+    try:
+        return "input_grad" in inspect.signature(cls.backward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+_TRANSIENT = ("_saved", "_workspace", "_replicas")
+"""Attributes that hold activations, scratch buffers or threads: never copied or pickled."""
+_BASE_OWNED = _TRANSIENT + ("_init_args", "_training")
+"""Attributes the base class keeps for itself: never searched for parameters or layers."""
+
+
+class Layer:
+    """Base class: parameter discovery, saved values, train/eval mode, devices, graph building.
+
+    See the module docstring for the whole protocol, in one example.
     """
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> "Layer":
-        self = super().__new__(cls)
-        bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
-        bound.apply_defaults()
-        arguments = dict(bound.arguments)
-        arguments.pop(next(iter(arguments)))  # self
-        self._init_args = arguments
-        return self
+    per_sample = True
+    """Whether each sample's output depends on that sample alone (so a batch may be split)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            _record_init_arguments(cls)
+        cls._backward_takes_input_grad = _takes_input_grad(cls)
         LAYER_REGISTRY[cls.__name__] = cls
 
     def __init__(self) -> None:
-        self.training = True
+        self.__dict__.setdefault("_init_args", {})
+        self._training = True
         self.name = ""
-        # Layers inside a model skip the NaN/inf scan of their input: the model checks its own
-        # input once, and every later activation comes from a layer, not from the user.
-        self.check_finite = True
 
     # --- the protocol -------------------------------------------------------------------
     def forward(self, x: Any) -> Any:
@@ -106,14 +138,72 @@ class Layer:
         """Per-sample output shape for a per-sample input shape (batch axis excluded)."""
         return tuple(input_shape)
 
-    # --- parameters and modes -----------------------------------------------------------
-    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
-        """(name, Parameter) pairs of this layer and of any layers it holds as attributes."""
+    def backward_step(self, grad_out: Any, input_grad: bool = True) -> Any:
+        """Call ``backward``, passing ``input_grad`` when the layer's backward takes it (models
+        call this; a layer's own code never needs to)."""
+        if self._backward_takes_input_grad:
+            return self.backward(grad_out, input_grad=input_grad)
+        grad = self.backward(grad_out)
+        return grad if input_grad else None
+
+    # --- what forward keeps for backward ------------------------------------------------
+    def save_for_backward(self, *values: Any) -> None:
+        """Keep ``values`` for ``backward``, only while gradients are recorded in this thread
+        (inside ``no_grad()`` nothing is kept, and what an earlier forward kept is left alone)."""
+        if grad_enabled():
+            self._saved = values
+
+    def pop_saved(self) -> tuple[Any, ...]:
+        """What forward saved, forgotten here (so the memory can go); one clear error if
+        nothing was saved."""
+        saved = self.__dict__.get("_saved")
+        if saved is None:
+            raise ValueError(f"{self.label()}: backward called before forward (or after a "
+                             "forward inside minicnn.no_grad(), or after clear_cache())")
+        self._saved = None
+        return saved
+
+    def workspace(self, key: str, shape: tuple[int, ...], dtype: Any, xp: Any,
+                  init: Callable[[Any], None] | None = None) -> Any:
+        """A scratch array kept between calls (reallocated when shape, dtype or module change;
+        ``init(array)`` runs on each new one); dropped by ``clear_cache`` and copies."""
+        spaces = self.__dict__.setdefault("_workspace", {})
+        array = spaces.get(key)
+        if array is None or array.shape != tuple(shape) or array.dtype != dtype or \
+                backend.get_array_module(array) is not xp:
+            array = spaces[key] = xp.empty(shape, dtype=dtype)
+            if init is not None:
+                init(array)
+        return array
+
+    def clear_cache(self) -> None:
+        """Forget saved values and scratch buffers, in this layer and every sub-layer."""
+        for attr in _TRANSIENT:
+            self.__dict__.pop(attr, None)
+        for _, child in self.named_children():
+            child.clear_cache()
+
+    # --- sub-layers and parameters ------------------------------------------------------
+    def named_children(self) -> Iterator[tuple[str, "Layer"]]:
+        """(name, layer) for every layer held in an attribute, or in a list, tuple or dict."""
         for attr, value in vars(self).items():
-            if isinstance(value, Parameter):
-                yield prefix + attr, value
-            elif isinstance(value, Layer):
-                yield from value.named_parameters(prefix + attr + ".")
+            if attr not in _BASE_OWNED:
+                yield from _held(attr, value, Layer)
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        """(name, Parameter) pairs of this layer and its sub-layers, each Parameter once."""
+        seen: set[int] = set()
+        for name, p in self._all_parameters(prefix):
+            if id(p) not in seen:
+                seen.add(id(p))
+                yield name, p
+
+    def _all_parameters(self, prefix: str) -> Iterator[tuple[str, Parameter]]:
+        for attr, value in vars(self).items():
+            if attr not in _BASE_OWNED:
+                yield from _held(prefix + attr, value, Parameter)
+        for name, child in self.named_children():
+            yield from child._all_parameters(prefix + name + ".")
 
     def parameters(self) -> list[Parameter]:
         return [p for _, p in self.named_parameters()]
@@ -122,16 +212,28 @@ class Layer:
         for p in self.parameters():
             p.zero_grad()
 
+    # --- modes ----------------------------------------------------------------------------
+    @property
+    def training(self) -> bool:
+        """Training mode: ``forward(x, training=...)``'s value during that call (in its
+        thread), otherwise what ``train()`` / ``eval()`` set."""
+        override = modes.training_override()
+        return self.__dict__.get("_training", True) if override is None else override
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        self._training = bool(mode)
+
     def train(self, mode: bool = True) -> "Layer":
         self.training = mode
-        for value in vars(self).values():
-            if isinstance(value, Layer):
-                value.train(mode)
+        for _, child in self.named_children():
+            child.train(mode)
         return self
 
     def eval(self) -> "Layer":
         return self.train(False)
 
+    # --- state, devices, dtypes, copies -------------------------------------------------
     def state_arrays(self) -> dict[str, Any]:
         """Arrays that define the layer but are not trained (e.g. BatchNorm running stats)."""
         return {}
@@ -140,29 +242,38 @@ class Layer:
         for key, value in arrays.items():
             setattr(self, key, value)
 
-    def to(self, backend_name: str) -> "Layer":
-        """Move parameters and state to 'numpy' or 'cupy'; drops cached activations."""
+    def _convert(self, fn: Callable[[Any], Any]) -> "Layer":
         for p in self.parameters():
-            p.data = backend.to_backend(p.data, backend_name)
-            p.grad = backend.to_backend(p.grad, backend_name)
-        self.load_state_arrays({k: backend.to_backend(v, backend_name)
-                                for k, v in self.state_arrays().items()})
+            p.data, p.grad = fn(p.data), fn(p.grad)
+        self._convert_state(fn)
         self.clear_cache()
         return self
+
+    def _convert_state(self, fn: Callable[[Any], Any]) -> None:
+        self.load_state_arrays({k: fn(v) for k, v in self.state_arrays().items()})
+        for _, child in self.named_children():
+            child._convert_state(fn)
+
+    def to(self, backend_name: str) -> "Layer":
+        """Move parameters and state to 'numpy' or 'cupy' (the layer then computes there,
+        whatever the global backend); drops saved values and buffers."""
+        return self._convert(lambda a: backend.to_backend(a, backend_name))
 
     def astype(self, dtype: Any) -> "Layer":
         """Convert parameters and state to ``dtype`` (float64 for gradient checks)."""
-        for p in self.parameters():
-            p.data = p.data.astype(dtype)
-            p.grad = p.grad.astype(dtype)
-        self.load_state_arrays({k: v.astype(dtype) for k, v in self.state_arrays().items()})
-        self.clear_cache()
-        return self
+        return self._convert(lambda a: a.astype(dtype))
 
-    def clear_cache(self) -> None:
-        """Forget activations saved for backward and reusable buffers."""
-        for attr in [a for a in vars(self) if a.startswith("_cache") or a.startswith("_buf")]:
-            setattr(self, attr, None)
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in _TRANSIENT}
+
+    def replica(self) -> "Layer":
+        """A copy that shares this layer's parameter arrays (``p.data``) but has its own
+        gradients, saved values and buffers: what a thread needs to run a slice of a batch."""
+        memo: dict[int, Any] = {id(p.data): p.data for p in self.parameters()}
+        twin = copy.deepcopy(self, memo)
+        for p in twin.parameters():
+            p.grad = backend.module_of(p.data).zeros_like(p.data)
+        return twin
 
     @property
     def dtype(self) -> Any:
@@ -175,7 +286,8 @@ class Layer:
 
     def check_input(self, x: Any, ndim: int | None = None, layout: str = "",
                     channels: int | None = None, features: int | None = None) -> None:
-        """Raise TypeError/ValueError naming this layer when ``x`` is not what it expects."""
+        """Raise TypeError/ValueError naming this layer when ``x`` is not what it expects
+        (NaN/inf are scanned for only when the layer is called alone, not inside a model)."""
         if not hasattr(x, "shape") or not hasattr(x, "dtype"):
             raise TypeError(f"{self.label()}: expected an array, got {type(x).__name__}")
         if x.dtype.kind != "f":
@@ -194,17 +306,12 @@ class Layer:
         if features is not None and x.shape[-1] != features:
             raise ValueError(f"{self.label()}: expected {features} input features {layout}, "
                              f"got shape {tuple(x.shape)}")
-        if self.check_finite and x.size and not bool(backend.xp.isfinite(x).all()):
+        if not modes.is_inside_model() and x.size and \
+                not bool(backend.get_array_module(x).isfinite(x).all()):
             raise ValueError(f"{self.label()}: input contains NaN or inf")
-
-    def check_backward(self, cache: Any) -> None:
-        if cache is None:
-            raise ValueError(f"{self.label()}: backward called before forward (or after a "
-                             "forward inside minicnn.no_grad(), or after the cache was cleared)")
 
     # --- graph building and printing ----------------------------------------------------
     def __call__(self, *inputs: Any, **kwargs: Any) -> Any:
-        from minicnn.models import SymbolicTensor
         if len(inputs) == 1 and isinstance(inputs[0], list | tuple):
             inputs = tuple(inputs[0])          # Add()([a, b]) as in Keras
         if inputs and all(isinstance(t, SymbolicTensor) for t in inputs):
@@ -213,8 +320,43 @@ class Layer:
 
     def config(self) -> dict[str, Any]:
         """The constructor arguments, for rebuilding the layer (see ``LAYER_REGISTRY``)."""
-        return dict(self._init_args)
+        return dict(self.__dict__.get("_init_args", {}))
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self._init_args.items())
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({args})"
+
+
+def _held(name: str, value: Any, kind: type) -> Iterator[tuple[str, Any]]:
+    """(name, item) for ``value`` if it is a ``kind``, or for the ``kind`` s inside a list,
+    tuple or dict (named ``name.index`` / ``name.key``)."""
+    if isinstance(value, kind):
+        yield name, value
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from _held(f"{name}.{i}", item, kind)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _held(f"{name}.{key}", item, kind)
+
+
+def layer_config(layer: Layer) -> dict[str, Any]:
+    """``{"class": ..., "name": ..., "config": {...}}``: what ``layer_from_config`` rebuilds."""
+    return {"class": type(layer).__name__, "name": layer.name, "config": layer.config()}
+
+
+def layer_from_config(entry: dict[str, Any]) -> Layer:
+    """Rebuild a layer (or a model) from ``{"class": name, "config": {...}, "name": ...}``;
+    the class must be in ``LAYER_REGISTRY`` (defining a Layer subclass registers it)."""
+    name = entry.get("class")
+    cls = LAYER_REGISTRY.get(name)
+    if cls is None:
+        raise ValueError(f"unknown layer class {name!r}: import the module that defines it "
+                         "before loading")
+    config = {k: layer_from_config(v) if isinstance(v, dict) and "class" in v else v
+              for k, v in entry["config"].items()}
+    config = {k: tuple(v) if isinstance(v, list) and k != "layers" and k != "nodes" else v
+              for k, v in config.items()}
+    layer = cls.from_config(config) if hasattr(cls, "from_config") else cls(**config)
+    layer.name = entry.get("name", "")
+    return layer

@@ -57,9 +57,6 @@ class Conv2D(Layer):
                                                  fan_in, fan_out), "weight")
         self.bias = Parameter(_init.initialize_bias(init, out_channels, fan_in),
                               "bias") if bias else None
-        self.skip_input_grad = False  # set by a model for its first layer during training
-        self._cache = None
-        self._buf_cols = None
 
     def _resolve_padding(self, padding: IntPair | str) -> tuple[int, int]:
         if padding != "same":
@@ -90,19 +87,31 @@ class Conv2D(Layer):
         w = self.weight.data.transpose(2, 3, 1, 0).reshape(-1, self.out_channels)
         if not bias_row or self.bias is None:
             return w
-        return backend.xp.concatenate([w, self.bias.data[None, :]], axis=0)
+        xp = backend.get_array_module(w)
+        return xp.concatenate([w, self.bias.data[None, :]], axis=0)
 
-    def _columns(self, x: Any, ho: int, wo: int, buffer: Any = None) -> Any:
-        """im2col(x) as a (N*Ho*Wo, kh*kw*C [+ 1]) matrix, in ``buffer`` when it fits; with a
-        bias, the last column is ones, written only when the buffer is made."""
+    def _columns(self, x: Any, ho: int, wo: int, buffer: Any) -> Any:
+        """im2col(x) into ``buffer``, a (N*Ho*Wo, kh*kw*C [+ 1]) matrix; with a bias, the last
+        column is ones (written by the caller when it made the buffer)."""
         kh, kw = self.kernel_size
-        n, k = x.shape[0], kh * kw * self.in_channels
-        width = k + (self.bias is not None)
-        if buffer is None or buffer.shape != (n * ho * wo, width) or buffer.dtype != x.dtype:
-            buffer = backend.xp.empty((n * ho * wo, width), dtype=x.dtype)
-            buffer[:, k:] = 1
+        k = kh * kw * self.in_channels
         im2col(x, self.kernel_size, self.stride, self.padding, self.dilation,
-               out=buffer[:, :k].reshape(n, ho, wo, kh, kw, self.in_channels))
+               out=buffer[:, :k].reshape(x.shape[0], ho, wo, kh, kw, self.in_channels))
+        return buffer
+
+    def _column_buffer(self, n: int, ho: int, wo: int, dtype: Any, xp: Any,
+                       key: str | None = None) -> Any:
+        """An empty (n*Ho*Wo, kh*kw*C [+ 1]) matrix whose bias column already holds ones: this
+        layer's reused workspace ``key``, or a new array."""
+        k = self.kernel_size[0] * self.kernel_size[1] * self.in_channels
+        shape = (n * ho * wo, k + (self.bias is not None))
+
+        def ones_column(buffer: Any) -> None:
+            buffer[:, k:] = 1
+        if key is not None:
+            return self.workspace(key, shape, dtype, xp, init=ones_column)
+        buffer = xp.empty(shape, dtype=dtype)
+        ones_column(buffer)
         return buffer
 
     def forward(self, x: Any) -> Any:
@@ -111,31 +120,33 @@ class Conv2D(Layer):
         _, ho, wo = self.output_shape(tuple(x.shape[1:]))
         if not grad_enabled():
             return self._forward_in_slices(x, ho, wo)
-        cols = self._buf_cols = self._columns(x, ho, wo, self._buf_cols)
+        xp = backend.get_array_module(x)
+        cols = self._columns(x, ho, wo, self._column_buffer(x.shape[0], ho, wo, x.dtype, xp,
+                                                            key="cols"))
         y = cols @ self._weight_matrix(bias_row=True)
-        self._cache = (tuple(x.shape), cols)
+        self.save_for_backward(tuple(x.shape), cols)
         return y.reshape(x.shape[0], ho, wo, self.out_channels).transpose(0, 3, 1, 2)
 
     def _forward_in_slices(self, x: Any, ho: int, wo: int) -> Any:
         """Inference: nothing is kept for backward, so im2col one slice of the batch at a
         time into one small buffer (bounded memory, cache-friendly)."""
-        n = x.shape[0]
-        y = backend.xp.empty((n * ho * wo, self.out_channels), dtype=x.dtype)
-        w, cols = self._weight_matrix(bias_row=True), None
+        n, xp = x.shape[0], backend.get_array_module(x)
+        y = xp.empty((n * ho * wo, self.out_channels), dtype=x.dtype)
+        w = self._weight_matrix(bias_row=True)
         step = max(1, INFERENCE_COLUMNS // (ho * wo * w.shape[0]))
+        buffer = self._column_buffer(min(step, n), ho, wo, x.dtype, xp)
         for start in range(0, n, step):
             part = x[start:start + step]
-            cols = self._columns(part, ho, wo, cols)
             rows = slice(start * ho * wo, (start + part.shape[0]) * ho * wo)
-            backend.xp.matmul(cols, w, out=y[rows])
-        self._cache = None
+            cols = self._columns(part, ho, wo, buffer[:rows.stop - rows.start])
+            xp.matmul(cols, w, out=y[rows])
         return y.reshape(n, ho, wo, self.out_channels).transpose(0, 3, 1, 2)
 
-    def backward(self, grad_out: Any) -> Any:
-        """dL/dy (N, O, Ho, Wo) -> dL/dx (N, C, H, W); adds dL/dW and dL/db into the grads."""
-        self.check_backward(self._cache)
-        x_shape, cols = self._cache
-        xp = backend.xp
+    def backward(self, grad_out: Any, input_grad: bool = True) -> Any:
+        """dL/dy (N, O, Ho, Wo) -> dL/dx (N, C, H, W) (None without ``input_grad``); adds dL/dW
+        and dL/db into the grads."""
+        x_shape, cols = self.pop_saved()
+        xp = backend.get_array_module(grad_out)
         n, o, ho, wo = grad_out.shape
         dy = xp.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)).reshape(n * ho * wo, o)
         k = cols.shape[1] - (self.bias is not None)
@@ -147,8 +158,7 @@ class Conv2D(Layer):
         self.weight.grad += dw[:, :k].reshape(o, kh, kw, self.in_channels).transpose(0, 3, 1, 2)
         if self.bias is not None:
             self.bias.grad += dw[:, k]
-        self._cache = None
-        if self.skip_input_grad:
+        if not input_grad:
             return None
         return col2im_matmul(dy, self._weight_matrix(), x_shape, self.kernel_size, self.stride,
                              self.padding, self.dilation)

@@ -5,7 +5,8 @@ from typing import Any
 
 from minicnn import init as _init
 from minicnn.layers.activations import get_activation
-from minicnn.layers.base import Layer, Parameter, column_sums, grad_enabled
+from minicnn.layers.base import Layer, Parameter, column_sums
+from minicnn.modes import inside_model
 
 
 class Dense(Layer):
@@ -26,14 +27,10 @@ class Dense(Layer):
                 raise ValueError(f"Dense: {what} must be a positive int, got {v!r}")
         self.in_features, self.out_features = in_features, out_features
         self.activation = get_activation(activation)
-        if self.activation is not None:
-            self.activation.check_finite = False
         self.weight = Parameter(_init.initialize(init, (in_features, out_features),
                                                  in_features, out_features), "weight")
         self.bias = Parameter(_init.initialize_bias(init, out_features, in_features),
                               "bias") if bias else None
-        self.skip_input_grad = False
-        self._cache = None
 
     def config(self) -> dict[str, Any]:
         config = super().config()
@@ -55,17 +52,18 @@ class Dense(Layer):
         z = x @ self.weight.data
         if self.bias is not None:
             z += self.bias.data
-        y = z if self.activation is None else self.activation.forward(z)
-        self._cache = x if grad_enabled() else None
-        return y
+        self.save_for_backward(x)
+        if self.activation is None:
+            return z
+        with inside_model():                         # z comes from this layer: no NaN scan
+            return self.activation.forward(z)
 
-    def backward(self, grad_out: Any) -> Any:
-        """dL/dy (N, out_features) -> dL/dx (N, in_features); adds into weight/bias grads."""
-        self.check_backward(self._cache)
-        x = self._cache
-        self._cache = None
+    def backward(self, grad_out: Any, input_grad: bool = True) -> Any:
+        """dL/dy (N, out_features) -> dL/dx (N, in_features) (None without ``input_grad``);
+        adds into weight/bias grads."""
+        (x,) = self.pop_saved()
         dz = grad_out if self.activation is None else self.activation.backward(grad_out)
         self.weight.grad += x.T @ dz
         if self.bias is not None:
             self.bias.grad += column_sums(dz)
-        return None if self.skip_input_grad else dz @ self.weight.data.T
+        return dz @ self.weight.data.T if input_grad else None

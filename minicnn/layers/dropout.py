@@ -1,11 +1,15 @@
 """Dropout: in training, zero each element with probability p and scale the rest by 1/(1-p)
-(inverted dropout), so evaluation is the identity."""
+(inverted dropout), so evaluation is the identity.
+
+Masks are drawn from minicnn's global random generator for the input's array module
+(``minicnn.init.rng_for``, seeded by ``minicnn.manual_seed``), so a seeded run is reproducible.
+"""
 from __future__ import annotations
 
 from typing import Any
 
-from minicnn import init
-from minicnn.layers.base import Layer, grad_enabled
+from minicnn import backend, init
+from minicnn.layers.base import Layer
 
 
 class Dropout(Layer):
@@ -16,19 +20,24 @@ class Dropout(Layer):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
         self.p = float(p)
-        self._cache = None
+
+    @property
+    def per_sample(self) -> bool:
+        # Each sample's mask is independent, but replicas in threads would draw from the one
+        # generator in no fixed order: a split step would not be reproducible.
+        return not self.training or self.p == 0.0
 
     def forward(self, x: Any) -> Any:
         self.check_input(x)
         if not self.training or self.p == 0.0:
-            self._cache = 1
+            self.save_for_backward(None)
             return x
-        keep = init.device_rng().random(x.shape, dtype=x.dtype) >= self.p
+        xp = backend.get_array_module(x)
+        keep = init.rng_for(xp).random(x.shape, dtype=x.dtype) >= self.p
         mask = keep * x.dtype.type(1.0 / (1.0 - self.p))
-        self._cache = mask if grad_enabled() else None
+        self.save_for_backward(mask)
         return x * mask
 
     def backward(self, grad_out: Any) -> Any:
-        self.check_backward(self._cache)
-        mask, self._cache = self._cache, None
-        return grad_out if isinstance(mask, int) else grad_out * mask
+        (mask,) = self.pop_saved()
+        return grad_out if mask is None else grad_out * mask

@@ -11,10 +11,6 @@ from minicnn.layers.base import Layer
 class Flatten(Layer):
     """Keep the batch axis, flatten the rest in C order."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._cache = None
-
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return (math.prod(input_shape),)
 
@@ -23,10 +19,9 @@ class Flatten(Layer):
         if x.ndim < 2:
             raise ValueError(f"{self.label()}: expected at least a 2-D input (N, ...), "
                              f"got shape {tuple(x.shape)}")
-        self._cache = tuple(x.shape)
+        self.save_for_backward(tuple(x.shape))
         return x.reshape(x.shape[0], -1)
 
     def backward(self, grad_out: Any) -> Any:
-        self.check_backward(self._cache)
-        shape, self._cache = self._cache, None
+        (shape,) = self.pop_saved()
         return grad_out.reshape(shape)

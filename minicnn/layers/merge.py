@@ -10,10 +10,6 @@ from minicnn.layers.base import Layer
 class Add(Layer):
     """Element-wise sum of inputs of one shape; the gradient flows unchanged to each."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._cache = None
-
     def output_shape(self, *input_shapes: tuple[int, ...]) -> tuple[int, ...]:
         shapes = [tuple(s) for s in input_shapes]
         if len(shapes) < 2 or any(s != shapes[0] for s in shapes):
@@ -25,15 +21,14 @@ class Add(Layer):
         for x in xs:
             self.check_input(x)
         self.output_shape(*(x.shape for x in xs))   # no silent broadcasting
-        self._cache = len(xs)
+        self.save_for_backward(len(xs))
         out = xs[0] + xs[1]
         for x in xs[2:]:
             out += x
         return out
 
     def backward(self, grad_out: Any) -> tuple[Any, ...]:
-        self.check_backward(self._cache)
-        count, self._cache = self._cache, None
+        (count,) = self.pop_saved()
         return (grad_out,) * count
 
 
@@ -45,7 +40,6 @@ class Concatenate(Layer):
         if axis == 0:
             raise ValueError("Concatenate: axis 0 is the batch axis; use axis >= 1")
         self.axis = axis
-        self._cache = None
 
     def output_shape(self, *input_shapes: tuple[int, ...]) -> tuple[int, ...]:
         shapes = [tuple(s) for s in input_shapes]
@@ -69,14 +63,13 @@ class Concatenate(Layer):
         if any(x.shape[0] != xs[0].shape[0] for x in xs):
             raise ValueError(f"{self.label()}: expected inputs of one batch size, got "
                              f"{' and '.join(str(tuple(x.shape)) for x in xs)}")
-        self._cache = [x.shape[self.axis] for x in xs]
-        return backend.xp.concatenate(xs, axis=self.axis)
+        self.save_for_backward([x.shape[self.axis] for x in xs])
+        return backend.get_array_module(*xs).concatenate(xs, axis=self.axis)
 
     def backward(self, grad_out: Any) -> tuple[Any, ...]:
-        self.check_backward(self._cache)
-        sizes, self._cache = self._cache, None
+        (sizes,) = self.pop_saved()
         bounds, total = [], 0
         for size in sizes[:-1]:
             total += size
             bounds.append(total)
-        return tuple(backend.xp.split(grad_out, bounds, axis=self.axis))
+        return tuple(backend.get_array_module(grad_out).split(grad_out, bounds, axis=self.axis))

@@ -2,14 +2,15 @@
 
 Training uses the batch's mean and (biased) variance and updates running statistics
 (running = (1 - momentum) * running + momentum * batch, with the unbiased variance, as PyTorch);
-evaluation uses the running statistics.
+evaluation uses the running statistics. In training its output for one sample depends on the
+whole batch, so a model that holds one is not split among threads (``per_sample``).
 """
 from __future__ import annotations
 
 from typing import Any
 
 from minicnn import backend
-from minicnn.layers.base import Layer, Parameter, grad_enabled
+from minicnn.layers.base import Layer, Parameter
 
 
 class BatchNorm2D(Layer):
@@ -23,7 +24,10 @@ class BatchNorm2D(Layer):
         self.bias = Parameter(xp.zeros(num_features, dtype=dtype), "bias")
         self.running_mean = xp.zeros(num_features, dtype=dtype)
         self.running_var = xp.ones(num_features, dtype=dtype)
-        self._cache = None
+
+    @property
+    def per_sample(self) -> bool:
+        return not self.training                    # batch statistics mix the samples
 
     def state_arrays(self) -> dict[str, Any]:
         return {"running_mean": self.running_mean, "running_var": self.running_var}
@@ -36,7 +40,7 @@ class BatchNorm2D(Layer):
 
     def forward(self, x: Any) -> Any:
         self.check_input(x, 4, "(N, C, H, W)", channels=self.num_features)
-        xp = backend.xp
+        xp = backend.get_array_module(x)
         x_nhwc = x.transpose(0, 2, 3, 1)            # channels last: per-channel stats broadcast
         if self.training:
             count = x.size // self.num_features
@@ -52,13 +56,11 @@ class BatchNorm2D(Layer):
             mean, var = self.running_mean, self.running_var
         inv_std = 1.0 / xp.sqrt(var + self.eps)
         x_hat = (x_nhwc - mean) * inv_std
-        self._cache = (x_hat, inv_std, self.training) if grad_enabled() else None
+        self.save_for_backward(x_hat, inv_std, self.training)
         return (x_hat * self.weight.data + self.bias.data).transpose(0, 3, 1, 2)
 
     def backward(self, grad_out: Any) -> Any:
-        self.check_backward(self._cache)
-        x_hat, inv_std, training = self._cache
-        self._cache = None
+        x_hat, inv_std, training = self.pop_saved()
         dy = grad_out.transpose(0, 2, 3, 1)
         self.bias.grad += dy.sum(axis=(0, 1, 2))
         self.weight.grad += (dy * x_hat).sum(axis=(0, 1, 2))

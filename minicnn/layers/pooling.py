@@ -39,7 +39,6 @@ class _Pool2D(Layer):
         if any(p > k // 2 for p, k in zip(self.padding, self.kernel_size)):
             raise ValueError(f"{name}: padding {self.padding} must be at most half the kernel "
                              f"size {self.kernel_size}")
-        self._cache = None
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         if len(input_shape) != 3:
@@ -59,7 +58,7 @@ class _Pool2D(Layer):
         if ph == 0 and pw == 0:
             return x_nhwc
         n, h, w, c = x_nhwc.shape
-        out = backend.xp.full((n, h + 2 * ph, w + 2 * pw, c), fill, dtype=x_nhwc.dtype)
+        out = backend.get_array_module(x_nhwc).full((n, h + 2 * ph, w + 2 * pw, c), fill, dtype=x_nhwc.dtype)
         out[:, ph:ph + h, pw:pw + w] = x_nhwc
         return out
 
@@ -75,7 +74,7 @@ class MaxPool2D(_Pool2D):
         self.check_input(x, 4, "(N, C, H, W)")
         _, ho, wo = self.output_shape(tuple(x.shape[1:]))
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        xp = backend.xp
+        xp = backend.get_array_module(x)
         x_nhwc = x.transpose(0, 2, 3, 1)
         if backend.is_cupy_array(x):
             from minicnn import cuda_kernels
@@ -98,15 +97,13 @@ class MaxPool2D(_Pool2D):
                 # taps come in increasing k, so "argmax = k where better" is a running maximum
                 xp.maximum(argmax, better.astype(argmax.dtype) * argmax.dtype.type(k),
                            out=argmax)
-        self._cache = (tuple(x.shape), argmax) if grad_enabled() else None
+        self.save_for_backward(tuple(x.shape), argmax)
         return y.transpose(0, 3, 1, 2)
 
     def backward(self, grad_out: Any) -> Any:
-        self.check_backward(self._cache)
-        (n, c, h, w), argmax = self._cache
-        self._cache = None
+        (n, c, h, w), argmax = self.pop_saved()
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        xp = backend.xp
+        xp = backend.get_array_module(grad_out)
         dy = grad_out.transpose(0, 2, 3, 1)
         if backend.is_cupy_array(dy):
             from minicnn import cuda_kernels
@@ -134,34 +131,33 @@ class AvgPool2D(_Pool2D):
         self.check_input(x, 4, "(N, C, H, W)")
         _, ho, wo = self.output_shape(tuple(x.shape[1:]))
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        self._cache = tuple(x.shape)
+        xp = backend.get_array_module(x)
+        self.save_for_backward(tuple(x.shape))
         if backend.is_cupy_array(x):
             from minicnn import cuda_kernels
             y = cuda_kernels.avgpool_forward_nhwc(
-                backend.xp.ascontiguousarray(x.transpose(0, 2, 3, 1)), kh, kw, sh, sw,
-                *self.padding)
+                xp.ascontiguousarray(x.transpose(0, 2, 3, 1)), kh, kw, sh, sw, *self.padding)
             return y.transpose(0, 3, 1, 2)
         xpad = self._padded(x.transpose(0, 2, 3, 1), 0.0)
-        y = backend.xp.zeros((x.shape[0], ho, wo, x.shape[1]), dtype=x.dtype)
+        y = xp.zeros((x.shape[0], ho, wo, x.shape[1]), dtype=x.dtype)
         for _, (rows, cols) in _taps(kh, kw, ho, wo, sh, sw):
             y += xpad[:, rows, cols]
         y *= y.dtype.type(1.0 / (kh * kw))
         return y.transpose(0, 3, 1, 2)
 
     def backward(self, grad_out: Any) -> Any:
-        self.check_backward(self._cache)
-        n, c, h, w = self._cache
-        self._cache = None
+        (n, c, h, w), = self.pop_saved()
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        xp = backend.get_array_module(grad_out)
         if backend.is_cupy_array(grad_out):
             from minicnn import cuda_kernels
             dx = cuda_kernels.avgpool_backward_nhwc(
-                backend.xp.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)), h, w,
+                xp.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)), h, w,
                 kh, kw, sh, sw, ph, pw)
             return dx.transpose(0, 3, 1, 2)
         dy = grad_out.transpose(0, 2, 3, 1) * grad_out.dtype.type(1.0 / (kh * kw))
         ho, wo = dy.shape[1:3]
-        dx = backend.xp.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=dy.dtype)
+        dx = xp.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=dy.dtype)
         for _, (rows, cols) in _taps(kh, kw, ho, wo, sh, sw):
             dx[:, rows, cols] += dy
         return self._crop(dx, h, w).transpose(0, 3, 1, 2)
@@ -169,10 +165,6 @@ class AvgPool2D(_Pool2D):
 
 class GlobalAvgPool2D(Layer):
     """Mean over all of H and W: (N, C, H, W) -> (N, C)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._cache = None
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         if len(input_shape) != 3:
@@ -182,12 +174,10 @@ class GlobalAvgPool2D(Layer):
 
     def forward(self, x: Any) -> Any:
         self.check_input(x, 4, "(N, C, H, W)")
-        self._cache = tuple(x.shape)
+        self.save_for_backward(tuple(x.shape))
         return x.mean(axis=(2, 3))
 
     def backward(self, grad_out: Any) -> Any:
-        self.check_backward(self._cache)
-        n, c, h, w = self._cache
-        self._cache = None
+        (n, c, h, w), = self.pop_saved()
         scaled = grad_out * grad_out.dtype.type(1.0 / (h * w))
-        return backend.xp.broadcast_to(scaled[:, :, None, None], (n, c, h, w)).copy()
+        return backend.get_array_module(grad_out).broadcast_to(scaled[:, :, None, None], (n, c, h, w)).copy()

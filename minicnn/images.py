@@ -1,0 +1,136 @@
+"""Image files as NumPy arrays: ``read_image`` decodes PNG and PGM into uint8 grey levels.
+
+A small decoder written with the standard library (zlib, struct) and NumPy, so ``minicnn
+predict`` can classify a drawn digit without Pillow. It reads 8-bit non-interlaced PNG (grey,
+grey+alpha, RGB, RGBA; every row filter) and 8-bit PGM (binary P5 and text P2)::
+
+    image = read_image("digit.png")        # uint8 (H, W)
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy
+
+__all__ = ["read_image"]
+
+
+def read_image(path: str | Path) -> numpy.ndarray:
+    """Read a PNG (8-bit grey, grey+alpha, RGB or RGBA, non-interlaced) or PGM (P5/P2) image
+    as uint8 grey levels (H, W); colours become grey as 0.299 R + 0.587 G + 0.114 B."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        if data.startswith(b"\x89PNG\r\n\x1a\n"):
+            return _decode_png(data)
+        if data[:2] in (b"P5", b"P2"):
+            return _decode_pgm(data)
+    except (ValueError, zlib.error, struct.error, IndexError) as exc:
+        raise ValueError(f"{path}: bad image file ({exc})") from None
+    raise ValueError(f"{path}: not a PNG or PGM (P5/P2) image")
+
+
+def _decode_pgm(data: bytes) -> numpy.ndarray:
+    """The uint8 (H, W) pixels of a P5 or P2 file, rescaled from 0..maxval to 0..255."""
+    binary = data[:2] == b"P5"
+    # Header: magic, width, height, maxval, separated by whitespace; '#' starts a comment.
+    fields, pos = [], 2
+    while len(fields) < 3:
+        while data[pos:pos + 1].isspace():
+            pos += 1
+        if data[pos:pos + 1] == b"#":
+            pos = data.index(b"\n", pos) + 1
+            continue
+        end = pos
+        while end < len(data) and data[end:end + 1].isdigit():
+            end += 1
+        if end == pos:
+            raise ValueError("malformed PGM header")
+        fields.append(int(data[pos:end]))
+        pos = end
+    width, height, maxval = fields
+    if not 0 < maxval < 256:
+        raise ValueError(f"only 8-bit PGM is supported, maxval is {maxval}")
+    if binary:
+        pixels = numpy.frombuffer(data, numpy.uint8, width * height, pos + 1)
+    else:
+        pixels = numpy.array(data[pos:].split()[:width * height], dtype=numpy.int64)
+        if pixels.size != width * height:
+            raise ValueError(f"expected {width * height} pixels, found {pixels.size}")
+    scaled = pixels.astype(numpy.float64) * (255.0 / maxval)
+    return numpy.round(scaled).astype(numpy.uint8).reshape(height, width)
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}   # colour type -> samples per pixel
+
+
+def _decode_png(data: bytes) -> numpy.ndarray:
+    """The uint8 (H, W) grey levels of a PNG file (chunks -> inflate -> unfilter -> grey)."""
+    pos, header, idat = 8, None, []
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if len(body) != length:
+            raise ValueError("truncated PNG chunk")
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    if header is None:
+        raise ValueError("PNG without IHDR chunk")
+    width, height, depth, colour, _, _, interlace = header
+    if depth != 8 or colour not in _PNG_CHANNELS or interlace:
+        raise ValueError(f"only 8-bit non-interlaced grey/RGB(A) PNG is supported (bit depth "
+                         f"{depth}, colour type {colour}, interlace {interlace})")
+    channels = _PNG_CHANNELS[colour]
+    raw = zlib.decompress(b"".join(idat))
+    stride = width * channels
+    if len(raw) != height * (stride + 1):
+        raise ValueError(f"expected {height * (stride + 1)} bytes of pixel data, found {len(raw)}")
+    rows = numpy.frombuffer(raw, numpy.uint8).reshape(height, stride + 1)
+    image = _unfilter(rows, channels).reshape(height, width, channels).astype(numpy.float64)
+    if channels >= 3:
+        grey = image[..., 0] * 0.299 + image[..., 1] * 0.587 + image[..., 2] * 0.114
+    else:
+        grey = image[..., 0]
+    return numpy.round(grey).astype(numpy.uint8)
+
+
+def _unfilter(rows: numpy.ndarray, bpp: int) -> numpy.ndarray:
+    """Undo PNG's per-row filters (None, Sub, Up, Average, Paeth); rows carry the filter byte."""
+    height, width = rows.shape[0], rows.shape[1] - 1
+    out = numpy.zeros((height, width), numpy.int64)
+    prev = numpy.zeros(width, numpy.int64)
+    for r in range(height):
+        kind, line = rows[r, 0], rows[r, 1:].astype(numpy.int64)
+        if kind == 0:
+            cur = line
+        elif kind == 2:
+            cur = (line + prev) & 0xFF
+        elif kind in (1, 3, 4):     # these depend on the pixel to the left: byte by byte
+            cur = numpy.zeros(width, numpy.int64)
+            for i in range(width):
+                left = cur[i - bpp] if i >= bpp else 0
+                up, up_left = prev[i], prev[i - bpp] if i >= bpp else 0
+                if kind == 1:
+                    pred = left
+                elif kind == 3:
+                    pred = (left + up) // 2
+                else:
+                    p = left + up - up_left
+                    pa, pb, pc = abs(p - left), abs(p - up), abs(p - up_left)
+                    pred = left if pa <= pb and pa <= pc else up if pb <= pc else up_left
+                cur[i] = (line[i] + pred) & 0xFF
+        else:
+            raise ValueError(f"unknown PNG filter type {kind}")
+        out[r] = cur
+        prev = cur
+    return out.astype(numpy.uint8)

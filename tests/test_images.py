@@ -1,0 +1,87 @@
+"""Tests for minicnn.images: the PNG (every filter, grey/RGB/RGBA) and PGM (P5/P2) reader."""
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+from minicnn.images import read_image
+
+
+def png(pixels: np.ndarray, colour: int = 0, filters: tuple[int, ...] = (0,),
+        depth: int = 8) -> bytes:
+    """A PNG of uint8 pixels (H, W) or (H, W, C), each row using the next filter of ``filters``."""
+    h, w = pixels.shape[:2]
+    rows = pixels.reshape(h, -1).astype(np.int64)
+    bpp = 1 if pixels.ndim == 2 else pixels.shape[2]
+    raw, prev = b"", np.zeros(rows.shape[1], np.int64)
+    for r, line in enumerate(rows):
+        kind = filters[r % len(filters)]
+        left = np.concatenate([np.zeros(bpp, np.int64), line[:-bpp]])
+        up_left = np.concatenate([np.zeros(bpp, np.int64), prev[:-bpp]])
+        if kind == 0:
+            pred = np.zeros_like(line)
+        elif kind == 1:
+            pred = left
+        elif kind == 2:
+            pred = prev
+        elif kind == 3:
+            pred = (left + prev) // 2
+        else:
+            p = left + prev - up_left
+            pa, pb, pc = abs(p - left), abs(p - prev), abs(p - up_left)
+            pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, prev, up_left))
+        raw += bytes([kind]) + ((line - pred) & 0xFF).astype(np.uint8).tobytes()
+        prev = line
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + \
+            struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("filters", [(0,), (1,), (2,), (3,), (4,), (0, 1, 2, 3, 4)])
+def test_read_png_grey_every_filter(tmp_path, filters):
+    pixels = np.random.default_rng(1).integers(0, 256, (7, 9), dtype=np.uint8)
+    path = tmp_path / "g.png"
+    path.write_bytes(png(pixels, filters=filters))
+    assert np.array_equal(read_image(path), pixels)
+
+
+def test_read_png_rgb_and_rgba(tmp_path):
+    rgb = np.random.default_rng(2).integers(0, 256, (4, 3, 3), dtype=np.uint8)
+    (tmp_path / "c.png").write_bytes(png(rgb, colour=2, filters=(4, 1)))
+    grey = np.round(rgb @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
+    assert np.array_equal(read_image(tmp_path / "c.png"), grey)
+    rgba = np.concatenate([rgb, np.full((4, 3, 1), 255, np.uint8)], axis=2)
+    (tmp_path / "a.png").write_bytes(png(rgba, colour=6, filters=(3,)))
+    assert np.array_equal(read_image(tmp_path / "a.png"), grey)
+
+
+def test_read_pgm(tmp_path):
+    pixels = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    (tmp_path / "b.pgm").write_bytes(b"P5\n# a comment\n4 3\n255\n" + pixels.tobytes())
+    assert np.array_equal(read_image(tmp_path / "b.pgm"), pixels)
+    text = "P2\n4 3\n15\n" + " ".join(str(v) for v in range(12))
+    (tmp_path / "a.pgm").write_text(text)
+    assert np.array_equal(read_image(tmp_path / "a.pgm"),
+                          np.round(np.arange(12) * 17).astype(np.uint8).reshape(3, 4))
+
+
+def test_read_image_errors(tmp_path):
+    (tmp_path / "deep.png").write_bytes(png(np.zeros((2, 2), np.uint8), depth=16))
+    with pytest.raises(ValueError, match="deep.png.*8-bit"):
+        read_image(tmp_path / "deep.png")
+    (tmp_path / "x.txt").write_text("hello")
+    with pytest.raises(ValueError, match="not a PNG"):
+        read_image(tmp_path / "x.txt")
+    with pytest.raises(ValueError, match="cannot read"):
+        read_image(tmp_path / "missing.png")
+    good = png(np.zeros((4, 4), np.uint8))
+    (tmp_path / "cut.png").write_bytes(good[:40])
+    with pytest.raises(ValueError, match="cut.png"):
+        read_image(tmp_path / "cut.png")
