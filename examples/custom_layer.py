@@ -12,15 +12,25 @@ dL/dx:
     dL/ds_c = sum over n, h, w of dL/dy[n, c, h, w] * x[n, c, h, w]
     dL/dx   = dL/dy * s_c
 
-Array code reads the array module from ``minicnn.backend`` (``xp = backend.xp``), never from
-``import numpy``, so the same layer runs on the GPU with ``minicnn.set_backend("cupy")``.
+What the base class needs, all of it (see ``minicnn/layers/base.py``):
+
+* call ``super().__init__()``; the constructor's arguments are recorded, so a checkpoint can
+  rebuild the layer (keep them numbers, strings and tuples);
+* hold trainable arrays as ``Parameter`` s, anywhere: attributes, lists, dicts, sub-layers.
+  Make the array with ``minicnn.init`` (``init.ones``, ``init.zeros``, or a random scheme such
+  as ``init.initialize("he", shape, fan_in, fan_out)``), which draws from ``minicnn.manual_seed``
+  and puts it on the default backend in float32;
+* in ``forward``, keep what backward needs with ``self.save_for_backward(...)`` (nothing is kept
+  inside ``minicnn.no_grad()``); in ``backward``, get it back with ``self.pop_saved()``;
+* compute with the array module of the input (``xp = backend.get_array_module(x)``), never
+  ``import numpy``, so the same layer runs on the GPU after ``model.to("cupy")``.
 """
 from __future__ import annotations
 
 import numpy as np
 
 import minicnn
-from minicnn import backend
+from minicnn import backend, init
 from minicnn.layers import Conv2D, Dense, GlobalAvgPool2D, Layer, Parameter, ReLU
 from minicnn.losses import SoftmaxCrossEntropy
 from minicnn.optim import SGD
@@ -30,12 +40,10 @@ class Scale(Layer):
     """y = x * s, with one learned scale s per channel (s starts at 1)."""
 
     def __init__(self, channels: int):
-        super().__init__()                      # training mode, name, input checks
-        xp = backend.xp
+        super().__init__()
         self.channels = channels
         # shape (1, C, 1, 1) so that it broadcasts over (N, C, H, W)
-        self.s = Parameter(xp.ones((1, channels, 1, 1), dtype=backend.default_dtype), "s")
-        self._cache = None                      # what backward needs, saved by forward
+        self.s = Parameter(init.ones((1, channels, 1, 1)), "s")
 
     def output_shape(self, input_shape):
         """Per-sample shape in -> out (no batch axis); lets models check shapes when built."""
@@ -46,14 +54,12 @@ class Scale(Layer):
 
     def forward(self, x):
         self.check_input(x, 4, "(N, C, H, W)", channels=self.channels)
-        xp = backend.xp
-        self._cache = x
-        return xp.multiply(x, self.s.data)
+        self.save_for_backward(x)
+        return backend.get_array_module(x).multiply(x, self.s.data)
 
     def backward(self, grad_out):
-        self.check_backward(self._cache)        # a clear error if forward was not called
-        xp = backend.xp
-        x, self._cache = self._cache, None
+        (x,) = self.pop_saved()                  # a clear error if forward kept nothing
+        xp = backend.get_array_module(grad_out)
         self.s.grad += xp.sum(grad_out * x, axis=(0, 2, 3), keepdims=True)   # add, not assign
         return grad_out * self.s.data
 

@@ -134,11 +134,13 @@ class DataLoader:
     last short batch is dropped with ``drop_last``. ``transform`` maps a batch to float32
     (default ``ToFloat``: uint8 / 255); ``augment`` (e.g. ``RandomShift(2)``) runs before it.
     ``seed`` fixes the order; None draws one from the global generator (``manual_seed``).
+    ``backend_name`` ('numpy' or 'cupy') is where batches go; None: the global backend.
     """
 
     def __init__(self, x: Any, y: Any = None, batch_size: int = 128, shuffle: bool = True,
                  seed: int | None = None, drop_last: bool = False,
-                 transform: Callable[[Any], Any] | None = None, augment: Any = None):
+                 transform: Callable[[Any], Any] | None = None, augment: Any = None,
+                 backend_name: str | None = None):
         x = backend.to_numpy(x)
         if x.ndim == 3:
             x = x[:, None]
@@ -160,6 +162,7 @@ class DataLoader:
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.transform = transform if transform is not None else ToFloat()
         self.augment = augment
+        self.backend_name = backend_name
         if seed is None:
             seed = int(_init.host_rng().integers(2**63))
         self.seed = seed
@@ -178,21 +181,22 @@ class DataLoader:
     def num_samples(self) -> int:
         return len(self.x)
 
-    def _on_device(self) -> tuple[Any, Any]:
-        """The data set on the active backend, uploaded once per backend."""
-        if self._device is None or self._device[0] != backend.name:
-            y = None if self.y is None else backend.xp.asarray(self.y)
-            self._device = (backend.name, backend.xp.asarray(self.x), y)
-        return self._device[1], self._device[2]
+    def _on_device(self) -> tuple[Any, Any, Any]:
+        """The array module batches go to and the data set on it, uploaded once per module."""
+        name = self.backend_name or backend.get_backend()
+        if self._device is None or self._device[0] != name:
+            xp = backend.get_module(name)
+            y = None if self.y is None else xp.asarray(self.y)
+            self._device = (name, xp, xp.asarray(self.x), y)
+        return self._device[1:]
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
-        xp = backend.xp
         start, self._resume_position = self._resume_position, 0
         self._epoch_state = self._rng.bit_generator.state
         n, bs = len(self.x), self.batch_size
         order = self._rng.permutation(n) if self.shuffle else numpy.arange(n)
         shifts = self.augment.sample(self._rng, n) if self.augment is not None else None
-        x_all, y_all = self._on_device()
+        xp, x_all, y_all = self._on_device()
         order = xp.asarray(order)              # one upload per epoch, not one per batch
         if shifts is not None:
             shifts = xp.asarray(shifts)
@@ -232,7 +236,7 @@ class DataLoader:
         ``batch_size`` (256 by default: bigger batches are no faster on a CPU, and every extra
         image holds ~200 KB of activations of the reference CNN at once)."""
         return DataLoader(self.x, self.y, batch_size=batch_size, shuffle=False, seed=0,
-                          transform=self.transform)
+                          transform=self.transform, backend_name=self.backend_name)
 
     def __repr__(self) -> str:
         return (f"DataLoader({len(self.x)} samples of {self.x.shape[1:]} {self.x.dtype}, "

@@ -72,6 +72,16 @@ def kaiming_uniform(shape: tuple[int, ...], fan_in: int, dtype: Any = None) -> A
     return backend.xp.asarray(w, dtype=dtype or backend.default_dtype)
 
 
+def zeros(shape: tuple[int, ...], dtype: Any = None) -> Any:
+    """A new parameter array of zeros on the active backend (default dtype float32)."""
+    return backend.xp.zeros(shape, dtype=dtype or backend.default_dtype)
+
+
+def ones(shape: tuple[int, ...], dtype: Any = None) -> Any:
+    """A new parameter array of ones on the active backend (default dtype float32)."""
+    return backend.xp.ones(shape, dtype=dtype or backend.default_dtype)
+
+
 INITIALIZERS = ("kaiming_uniform", "he", "glorot")
 
 
@@ -92,7 +102,7 @@ def initialize_bias(name: str, size: int, fan_in: int, dtype: Any = None) -> Any
     """A bias vector: U(-1/sqrt(fan_in), +...) for 'kaiming_uniform' (as PyTorch), else zeros."""
     if name == "kaiming_uniform":
         return kaiming_uniform((size,), fan_in, dtype)
-    return backend.xp.zeros(size, dtype=dtype or backend.default_dtype)
+    return zeros((size,), dtype)
 
 
 _device_rngs: dict[str, Any] = {}

@@ -65,23 +65,23 @@ class Network(Layer):
             if count < 2:
                 with modes.inside_model():
                     y = self.forward_layers(x)
-                self.save_for_backward(None)
+                self.save_for_backward(None, None)
                 return y
             replicas = self.__dict__.get("_replicas")
             if replicas is None or replicas.count != count:
                 replicas = self._replicas = parallel.Replicas(self, count)
             with modes.inside_model():
-                y = replicas.forward(x)
-            self.save_for_backward(replicas)
+                y, slices = replicas.forward(x)
+            self.save_for_backward(replicas, slices)
             return y
 
     def backward(self, grad_out: Any, input_grad: bool = True) -> Any:
         """Back-propagate dL/dy through the model (as its forward ran: whole or split); adds
         into every parameter's grad and returns dL/dx (None if not ``input_grad``)."""
-        (replicas,) = self.pop_saved()
+        replicas, slices = self.pop_saved()
         if replicas is None:
             return self.backward_layers(grad_out, input_grad)
-        return replicas.backward(grad_out, input_grad)
+        return replicas.backward(grad_out, slices, input_grad)
 
     def forward_layers(self, x: Any) -> Any:
         raise NotImplementedError

@@ -75,12 +75,12 @@ def _executor() -> ThreadPoolExecutor:
 
 class Replicas:
     """A model and ``count - 1`` sharing copies of it; runs forward and backward of one batch
-    split among them (the slices of the last forward are kept for its backward)."""
+    split among them. Forward returns the slices it used, and backward takes them back, so
+    ``no_grad`` inference in another thread can share the replicas with a training step."""
 
     def __init__(self, model: Any, count: int):
         self.model = model
         self.copies = [model.replica() for _ in range(count - 1)]
-        self.slices: list[slice] = []
 
     @property
     def count(self) -> int:
@@ -99,16 +99,16 @@ class Replicas:
             for mine, theirs in zip(_descendants(twin), layers):
                 mine._training = theirs.__dict__.get("_training", True)
 
-    def _run(self, fn: Callable[[Any, slice], Any]) -> list[Any]:
+    def _run(self, fn: Callable[[Any, slice], Any], slices: list[slice]) -> list[Any]:
         """``fn(replica, rows)`` for each replica and its slice: the first in this thread, the
         others in the pool, each in a copy of this thread's modes; BLAS single-threaded."""
         replicas = [self.model] + self.copies
         with blas.single_threaded():
             jobs: list[Future] = [
                 _executor().submit(contextvars.copy_context().run, fn, replica, rows)
-                for replica, rows in zip(replicas[1:], self.slices[1:])]
+                for replica, rows in zip(replicas[1:], slices[1:])]
             try:
-                first = fn(replicas[0], self.slices[0])
+                first = fn(replicas[0], slices[0])
             finally:
                 results = [job.exception() or job.result() for job in jobs]  # wait for all
         errors = [r for r in results if isinstance(r, BaseException)]
@@ -116,16 +116,17 @@ class Replicas:
             raise errors[0]
         return [first] + results
 
-    def forward(self, x: Any) -> Any:
-        """The model's output for x (N, ...), computed by up to ``count`` replicas."""
+    def forward(self, x: Any) -> tuple[Any, list[slice]]:
+        """The model's output for x (N, ...), computed by up to ``count`` replicas, and the
+        slices of the batch they took."""
         self.sync()
         n, parts = x.shape[0], min(self.count, x.shape[0])
         bounds = [n * k // parts for k in range(parts + 1)]
-        self.slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
-        outs = self._run(lambda replica, rows: replica.forward_layers(x[rows]))
-        return backend.get_array_module(*outs).concatenate(outs, axis=0)
+        slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+        outs = self._run(lambda replica, rows: replica.forward_layers(x[rows]), slices)
+        return backend.get_array_module(*outs).concatenate(outs, axis=0), slices
 
-    def backward(self, grad_out: Any, input_grad: bool) -> Any:
+    def backward(self, grad_out: Any, slices: list[slice], input_grad: bool) -> Any:
         """Back-propagate each slice in its replica, then add the copies' parameter gradients
         into the model's (the sum is the full batch's gradient)."""
         def backward(replica: Any, rows: slice) -> Any:
@@ -133,8 +134,8 @@ class Replicas:
                 replica.zero_grad()
             return replica.backward_layers(grad_out[rows], input_grad)
 
-        grads = self._run(backward)
-        used = [twin.parameters() for twin in self.copies[:len(self.slices) - 1]]
+        grads = self._run(backward, slices)
+        used = [twin.parameters() for twin in self.copies[:len(slices) - 1]]
         for k, param in enumerate(self.model.parameters()):
             for params in used:
                 param.grad += params[k].grad

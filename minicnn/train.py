@@ -90,23 +90,29 @@ class Evaluation(NamedTuple):
 
 # --------------------------------------------------------------------------- data helpers
 
-def _train_loader(data: Any, batch_size: int, seed: int | None) -> DataLoader:
+def _backend_of(model: Any) -> str | None:
+    """'numpy' or 'cupy': where the model's parameters are (None without parameters)."""
+    params = model.parameters()
+    return backend.get_array_module(params[0].data).__name__ if params else None
+
+
+def _train_loader(data: Any, batch_size: int, seed: int | None, model: Any) -> DataLoader:
     if isinstance(data, DataLoader):
         return data
     if isinstance(data, (tuple, list)) and len(data) == 2:
-        return DataLoader(data[0], data[1], batch_size=batch_size, shuffle=True, seed=seed)
+        return DataLoader(data[0], data[1], batch_size=batch_size, shuffle=True, seed=seed,
+                          backend_name=_backend_of(model))
     raise TypeError(f"expected a DataLoader or an (x, y) pair, got {type(data).__name__}")
 
 
-def _eval_loader(data: Any, batch_size: int, transform: Any = None) -> DataLoader:
-    """Data in order, unaugmented, in batches of ``batch_size``; pairs get ``transform``."""
+def _eval_loader(data: Any, batch_size: int, model: Any, transform: Any = None) -> DataLoader:
+    """Data in order, unaugmented, in batches of ``batch_size``; pairs get ``transform`` and
+    go where the model's parameters are."""
     if isinstance(data, DataLoader):
         return data.for_eval(batch_size)
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        return DataLoader(data[0], data[1], batch_size=batch_size, shuffle=False, seed=0,
-                          transform=transform)
-    return DataLoader(data, None, batch_size=batch_size, shuffle=False, seed=0,
-                      transform=transform)
+    x, y = data if isinstance(data, (tuple, list)) and len(data) == 2 else (data, None)
+    return DataLoader(x, y, batch_size=batch_size, shuffle=False, seed=0, transform=transform,
+                      backend_name=_backend_of(model))
 
 
 def _correct(out: Any, y: Any) -> Any:
@@ -123,7 +129,7 @@ def evaluate(model: Any, data: Any, loss: Any = None, batch_size: int = EVAL_BAT
     """Mean loss and accuracy of ``model`` (in eval mode) on ``data``: a DataLoader (its
     transform is used) or an (x, y) pair (``transform``, default ToFloat). Batches of
     ``batch_size`` (default ``EVAL_BATCH_SIZE``, 256)."""
-    loader = _eval_loader(data, batch_size, transform)
+    loader = _eval_loader(data, batch_size, model, transform)
     if loader.y is None:
         raise ValueError("evaluate: the data has no labels")
     loss_fn = loss if loss is not None else SoftmaxCrossEntropy()
@@ -145,7 +151,7 @@ def predict(model: Any, x: Any, batch_size: int = EVAL_BATCH_SIZE,
     """Model outputs (N, ...), on the model's array module, for inputs x (N, H, W) or
     (N, C, H, W), in eval mode and batches of ``batch_size``. x may be a DataLoader (its
     transform is used)."""
-    loader = _eval_loader(x, batch_size, transform)
+    loader = _eval_loader(x, batch_size, model, transform)
     with no_grad():
         outs = [model.forward(xb, training=False, check=False) for xb, _ in loader]
     return backend.get_array_module(*outs).concatenate(outs, axis=0)
@@ -397,8 +403,8 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
     loss becomes NaN or inf. workers: caps the replicas the model splits each NumPy step among
     during this call (default: the model's own ``workers``; see ``minicnn.parallel``).
     """
-    loader = _train_loader(train_data, batch_size, seed)
-    val_loader = None if val_data is None else _eval_loader(val_data, eval_batch_size,
+    loader = _train_loader(train_data, batch_size, seed, model)
+    val_loader = None if val_data is None else _eval_loader(val_data, eval_batch_size, model,
                                                            loader.transform)
     meta = dict(meta or {})
     if hasattr(loader.transform, "config"):

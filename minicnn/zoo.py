@@ -1,8 +1,9 @@
 """Named models and the reference training recipe, as data.
 
 ``build_model("ref-cnn")`` and ``build_model("lenet5")`` return fresh ``Sequential`` models for
-1x28x28 images and 10 classes; ``REFERENCE_RECIPE`` holds the hyper-parameters the command
-line uses by default, and ``make_optimizer`` / ``make_schedule`` turn it into objects.
+1x28x28 images and 10 classes (``build_model("ref-cnn", width_mult=2)`` doubles the conv
+channels); ``REFERENCE_RECIPE`` holds the hyper-parameters the command line uses by default,
+and ``make_optimizer`` / ``make_schedule`` turn it into objects.
 """
 from __future__ import annotations
 
@@ -17,14 +18,15 @@ __all__ = ["MODELS", "build_model", "Recipe", "REFERENCE_RECIPE", "SCHEDULES", "
            "make_schedule"]
 
 
-def ref_cnn() -> Sequential:
-    """The reference CNN: two 3x3 conv + ReLU + 2x2 max-pool stages (32, 64 channels), then
-    Dense 3136 -> 128 (ReLU) -> 10. About 420k parameters."""
+def ref_cnn(width_mult: int = 1) -> Sequential:
+    """The reference CNN: two 3x3 conv + ReLU + 2x2 max-pool stages (32K and 64K channels, K =
+    ``width_mult``), then Dense 64K*7*7 -> 128 (ReLU) -> 10. About 420k parameters at K = 1."""
+    c1, c2 = 32 * width_mult, 64 * width_mult
     return Sequential([
-        Conv2D(1, 32, 3, padding=1), ReLU(), MaxPool2D(2),      # (32, 14, 14)
-        Conv2D(32, 64, 3, padding=1), ReLU(), MaxPool2D(2),     # (64, 7, 7)
+        Conv2D(1, c1, 3, padding=1), ReLU(), MaxPool2D(2),      # (32K, 14, 14)
+        Conv2D(c1, c2, 3, padding=1), ReLU(), MaxPool2D(2),     # (64K, 7, 7)
         Flatten(),
-        Dense(64 * 7 * 7, 128, activation="relu"),
+        Dense(c2 * 7 * 7, 128, activation="relu"),
         Dense(128, 10),
     ], input_shape=(1, 28, 28))
 
@@ -42,15 +44,16 @@ def lenet5() -> Sequential:
     ], input_shape=(1, 28, 28))
 
 
-MODELS: dict[str, Callable[[], Sequential]] = {"ref-cnn": ref_cnn, "lenet5": lenet5}
+MODELS: dict[str, Callable[..., Sequential]] = {"ref-cnn": ref_cnn, "lenet5": lenet5}
 
 
-def build_model(name: str) -> Sequential:
-    """A freshly initialised model by name ('ref-cnn' or 'lenet5'); weights drawn from the
-    global generator (``minicnn.manual_seed``)."""
+def build_model(name: str, **kwargs: Any) -> Sequential:
+    """A freshly initialised model by name ('ref-cnn' or 'lenet5'), keyword arguments passed on
+    (``build_model("ref-cnn", width_mult=2)``); weights drawn from the global generator
+    (``minicnn.manual_seed``)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
-    return MODELS[name]()
+    return MODELS[name](**kwargs)
 
 
 @dataclass(frozen=True)

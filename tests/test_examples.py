@@ -165,11 +165,13 @@ def test_custom_layer_gradchecks_inside_a_model_and_round_trips(custom):
     np.testing.assert_array_equal(twin.forward(x), model.forward(x))
 
 
-def test_custom_layer_uses_the_backend_not_numpy():
-    """The layer class itself reads backend.xp (the script imports numpy only for its data)."""
+def test_custom_layer_uses_its_inputs_module_not_numpy():
+    """The layer computes with its input's array module (the script imports numpy only for its
+    data) and keeps activations through the base class."""
     source = (EXAMPLES / "custom_layer.py").read_text()
     layer_source = source[source.index("class Scale"):source.index("def check_gradients")]
-    assert "np." not in layer_source and "backend.xp" in layer_source
+    assert "np." not in layer_source and "backend.xp" not in layer_source
+    assert "get_array_module" in layer_source and "save_for_backward" in layer_source
 
 
 # =========================================================================== as scripts

@@ -316,12 +316,38 @@ def test_unknown_layer_class_is_reported():
 
 # =========================================================================== modes, dtypes, devices
 
+class _ModeSpy(minicnn.layers.Layer):
+    """Records the training mode each forward saw."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(self.training)
+        return x
+
+
 def test_train_and_eval_reach_every_layer():
     model = build_sequential()
     model.eval()
     assert all(not layer.training for layer in model.layers)
-    model.forward(randn(2, 2, 7, 8).astype(np.float32), training=True)
+    model.train()
     assert all(layer.training for layer in model.layers)
+
+
+def test_forward_training_argument_holds_for_that_call_only():
+    spy = _ModeSpy()
+    model = Sequential([spy, Flatten()])
+    model.eval()
+    x = randn(2, 3).astype(np.float32)
+    model.forward(x, training=True)
+    model.forward(x)
+    model.train()
+    model.forward(x, training=False)
+    model.forward(x)
+    assert spy.seen == [True, False, False, True]
+    assert model.training and spy.training
 
 
 def test_named_parameters_are_prefixed_by_layer_names():

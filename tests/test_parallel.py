@@ -22,59 +22,94 @@ def _graph():
     return minicnn.Model(x, Dense(4, 3)(GlobalAvgPool2D()(r)))
 
 
+@pytest.fixture
+def small_slices(monkeypatch):
+    """Let tiny test batches split (the real threshold is there for speed only)."""
+    monkeypatch.setattr(parallel, "MIN_SLICE", 1)
+
+
+def _step(model, x, labels, input_grad=True):
+    loss = SoftmaxCrossEntropy()
+    model.zero_grad()
+    out = model.forward(x, training=True)
+    loss.forward(out, labels)
+    dx = model.backward(loss.backward(), input_grad=input_grad)
+    return out, dx, [p.grad.copy() for p in model.parameters()]
+
+
 @pytest.mark.parametrize("build", [_sequential, _graph])
 @pytest.mark.parametrize("workers,batch", [(2, 7), (3, 8), (4, 2)])
-def test_split_step_equals_the_whole_batch(build, workers, batch):
+def test_split_step_equals_the_whole_batch(build, workers, batch, small_slices):
     minicnn.manual_seed(0)
     model = build().astype(np.float64)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((batch, 2, 8, 8))
     labels = rng.integers(0, 3, batch)
-    loss = SoftmaxCrossEntropy()
-
-    def step(net):
-        model.zero_grad()
-        out = net.forward(x, training=True)
-        loss.forward(out, labels)
-        dx = net.backward(loss.backward())
-        return out, dx, [p.grad.copy() for p in model.parameters()]
-
-    whole = step(model)
-    net = parallel.DataParallel(model, workers)
-    try:
-        split = step(net)
-    finally:
-        net.close()
+    model.workers = 1
+    whole = _step(model, x, labels)
+    model.workers = workers
+    split = _step(model, x, labels)
+    assert model._replicas.count == min(workers, batch)       # it really split
     np.testing.assert_allclose(split[0], whole[0], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(split[1], whole[1], rtol=1e-12, atol=1e-12)
     for a, b in zip(split[2], whole[2]):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    assert _step(model, x, labels, input_grad=False)[1] is None
 
 
-def test_replicas_follow_optimizer_updates_and_reassigned_parameters():
+def test_a_loop_written_by_hand_splits_at_the_default_threshold():
+    """The README's loop (forward, loss, backward, step) gets the split without fit."""
+    model = _sequential()
+    model.workers = 2
+    x = np.random.default_rng(0).standard_normal((2 * parallel.MIN_SLICE, 2, 8, 8))
+    out, _, _ = _step(model, x.astype(np.float32), np.arange(len(x)) % 3)
+    assert model._replicas.count == 2 and out.shape == (len(x), 3)
+    model.forward(x[:2 * parallel.MIN_SLICE - 1].astype(np.float32))
+    assert model._saved == (None, None)                  # too small a batch: not split
+
+
+def test_gradients_accumulate_across_split_steps(small_slices):
+    minicnn.manual_seed(0)
+    model = _sequential().astype(np.float64)
+    x = np.random.default_rng(4).standard_normal((6, 2, 8, 8))
+    labels = np.arange(6) % 3
+    model.workers = 1
+    once = _step(model, x, labels)[2]
+    model.workers = 2
+    loss = SoftmaxCrossEntropy()
+    model.zero_grad()
+    for _ in range(2):                               # no zero_grad in between
+        loss.forward(model.forward(x, training=True), labels)
+        model.backward(loss.backward())
+    for p, g in zip(model.parameters(), once):
+        np.testing.assert_allclose(p.grad, 2 * g, rtol=1e-10, atol=1e-12)
+
+
+def test_replicas_follow_optimizer_updates_and_reassigned_parameters(small_slices):
     minicnn.manual_seed(0)
     model = _sequential()
-    net = parallel.DataParallel(model, 2)
+    model.workers = 2
     x = np.random.default_rng(2).standard_normal((6, 2, 8, 8)).astype(np.float32)
-    try:
-        opt = SGD(model.parameters(), 0.1, momentum=0.9)
-        loss = SoftmaxCrossEntropy()
-        for _ in range(2):
-            opt.zero_grad()
-            loss.forward(net.forward(x, training=True), np.arange(6) % 3)
-            net.backward(loss.backward(), input_grad=False)
-            opt.step()
-        np.testing.assert_allclose(net.forward(x, training=False), model.forward(x),
-                                   rtol=1e-6, atol=1e-6)
-        model.astype(np.float64)                     # new arrays: replicas must follow
-        np.testing.assert_allclose(net.forward(x.astype(np.float64), training=False),
-                                   model.forward(x.astype(np.float64)), rtol=1e-12)
-    finally:
-        net.close()
+    opt = SGD(model.parameters(), 0.1, momentum=0.9)
+    loss = SoftmaxCrossEntropy()
+    for _ in range(2):
+        opt.zero_grad()
+        loss.forward(model.forward(x, training=True), np.arange(6) % 3)
+        model.backward(loss.backward(), input_grad=False)
+        opt.step()
+    split = model.forward(x, training=False)
+    model.workers = 1
+    np.testing.assert_allclose(split, model.forward(x, training=False), rtol=1e-6, atol=1e-6)
+    model.workers = 2
+    model.astype(np.float64)                         # new arrays: replicas must follow
+    x64 = x.astype(np.float64)
+    split = model.forward(x64, training=False)
+    model.workers = 1
+    np.testing.assert_allclose(split, model.forward(x64, training=False), rtol=1e-12)
 
 
 class _Custom(minicnn.layers.Layer):
-    """A user's layer: minicnn cannot know whether it is safe to run in two threads."""
+    """A user's layer that treats samples independently (the default promise)."""
 
     def forward(self, x):
         return x
@@ -83,16 +118,57 @@ class _Custom(minicnn.layers.Layer):
         return grad_out
 
 
-def test_models_with_state_randomness_or_unknown_layers_are_not_split():
+def test_only_models_whose_layers_treat_samples_independently_are_split():
+    x = np.ones((64, 1, 2, 2), dtype=np.float32)
     with_dropout = minicnn.Sequential([Flatten(), Dropout(0.5), Dense(4, 2)])
     with_bn = minicnn.Sequential([BatchNorm2D(1), Flatten(), Dense(4, 2)])
-    assert parallel.data_parallel(with_dropout, 2) is with_dropout
-    assert parallel.data_parallel(minicnn.Sequential([_Custom(), Flatten(), Dense(4, 2)]),
-                                  2).__class__ is minicnn.Sequential
-    assert parallel.data_parallel(with_bn, 2) is with_bn
-    model = _sequential()
-    assert parallel.data_parallel(model, 1) is model
-    assert parallel.data_parallel(model, 2, batch_size=2 * parallel.MIN_SLICE - 1) is model
+    custom = minicnn.Sequential([_Custom(), Flatten(), Dense(4, 2)])
+    assert parallel.split_count(with_dropout, x, 2) == 1
+    assert parallel.split_count(with_bn, x, 2) == 1
+    assert parallel.split_count(custom, x, 2) == 2
+    with_dropout.eval(), with_bn.eval()             # in eval mode both treat samples alone
+    assert parallel.split_count(with_dropout, x, 2) == 2
+    assert parallel.split_count(with_bn, x, 2) == 2
+    assert parallel.split_count(custom, x, 1) == 1
+    assert parallel.split_count(custom, x[:2 * parallel.MIN_SLICE - 1], 2) == 1
+
+
+def test_nested_models_split_once_at_the_top(small_slices):
+    inner = minicnn.Sequential([Conv2D(2, 4, 3, padding=1), ReLU()], input_shape=(2, 8, 8))
+    model = minicnn.Sequential([inner, MaxPool2D(2), Flatten(), Dense(64, 3)],
+                               input_shape=(2, 8, 8))
+    model.workers = 2
+    x = np.random.default_rng(5).standard_normal((8, 2, 8, 8)).astype(np.float32)
+    _step(model, x, np.arange(8) % 3)
+    assert model._replicas.count == 2 and "_replicas" not in vars(inner)
+
+
+class _Fails(_Custom):
+    def forward(self, x):
+        if len(x) < 8:                               # only the replicas' slices fail
+            raise RuntimeError("boom in a replica")
+        return x
+
+
+def test_an_error_in_a_replica_thread_reaches_the_caller(small_slices):
+    model = minicnn.Sequential([_Fails(), Flatten(), Dense(4, 2)])
+    model.workers = 2
+    with pytest.raises(RuntimeError, match="boom in a replica"):
+        model.forward(np.ones((8, 1, 2, 2), dtype=np.float32), training=True)
+
+
+def test_blas_thread_count_is_restored_after_a_split_step(small_slices):
+    from minicnn import blas
+    if not blas.can_set_threads():
+        pytest.skip("OpenBLAS's thread count cannot be set here")
+    before = blas.set_blas_threads(2)
+    try:
+        model = _sequential()
+        model.workers = 2
+        _step(model, np.ones((8, 2, 8, 8), dtype=np.float32), np.arange(8) % 3)
+        assert blas.set_blas_threads(2) == 2
+    finally:
+        blas.set_blas_threads(before)
 
 
 def test_fit_with_workers_matches_fit_without():

@@ -34,7 +34,7 @@ class Dense(Layer):
 
     def config(self) -> dict[str, Any]:
         config = super().config()
-        if isinstance(config["activation"], Layer):  # stored by name and arguments
+        if isinstance(config.get("activation"), Layer):  # stored by name and arguments
             config["activation"] = {"class": type(self.activation).__name__,
                                     "config": self.activation.config()}
         return config

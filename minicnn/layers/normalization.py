@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from minicnn import backend
+from minicnn import backend, init
 from minicnn.layers.base import Layer, Parameter
 
 
@@ -18,12 +18,11 @@ class BatchNorm2D(Layer):
 
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5):
         super().__init__()
-        xp, dtype = backend.xp, backend.default_dtype
         self.num_features, self.momentum, self.eps = num_features, float(momentum), float(eps)
-        self.weight = Parameter(xp.ones(num_features, dtype=dtype), "weight")
-        self.bias = Parameter(xp.zeros(num_features, dtype=dtype), "bias")
-        self.running_mean = xp.zeros(num_features, dtype=dtype)
-        self.running_var = xp.ones(num_features, dtype=dtype)
+        self.weight = Parameter(init.ones((num_features,)), "weight")
+        self.bias = Parameter(init.zeros((num_features,)), "bias")
+        self.running_mean = init.zeros((num_features,))
+        self.running_var = init.ones((num_features,))
 
     @property
     def per_sample(self) -> bool:

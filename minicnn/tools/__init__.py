@@ -1,0 +1,1 @@
+"""Tools built on the framework: benchmark; nothing in the core imports it."""
