@@ -6,12 +6,16 @@ backend, so ``manual_seed(n)`` gives the same initial weights on NumPy and on Cu
 The generator is **global to the process**, as ``torch.manual_seed``'s is: every thread draws
 from it (NumPy's generators are thread-safe, but threads drawing at once get the numbers in no
 fixed order). Code that needs its own stream uses ``generator(seed)``; the DataLoader has its
-own for shuffling and augmentation.
+own for shuffling and augmentation. Inside ``generator_scope(g)`` the draws of layers
+(``rng_for``) in that thread come from ``g`` instead: a model split among threads gives each
+replica its own generator, seeded from the global one, so a split step is reproducible.
 """
 from __future__ import annotations
 
 import math
-from typing import Any
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Iterator
 
 import numpy
 
@@ -106,13 +110,25 @@ def initialize_bias(name: str, size: int, fan_in: int, dtype: Any = None) -> Any
 
 
 _device_rngs: dict[str, Any] = {}
+_scoped_rng: ContextVar[numpy.random.Generator | None] = ContextVar("minicnn_rng", default=None)
+
+
+@contextmanager
+def generator_scope(gen: numpy.random.Generator) -> Iterator[None]:
+    """Layers in this thread draw their NumPy random numbers from ``gen`` inside this block."""
+    token = _scoped_rng.set(gen)
+    try:
+        yield
+    finally:
+        _scoped_rng.reset(token)
 
 
 def rng_for(xp: Any) -> Any:
-    """The global generator for array module ``xp`` (dropout masks): the host generator for
-    NumPy, for CuPy a device generator seeded once from it."""
+    """The generator layers draw from for array module ``xp`` (dropout masks): for NumPy the
+    one of an enclosing ``generator_scope``, else the global one; for CuPy a device generator
+    seeded once from the global one."""
     if xp is numpy:
-        return _host_rng
+        return _scoped_rng.get() or _host_rng
     if xp.__name__ not in _device_rngs:
         _device_rngs[xp.__name__] = xp.random.default_rng(int(_host_rng.integers(2**62)))
     return _device_rngs[xp.__name__]

@@ -10,10 +10,12 @@ gradients are added into the model's after backward, which gives exactly the ful
 gradient. NumPy releases the GIL inside its loops and BLAS calls, so the threads really run in
 parallel.
 
-A batch is split only when every layer treats samples independently (``Layer.per_sample``:
-BatchNorm2D in training mixes them, Dropout in training would draw its masks in no fixed
-order), each replica gets at least ``MIN_SLICE`` samples, the arrays are NumPy's, and OpenBLAS's
-thread count can be set: it is 1 while replicas run, and restored right after.
+A batch is split only when every layer treats samples independently (``Layer.per_sample``;
+BatchNorm2D in training mixes them through its batch statistics), each replica gets at least
+``MIN_SLICE`` samples, the arrays are NumPy's, and OpenBLAS's thread count can be set: it is 1
+while replicas run, and restored right after. Random draws in a split forward (Dropout's masks)
+come from one generator per replica, seeded from the global generator (``init.generator_scope``),
+so a split run is as reproducible as a whole one (for the same number of replicas).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
-from minicnn import backend, blas
+from minicnn import backend, blas, init
 
 MIN_SLICE = 16
 """Fewest samples per replica for splitting to pay. Measured on 2 cores for the reference CNN,
@@ -99,16 +101,17 @@ class Replicas:
             for mine, theirs in zip(_descendants(twin), layers):
                 mine._training = theirs.__dict__.get("_training", True)
 
-    def _run(self, fn: Callable[[Any, slice], Any], slices: list[slice]) -> list[Any]:
-        """``fn(replica, rows)`` for each replica and its slice: the first in this thread, the
-        others in the pool, each in a copy of this thread's modes; BLAS single-threaded."""
+    def _run(self, fn: Callable[[Any, Any], Any], work: list[Any]) -> list[Any]:
+        """``fn(replica, item)`` for each replica and its item of ``work``: the first in this
+        thread, the others in the pool, each in a copy of this thread's modes; BLAS
+        single-threaded meanwhile."""
         replicas = [self.model] + self.copies
         with blas.single_threaded():
             jobs: list[Future] = [
-                _executor().submit(contextvars.copy_context().run, fn, replica, rows)
-                for replica, rows in zip(replicas[1:], slices[1:])]
+                _executor().submit(contextvars.copy_context().run, fn, replica, item)
+                for replica, item in zip(replicas[1:], work[1:])]
             try:
-                first = fn(replicas[0], slices[0])
+                first = fn(replicas[0], work[0])
             finally:
                 results = [job.exception() or job.result() for job in jobs]  # wait for all
         errors = [r for r in results if isinstance(r, BaseException)]
@@ -123,7 +126,14 @@ class Replicas:
         n, parts = x.shape[0], min(self.count, x.shape[0])
         bounds = [n * k // parts for k in range(parts + 1)]
         slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
-        outs = self._run(lambda replica, rows: replica.forward_layers(x[rows]), slices)
+        seeds = iter(init.host_rng().integers(2**63, size=len(slices)).tolist())
+
+        def forward(replica: Any, rows: slice, seed: int) -> Any:
+            with init.generator_scope(init.generator(seed)):
+                return replica.forward_layers(x[rows])
+
+        jobs = [(rows, next(seeds)) for rows in slices]
+        outs = self._run(lambda replica, job: forward(replica, *job), jobs)
         return backend.get_array_module(*outs).concatenate(outs, axis=0), slices
 
     def backward(self, grad_out: Any, slices: list[slice], input_grad: bool) -> Any:

@@ -123,7 +123,7 @@ def test_only_models_whose_layers_treat_samples_independently_are_split():
     with_dropout = minicnn.Sequential([Flatten(), Dropout(0.5), Dense(4, 2)])
     with_bn = minicnn.Sequential([BatchNorm2D(1), Flatten(), Dense(4, 2)])
     custom = minicnn.Sequential([_Custom(), Flatten(), Dense(4, 2)])
-    assert parallel.split_count(with_dropout, x, 2) == 1
+    assert parallel.split_count(with_dropout, x, 2) == 2
     assert parallel.split_count(with_bn, x, 2) == 1
     assert parallel.split_count(custom, x, 2) == 2
     with_dropout.eval(), with_bn.eval()             # in eval mode both treat samples alone
@@ -131,6 +131,34 @@ def test_only_models_whose_layers_treat_samples_independently_are_split():
     assert parallel.split_count(with_bn, x, 2) == 2
     assert parallel.split_count(custom, x, 1) == 1
     assert parallel.split_count(custom, x[:2 * parallel.MIN_SLICE - 1], 2) == 1
+
+
+def test_a_split_step_with_dropout_is_reproducible(small_slices):
+    half = np.random.default_rng(6).standard_normal((4, 2, 8, 8)).astype(np.float32)
+    x = np.concatenate([half, half])                 # both replicas get the same images
+    runs = []
+    for _ in range(2):
+        minicnn.manual_seed(3)
+        model = minicnn.Sequential([Conv2D(2, 4, 3, padding=1), ReLU(), Dropout(0.5), Flatten(),
+                                    Dense(256, 3)], input_shape=(2, 8, 8))
+        model.workers = 2
+        opt = SGD(model.parameters(), 0.1)
+        outs = []
+        for _ in range(3):
+            out, _, _ = _step(model, x, np.arange(8) % 3)
+            opt.step()
+            outs.append(out)
+        assert model._replicas.count == 2
+        runs.append((outs, [p.data.copy() for p in model.parameters()]))
+    for a, b in zip(runs[0][0] + runs[0][1], runs[1][0] + runs[1][1]):
+        np.testing.assert_array_equal(a, b)
+    first = runs[0][0][0]
+    assert not np.allclose(first[:4], first[4:])     # but each replica drew its own masks
+    with minicnn.no_grad():                          # eval: no dropout, split equals whole
+        model.eval()
+        split = model.forward(x)
+        model.workers = 1
+        np.testing.assert_allclose(model.forward(x), split, rtol=1e-6)
 
 
 def test_nested_models_split_once_at_the_top(small_slices):

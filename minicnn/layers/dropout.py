@@ -1,8 +1,10 @@
 """Dropout: in training, zero each element with probability p and scale the rest by 1/(1-p)
 (inverted dropout), so evaluation is the identity.
 
-Masks are drawn from minicnn's global random generator for the input's array module
-(``minicnn.init.rng_for``, seeded by ``minicnn.manual_seed``), so a seeded run is reproducible.
+Masks are drawn from minicnn's random generator for the input's array module
+(``minicnn.init.rng_for``, seeded by ``minicnn.manual_seed``), so a seeded run is reproducible;
+in a batch split among threads each replica draws from its own generator, seeded from the
+global one (see ``minicnn.parallel``).
 """
 from __future__ import annotations
 
@@ -20,12 +22,6 @@ class Dropout(Layer):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
         self.p = float(p)
-
-    @property
-    def per_sample(self) -> bool:
-        # Each sample's mask is independent, but replicas in threads would draw from the one
-        # generator in no fixed order: a split step would not be reproducible.
-        return not self.training or self.p == 0.0
 
     def forward(self, x: Any) -> Any:
         self.check_input(x)
