@@ -5,13 +5,13 @@
     python examples/benchmark.py --backends numpy,cupy    # CPU and GPU, with the GPU speedup
     python examples/benchmark.py --width-mult 2 --json bench.json
 
-Same options as ``minicnn bench``; see ``minicnn/bench.py`` for what each figure measures.
+Same options as ``minicnn bench``; see ``minicnn/tools/bench.py`` for what each figure measures.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # checkout
-from minicnn.bench import main  # noqa: E402
+from minicnn.tools.bench import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -219,8 +219,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     transform = transform_from_config(ckpt.meta.get("transform"))
     logits = predict(ckpt.model, DataLoader(xt, yt, batch_size=args.batch_size, shuffle=False,
                                             seed=0, transform=transform))
-    xp = backend.xp
-    loss = float(minicnn.losses.SoftmaxCrossEntropy().forward(logits, xp.asarray(yt)))
+    loss = float(minicnn.losses.SoftmaxCrossEntropy().forward(logits, yt))
     pred = backend.to_numpy(logits.argmax(axis=1))
     k = int(logits.shape[1])
     matrix = backend.to_numpy(confusion_matrix(yt, pred, k))
@@ -295,7 +294,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     try:
-        from minicnn import bench
+        from minicnn.tools import bench
     except ImportError as exc:
         raise CLIError(f"the benchmark is not available ({exc})") from None
     parser = _Parser(prog="minicnn bench", description="Time training and inference steps.")
@@ -368,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="time training and inference steps (see minicnn bench "
                        "--help)", add_help=False)
-    b.set_defaults(func=cmd_bench)            # its options are parsed by minicnn.bench
+    b.set_defaults(func=cmd_bench)            # its options are parsed by minicnn.tools.bench
     return parser
 
 

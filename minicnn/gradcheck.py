@@ -95,7 +95,7 @@ def gradcheck(layer: Layer, input_shape: Sequence[int] | Sequence[Sequence[int]]
             p.grad[...] = draw(p.grad.shape)
             before.append(p.grad.copy())
         run()
-        grads = layer.backward(projection)
+        grads = layer.backward_step(projection, input_grad=True)
         grads = grads if isinstance(grads, tuple) else (grads,)
         tensors = [(f"input{i}" if len(xs) > 1 else "input", x, g) for i, (x, g) in
                    enumerate(zip(xs, grads))]

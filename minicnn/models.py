@@ -75,9 +75,11 @@ class Network(Layer):
             self.save_for_backward(replicas, slices)
             return y
 
-    def backward(self, grad_out: Any, input_grad: bool = True) -> Any:
-        """Back-propagate dL/dy through the model (as its forward ran: whole or split); adds
-        into every parameter's grad and returns dL/dx (None if not ``input_grad``)."""
+    def backward(self, grad_out: Any, input_grad: bool = False) -> Any:
+        """Back-propagate dL/dy through the model (as its forward ran: whole or split) and add
+        into every parameter's grad. dL/dx of the model's input is computed and returned only
+        with ``input_grad=True`` (as in PyTorch, where inputs do not require grad by default);
+        otherwise the first layers skip it and this returns None."""
         replicas, slices = self.pop_saved()
         if replicas is None:
             return self.backward_layers(grad_out, input_grad)

@@ -5,7 +5,7 @@ One training step (``train_step``) is::
     out = model.forward(x, training=True, check=False)
     l = loss.forward(out, y)
     optimizer.zero_grad()
-    model.backward(loss.backward(), input_grad=False)     # the first layer skips dL/dx
+    model.backward(loss.backward())        # adds dL/dparam; dL/dx of the input is skipped
     optimizer.step()
 
 The model splits the batch among cores by itself (``minicnn.parallel``), so this loop and one
@@ -175,7 +175,7 @@ def train_step(model: Any, loss_fn: Any, optimizer: Any, x: Any, y: Any) -> tupl
     loss = loss_fn.forward(out, y)
     correct = _correct(out, y)
     optimizer.zero_grad()
-    model.backward(loss_fn.backward(), input_grad=False)     # nobody needs dL/dx
+    model.backward(loss_fn.backward())
     optimizer.step()
     return loss, correct
 

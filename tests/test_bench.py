@@ -1,5 +1,6 @@
-"""Tests of minicnn.bench: the report and JSON with tiny settings (no timing assertions), the
-PyTorch comparison, and that the PyTorch model is the same model as minicnn's."""
+"""Tests of minicnn.tools.bench: the report and JSON with tiny settings (no timing assertions),
+the PyTorch comparison, that the PyTorch model is the same model as minicnn's, and that the
+benchmark leaves the model as it was."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,9 @@ import numpy as np
 import pytest
 
 import minicnn
-from minicnn import backend, bench
+from minicnn import backend, parallel, zoo
+from minicnn.layers.base import Layer
+from minicnn.tools import bench
 
 TINY = ["--steps", "2", "--warmup", "1", "--batch-size", "8", "--infer-batch-size", "16",
         "--infer-steps", "1"]
@@ -42,11 +45,17 @@ def test_report_and_json_minicnn_alone_without_torch(tmp_path, capsys, monkeypat
     assert report["config"]["batch_size"] == 8 and report["config"]["params"] == 421_642
     assert report["machine"]["cpu_count"] >= 1 and report["machine"]["numpy"] == np.__version__
     res = report["results"]["numpy"]
-    assert set(res) == {"minicnn", "layers"}
+    assert set(res) == {"minicnn", "minicnn_hand_loop", "hand_loop_vs_fit_step", "layers"}
     figures = res["minicnn"]
     for key in FIGURE_KEYS:
         assert figures[key] > 0, key
     assert figures["steps_per_epoch"] == 7500 and len(figures["step_s"]) == 2
+    hand = res["minicnn_hand_loop"]
+    assert len(hand["step_s"]) == 2 and hand["train_img_s"] > 0 and "infer_img_s" not in hand
+    assert res["hand_loop_vs_fit_step"]["step_s_median"] == pytest.approx(
+        hand["step_s_median"] / figures["step_s_median"])
+    assert "hand loop numpy" in out and "minicnn numpy: hand loop / fit step = " in out
+    assert report["config"]["steps_timed"]["minicnn_hand_loop"] == bench.HAND_LOOP
     assert [row["name"] for row in res["layers"]] == LAYERS
     assert all(row["total_ms"] > 0 for row in res["layers"])
     assert backend.get_backend() == "numpy"
@@ -61,17 +70,20 @@ def test_compare_torch_reports_ratios(tmp_path, capsys):
     assert res["torch"]["device"] == "cpu" and res["torch"]["threads"] >= 1
     for key in FIGURE_KEYS:
         assert res["torch"][key] > 0, key
+    assert "hand loop/PyTorch" in out
     for key in bench.RATIO_KEYS[:8]:
-        assert res["ratio"][key] > 0, key
-    assert res["ratio"]["step_s_median"] == pytest.approx(
-        res["minicnn"]["step_s_median"] / res["torch"]["step_s_median"])
+        assert res["ratio"]["fit step"][key] > 0, key
+    assert set(res["ratio"]["hand loop"]) == set(bench.TRAIN_KEYS)
+    for runner, ratio in (("minicnn", "fit step"), ("minicnn_hand_loop", "hand loop")):
+        assert res["ratio"][ratio]["step_s_median"] == pytest.approx(
+            res[runner]["step_s_median"] / res["torch"]["step_s_median"])
     assert report["machine"]["torch"]
 
 
 def test_torch_model_is_the_same_model():
     torch = pytest.importorskip("torch")
     minicnn.manual_seed(3)
-    model = bench.build_model("ref-cnn")
+    model = zoo.build_model("ref-cnn")
     x, y = bench.make_batch(16, seed=1)
     ours, theirs = bench.MinicnnRunner(model, x, y, x), bench.TorchRunner(torch, model, "cpu",
                                                                           x, y, x)
@@ -86,13 +98,53 @@ def test_torch_model_is_the_same_model():
     np.testing.assert_allclose(ours.infer(), theirs.infer().numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_width_mult_scales_the_conv_channels():
-    model = bench.build_model("ref-cnn", width_mult=2)
-    conv1, conv2, dense = model.layers[0], model.layers[3], model.layers[7]
-    assert (conv1.out_channels, conv2.in_channels, conv2.out_channels) == (64, 64, 128)
-    assert dense.weight.shape == (128 * 7 * 7, 128)
-    with pytest.raises(ValueError, match="lenet5"):
-        bench.build_model("lenet5")
+def test_hand_loop_computes_what_fit_step_computes():
+    """The README's loop and fit's step give the same parameters after the same steps."""
+    x, y = bench.make_batch(32, seed=2)
+    trained = []
+    for runner_class in (bench.MinicnnRunner, bench.HandLoopRunner):
+        minicnn.manual_seed(5)
+        runner = runner_class(zoo.build_model("ref-cnn"), x, y)
+        for _ in range(2):
+            runner.train_step()
+        trained.append([p.data.copy() for p in runner.model.parameters()])
+    for fit_param, hand_param in zip(*trained):
+        np.testing.assert_allclose(hand_param, fit_param, rtol=1e-5, atol=1e-6)
+
+
+def _state(model):
+    """The model's and its layers' attributes: names, and values of the plain ones (transient
+    saved values and workspaces left out)."""
+    def plain(obj):
+        return {k: v if isinstance(v, (bool, int, float, str, tuple, type(None))) else type(v)
+                for k, v in obj.__dict__.items() if k not in ("_saved", "_workspace", "_replicas")}
+    return [plain(model)] + [plain(layer) for layer in model.layers]
+
+
+@pytest.mark.parametrize("workers", [None, "1", "2"])
+def test_layer_breakdown_leaves_the_model_as_it_was(workers, monkeypatch):
+    if workers is not None:
+        monkeypatch.setenv("MINICNN_WORKERS", workers)
+    minicnn.manual_seed(4)
+    model = zoo.build_model("ref-cnn")
+    x, y = bench.make_batch(2 * parallel.MIN_SLICE + 3, seed=1)
+    runner = bench.MinicnnRunner(model, x, y)
+    runner.train_step()
+    before = _state(model)
+    calls, backward_step = [], Layer.backward_step
+
+    def recording(layer, grad, input_grad=True):
+        calls.append((model.layers.index(layer), input_grad))
+        return backward_step(layer, grad, input_grad)
+
+    monkeypatch.setattr(Layer, "backward_step", recording)
+    rows = bench.layer_breakdown(runner, reps=2)
+    monkeypatch.undo()
+    assert [row["name"] for row in rows] == LAYERS
+    n = len(model.layers)
+    assert calls == [(i, i > 0) for i in reversed(range(n))] * 2     # as Sequential calls them
+    assert _state(model) == before
+    runner.train_step()                   # the model still trains as before
 
 
 def test_cupy_without_a_gpu_is_one_clear_line(capsys):

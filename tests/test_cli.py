@@ -212,6 +212,6 @@ def test_cupy_backend_without_gpu_is_one_line(capsys):
 
 
 def test_bench_is_wired(capsys):
-    pytest.importorskip("minicnn.bench")
+    pytest.importorskip("minicnn.tools.bench")
     assert cli.main(["bench", "--help"]) == 0
     assert "minicnn bench" in capsys.readouterr().out

@@ -43,7 +43,7 @@ def _grads_on(model, name, x, labels):
     loss = SoftmaxCrossEntropy()
     logits = model.forward(backend.to_backend(x), training=True)
     value = loss.forward(logits, backend.to_backend(labels))
-    dx = model.backward(loss.backward())
+    dx = model.backward(loss.backward(), input_grad=True)
     grads = [backend.to_numpy(p.grad) for p in model.parameters()]
     return backend.to_numpy(logits), float(value), backend.to_numpy(dx), grads
 

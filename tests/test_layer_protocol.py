@@ -102,7 +102,9 @@ def test_input_grad_reaches_backward_explicitly():
     out = model.forward(x, training=True)
     assert model.backward(np.ones_like(out), input_grad=False) is None
     model.forward(x, training=True)
-    assert model.backward(np.ones_like(out)).shape == x.shape
+    assert model.backward(np.ones_like(out), input_grad=True).shape == x.shape
+    model.forward(x, training=True)
+    assert model.backward(np.ones_like(out)) is None        # as PyTorch: inputs need no grad
     natural = _Natural()                            # backward without the keyword
     natural.forward(np.ones((2, 2)))
     assert natural.backward_step(np.ones((2, 2)), input_grad=False) is None

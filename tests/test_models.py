@@ -104,7 +104,7 @@ def test_tensor_used_by_several_layers_sums_its_gradients():
     w1, b1, w2, b2 = d1.weight.data, d1.bias.data, d2.weight.data, d2.bias.data
     np.testing.assert_allclose(y, 2 * (xs @ w1 + b1) + xs @ w2 + b2, rtol=1e-12)
     dy = randn(5, 4, seed=1)
-    dx = model.backward(dy)
+    dx = model.backward(dy, input_grad=True)
     np.testing.assert_allclose(dx, 2 * dy @ w1.T + dy @ w2.T, rtol=1e-12)
     np.testing.assert_allclose(d1.weight.grad, 2 * xs.T @ dy, rtol=1e-12)
     np.testing.assert_allclose(d1.bias.grad, 2 * dy.sum(axis=0), rtol=1e-12)
@@ -130,7 +130,7 @@ def test_input_grad_false_skips_only_the_input_gradient():
     grads = [p.grad.copy() for p in model.parameters()]
     model.zero_grad()
     model.forward(x)
-    dx = model.backward(dy)
+    dx = model.backward(dy, input_grad=True)
     assert dx.shape == x.shape
     for g, p in zip(grads, model.parameters()):
         np.testing.assert_allclose(g, p.grad, rtol=1e-14)

@@ -12,9 +12,8 @@ What is measured, for each backend (``--backend numpy``, ``--backend cupy``, or 
 * **per layer**: each layer's forward and backward timed on its own, in sequence, on one
   replica's share of the batch (``layer_breakdown``);
 * **memory**: peak resident set (Linux ``VmHWM``) of a *separate child process* per framework
-  that imports only what it needs and runs 3 training steps, or 2 inference passes, of the same
-  shapes; also that peak minus the resident set right after the imports. On a GPU, the bytes
-  held by the framework's caching allocator (CuPy pool / ``max_memory_reserved``).
+  running 3 training steps, or 2 inference passes, and that peak minus its resident set after
+  the imports; on a GPU, the framework's caching allocator (CuPy pool, ``max_memory_reserved``).
 
 ``--compare torch`` builds the identical model in PyTorch (weights copied from minicnn, same
 SGD and loss). The runners alternate in blocks of 5 steps in one run, so machine noise hits all
@@ -183,8 +182,7 @@ def _timed(runner: Any, fn: Callable[..., Any], *args: Any, into: list[float]) -
 
 
 def _clock(runner: Any, fn: Callable[[], Any]) -> float:
-    seconds: list[float] = []
-    _timed(runner, fn, into=seconds)
+    _timed(runner, fn, into=(seconds := []))
     return seconds[0]
 
 
@@ -198,14 +196,11 @@ instead of 7), and a training run is never idle between steps."""
 def time_alternating(runners: Sequence[Any], method: str, warmup: int, reps: int,
                      pause: float = 0.0, block: int = 5) -> list[list[float]]:
     """Seconds per call of ``method`` for each runner: ``reps`` timed calls each, after
-    ``warmup`` untimed ones.
-
-    With several runners, they take turns in blocks of ``block`` timed calls (the order flips
-    every round), so machine noise hits all of them. Each turn starts with ``pause`` idle
-    seconds and ``REWARM_SECONDS`` of untimed calls: BLAS and OpenMP worker threads busy-wait
-    for a while after their work (OpenBLAS for about 0.1 s), so without the pause one
-    framework's spinning workers would slow the other's turn, and the untimed calls wake the
-    turn's own workers, caches and CPUs, as they are during a real training run.
+    ``warmup`` untimed ones. Several runners take turns in blocks of ``block`` timed calls (the
+    order flips every round), so machine noise hits all of them. Each turn starts with ``pause``
+    idle seconds, as BLAS and OpenMP worker threads busy-wait for a while after their work
+    (OpenBLAS for about 0.1 s) and would slow the next runner's turn, then ``REWARM_SECONDS`` of
+    untimed calls that wake the turn's own workers, caches and CPUs, as in a real training run.
     """
     times: list[list[float]] = [[] for _ in runners]
     for runner in runners:
@@ -236,14 +231,12 @@ def layer_breakdown(runner: MinicnnRunner, reps: int) -> list[dict[str, Any]]:
     """Median milliseconds of each layer's forward and backward (and of the loss and the
     optimizer) over ``reps`` training steps timed piece by piece, like ``Sequential`` runs them.
 
-    It times one replica's share the way a step runs it: with ``count =
-    parallel.split_count(model, x, ...)`` replicas, the model's own layers run on the first
-    ceil(N / count) rows, inside ``blas.single_threaded()`` when count > 1 (what each core does
-    in parallel during a step; the other cores idle here); else on the whole batch. Forward runs
-    in training mode inside ``modes.inside_model()`` (no NaN scan, as in a model); layer i's
-    backward is ``layer.backward_step(g, input_grad=(i > 0))``, as ``model.backward(g,
-    input_grad=False)`` does. The loss runs on the share's logits, the optimizer (zero_grad and
-    step) on all parameters. Nothing is set on the model or its layers.
+    It times one replica's share the way a step runs it: the model's own layers on the first
+    ceil(N / count) rows (count = ``parallel.split_count(model, x, model.workers)``), inside
+    ``blas.single_threaded()`` when count > 1 (what each core does during a step; here the
+    others idle). Forward runs in training mode inside ``modes.inside_model()`` (no NaN scan),
+    layer i's backward is ``layer.backward_step(g, input_grad=(i > 0))``; the loss runs on the
+    share's logits, the optimizer on all parameters. Nothing is set on the model or its layers.
     """
     model, loss, opt = runner.model, runner.loss, runner.opt
     count = split_count(runner)
@@ -339,7 +332,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
 
 def measure_memory(framework: str, backend_name: str, mode: str, args: argparse.Namespace
                    ) -> dict[str, Any] | None:
-    """Peak memory of ``framework`` in a child ``python -m minicnn.tools.bench --_child`` process."""
+    """Peak memory of ``framework`` in a child ``python -m minicnn.tools.bench`` process."""
     spec = {"framework": framework, "backend": backend_name, "mode": mode, "model": args.model,
             "width_mult": args.width_mult, "batch_size": args.batch_size, "seed": args.seed,
             "infer_batch_size": args.infer_batch_size, "torch_threads": args.torch_threads}
@@ -347,8 +340,8 @@ def measure_memory(framework: str, backend_name: str, mode: str, args: argparse.
     env.pop("MINICNN_BACKEND", None)
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(minicnn.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
-    proc = subprocess.run([sys.executable, "-m", "minicnn.tools.bench", "--_child", json.dumps(spec)],
-                          capture_output=True, text=True, env=env)
+    command = [sys.executable, "-m", "minicnn.tools.bench", "--_child", json.dumps(spec)]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         reason = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -533,16 +526,13 @@ def format_report(report: dict[str, Any]) -> str:
            "steps / 2 inference passes); 'increase' = that peak minus the child's RSS once its "
            "imports are done"]
     hand = [b for b, res in results.items() if HandLoopRunner.name in res]
-    if hand:
-        out.append("minicnn = fit's step (minicnn.train.train_step); hand loop = the README's "
-                   "loop on the same model (zero_grad; forward; loss; backward, with dL/dx; step)")
-    torch_too = " and PyTorch" if report.get("compare") == "torch" else ""
-    if hand or torch_too:
-        out.append(f"{'fit step, hand loop' if hand else 'minicnn'}{torch_too} alternate in "
-                   f"blocks of 5 timed steps in one process, each block after {cfg['pause_s']} s "
-                   f"idle and {REWARM_SECONDS} s of untimed steps" + (
-                       "; PyTorch runs the same model from the same initial weights, SGD and "
-                       "loss" if torch_too else ""))
+    torch_too = report.get("compare") == "torch"
+    out += ["minicnn = fit's step (minicnn.train.train_step); hand loop = the README's loop on "
+            "the same model (zero_grad; forward; loss; backward; step)",
+            f"fit step, hand loop{' and PyTorch' * torch_too} alternate in blocks of 5 timed "
+            f"steps in one process, each block after {cfg['pause_s']} s idle and {REWARM_SECONDS}"
+            " s of untimed steps" + "; PyTorch runs the same model from the same initial "
+            "weights, SGD and loss" * torch_too] if hand else []
     if mach.get("blas_note"):
         out.append(mach["blas_note"])
     header, columns = ["figure"], []
@@ -604,9 +594,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="PyTorch CPU threads (default: PyTorch's own default)")
     parser.add_argument("--pause", type=float, default=0.2,
-                        help="idle seconds before each timed call when two frameworks take "
-                             "turns, so spinning worker threads of one do not slow the other "
-                             "(default 0.2)")
+                        help="idle seconds before each turn when runners alternate, so one's "
+                             "spinning worker threads do not slow the next (default 0.2)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and data")
     parser.add_argument("--json", metavar="PATH", help="also write every figure to PATH as JSON")
 
