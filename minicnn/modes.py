@@ -9,9 +9,9 @@ other threads runs it in a copy of its context (``contextvars.copy_context().run
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
-from typing import Iterator
+from typing import ContextManager, Iterator
 
 _grad_enabled: ContextVar[bool] = ContextVar("minicnn_grad_enabled", default=True)
 _training: ContextVar[bool | None] = ContextVar("minicnn_training", default=None)
@@ -19,14 +19,19 @@ _inside_model: ContextVar[bool] = ContextVar("minicnn_inside_model", default=Fal
 
 
 @contextmanager
-def no_grad() -> Iterator[None]:
-    """Inside this block (in this thread) layers keep nothing for backward: inference with less
-    memory and time (Conv2D then also works through the batch in slices)."""
-    token = _grad_enabled.set(False)
+def _setting(var: ContextVar, value: object) -> Iterator[None]:
+    """``var`` holds ``value`` inside this block, in this thread (or task) only."""
+    token = var.set(value)
     try:
         yield
     finally:
-        _grad_enabled.reset(token)
+        var.reset(token)
+
+
+def no_grad() -> ContextManager[None]:
+    """Inside this block (in this thread) layers keep nothing for backward: inference with less
+    memory and time (Conv2D then also works through the batch in slices)."""
+    return _setting(_grad_enabled, False)
 
 
 def grad_enabled() -> bool:
@@ -34,18 +39,10 @@ def grad_enabled() -> bool:
     return _grad_enabled.get()
 
 
-@contextmanager
-def training_mode(mode: bool | None) -> Iterator[None]:
+def training_mode(mode: bool | None) -> ContextManager[None]:
     """Make every layer's ``training`` read ``mode`` inside this block (in this thread); None
     leaves each layer's own setting (``train()`` / ``eval()``) in force."""
-    if mode is None:
-        yield
-        return
-    token = _training.set(bool(mode))
-    try:
-        yield
-    finally:
-        _training.reset(token)
+    return nullcontext() if mode is None else _setting(_training, bool(mode))
 
 
 def training_override() -> bool | None:
@@ -53,15 +50,10 @@ def training_override() -> bool | None:
     return _training.get()
 
 
-@contextmanager
-def inside_model() -> Iterator[None]:
+def inside_model() -> ContextManager[None]:
     """Marks a model's forward: the model checked its input once, so its layers skip the
     NaN/inf scan (every later activation comes from a layer, not from the user)."""
-    token = _inside_model.set(True)
-    try:
-        yield
-    finally:
-        _inside_model.reset(token)
+    return _setting(_inside_model, True)
 
 
 def is_inside_model() -> bool:
