@@ -10,7 +10,7 @@ SGD, and one switch between NumPy (CPU) and CuPy (GPU)::
 """
 from minicnn import layers, losses, optim
 from minicnn.backend import BackendError, get_backend, set_backend
-from minicnn.checkpoint import load, save
+from minicnn.checkpoint import CheckpointError, load, save
 from minicnn.gradcheck import GradientCheckError, gradcheck
 from minicnn.init import manual_seed
 from minicnn.layers.base import no_grad
@@ -20,4 +20,4 @@ __version__ = "0.1.0"
 
 __all__ = ["layers", "losses", "optim", "set_backend", "get_backend", "BackendError",
            "gradcheck", "GradientCheckError", "manual_seed", "Input", "Model", "Sequential",
-           "save", "load", "no_grad"]
+           "save", "load", "CheckpointError", "no_grad"]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,11 @@ from minicnn import backend
 from minicnn import init as _init
 from minicnn.atomic import atomic_write
 from minicnn.layers.base import Layer, layer_config, layer_from_config
+from minicnn.model_description import check_model_description
+from minicnn.npz_reader import NpzError, read_npz
 
-MODEL_CLASSES = ("Sequential", "Model")
+MAX_CHECKPOINT_BYTES = 2 << 30
+"""Most bytes a checkpoint's arrays may inflate to (2 GiB: 500 M float32 weights)."""
 
 __all__ = ["CheckpointError", "Checkpoint", "save", "load", "load_checkpoint", "load_weights"]
 
@@ -116,44 +118,63 @@ def save(model: Layer, path: str | os.PathLike, optimizer: Any = None,
 # --------------------------------------------------------------------------- loading
 
 def _read(path: Path) -> tuple[dict[str, Any], dict[str, numpy.ndarray]]:
-    """The JSON description and all arrays of a checkpoint file, every read error wrapped."""
+    """The checked JSON description and all arrays of a checkpoint file (within the budgets
+    of ``minicnn.npz_reader``); every problem is a CheckpointError naming the file."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        archive = numpy.load(path, allow_pickle=False)
-        if not hasattr(archive, "files"):
-            raise CheckpointError(f"{path}: not a minicnn checkpoint (a single .npy array, "
-                                  "not an .npz archive)")
-        with archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except ValueError as exc:
-        if isinstance(exc, CheckpointError):
-            raise
-        if "pickle" in str(exc):
-            raise CheckpointError(
-                f"{path}: refused: the file holds pickled Python objects, which can run "
-                "arbitrary code when loaded; minicnn checkpoints never need pickle") from None
-        raise CheckpointError(f"{path}: not a readable .npz checkpoint, truncated or corrupt "
-                              f"({exc})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as exc:
-        raise CheckpointError(f"{path}: not a readable .npz checkpoint, truncated or corrupt "
-                              f"({type(exc).__name__}: {exc})") from None
+        arrays = read_npz(path, max_total_bytes=MAX_CHECKPOINT_BYTES)
+    except NpzError as exc:
+        what = "a .npz archive" if zipfile.is_zipfile(path) else _file_kind(path)
+        raise CheckpointError(f"{path}: not a minicnn checkpoint ({what}: {exc})") from None
     raw = arrays.pop(_DESCRIPTION, None)
     if raw is None or raw.dtype != numpy.uint8 or raw.ndim != 1:
         raise CheckpointError(f"{path}: not a minicnn checkpoint (no '{_DESCRIPTION}' "
                               "description inside)")
     try:
         description = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: corrupt checkpoint description ({exc})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: corrupt checkpoint description "
+                              f"({type(exc).__name__}: {str(exc)[:80]})") from None
     found = description.get("format") if isinstance(description, dict) else None
     if found != FORMAT:
-        raise CheckpointError(f"{path}: not a minicnn checkpoint (format {found!r}, expected "
-                              f"{FORMAT!r})")
-    if description.get("version", 0) > VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {description['version']} is "
-                              f"newer than this minicnn understands ({VERSION}); upgrade minicnn")
+        raise CheckpointError(f"{path}: not a minicnn checkpoint (format {found!r:.40}, "
+                              f"expected {FORMAT!r})")
+    version = description.get("version")
+    if type(version) is not int or version < 1:
+        raise CheckpointError(f"{path}: corrupt checkpoint description (version {version!r:.20}"
+                              ", expected a positive integer)")
+    if version > VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version} is newer than this "
+                              f"minicnn understands ({VERSION}); upgrade minicnn")
+    for key, kind in (("meta", dict), ("optimizer", dict), ("parameters", dict)):
+        if description.get(key) is not None and not isinstance(description[key], kind):
+            raise CheckpointError(f"{path}: corrupt checkpoint description ('{key}' must be an "
+                                  f"object, got {type(description[key]).__name__})")
+    for name, value in arrays.items():
+        if value.dtype.kind != "f" or not numpy.isfinite(value).all():
+            problem = f"dtype {value.dtype}" if value.dtype.kind != "f" else "NaN or inf"
+            raise CheckpointError(f"{path}: array {name!r} holds {problem}; weights and "
+                                  "optimizer state must be finite floating-point numbers")
     return description, arrays
+
+
+def _file_kind(path: Path) -> str:
+    """A short guess at what a file that is not a zip archive is, from its first bytes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
+    if not head:
+        return "an empty file"
+    if head.startswith(b"\x93NUMPY"):
+        return "a single .npy array, not an .npz archive"
+    if head.startswith(b"\x80"):
+        return "a Python pickle, which minicnn never loads"
+    if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        return "a text file"
+    return "not a zip archive"
 
 
 def _restore(model: Layer, path: Path, arrays: dict[str, numpy.ndarray]) -> None:
@@ -193,9 +214,12 @@ def _optimizer_state(path: Path, description: dict[str, Any],
     opt = description.get("optimizer")
     if not opt:
         return None
+    count = opt.get("velocity")
+    if type(count) is not int or not 0 <= count <= len(arrays):
+        raise CheckpointError(f"{path}: corrupt checkpoint: optimizer buffer count "
+                              f"{count!r:.20}")
     try:
-        velocity = [backend.xp.asarray(arrays[f"optim/velocity/{i}"])
-                    for i in range(int(opt["velocity"]))]
+        velocity = [backend.xp.asarray(arrays[f"optim/velocity/{i}"]) for i in range(count)]
     except KeyError as exc:
         raise CheckpointError(f"{path}: corrupt checkpoint: optimizer buffer {exc} "
                               "missing") from None
@@ -204,32 +228,35 @@ def _optimizer_state(path: Path, description: dict[str, Any],
 
 
 def _build(path: Path, description: dict[str, Any]) -> Layer:
-    """Rebuild the model from its JSON config, without touching the global RNG."""
-    found = (description.get("model") or {}).get("class") \
-        if isinstance(description.get("model"), dict) else None
-    if found not in MODEL_CLASSES:
-        raise CheckpointError(f"{path}: the checkpoint holds a {found}, not a Sequential or "
-                              "Model")
-    rng_state = _init.get_rng_state()
+    """Rebuild the model from its checked JSON config with placeholder weights (no memory,
+    no draws from the global RNG); ``_restore`` then fills in the file's arrays."""
     try:
-        model = layer_from_config(description["model"])
-    except (KeyError, TypeError, ValueError) as exc:
+        check_model_description(description.get("model"))
+        with _init.placeholders():
+            return layer_from_config(description["model"])
+    except Exception as exc:          # a layer's own checks, or anything a bad config trips
+        message = " ".join(str(exc).split())[:200]
         raise CheckpointError(f"{path}: cannot rebuild the model from its description "
-                              f"({type(exc).__name__}: {exc})") from None
-    finally:
-        _init.set_rng_state(rng_state)     # the throwaway initial weights drew from it
-    return model
+                              f"({type(exc).__name__}: {message})") from None
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint: rebuild its model on the active backend with the saved weights, and
-    return it with the metadata and the optimizer state. Raises CheckpointError."""
+    return it with the metadata and the optimizer state. Any problem with the file, whatever
+    its content, raises CheckpointError (checked within budgets before anything large is
+    allocated: see ``minicnn.npz_reader`` and ``minicnn.model_description``)."""
     path = Path(path)
-    description, arrays = _read(path)
-    model = _build(path, description)
-    _restore(model, path, arrays)
-    return Checkpoint(path, model, description.get("meta") or {},
-                      _optimizer_state(path, description, arrays))
+    try:
+        description, arrays = _read(path)
+        model = _build(path, description)
+        _restore(model, path, arrays)
+        return Checkpoint(path, model, description.get("meta") or {},
+                          _optimizer_state(path, description, arrays))
+    except CheckpointError:
+        raise
+    except Exception as exc:                   # a bug or a case not foreseen: still one type
+        raise CheckpointError(f"{path}: cannot load ({type(exc).__name__}: "
+                              f"{str(exc)[:200]})") from None
 
 
 def load(path: str | os.PathLike) -> Layer:

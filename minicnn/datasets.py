@@ -15,8 +15,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import ipaddress
+import math
 import os
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 from dataclasses import dataclass
@@ -34,6 +38,12 @@ __all__ = [
 ]
 
 DOWNLOAD_TIMEOUT = 30.0  # seconds per network operation (connect or read)
+DOWNLOAD_DEADLINE = 120.0
+"""Seconds one file's download may take in all (checked between reads)."""
+MAX_DOWNLOAD_BYTES = 64 << 20
+"""Largest response accepted (the biggest MNIST archive is under 10 MB)."""
+MAX_IDX_BYTES = 1 << 30
+"""Largest IDX payload accepted, decompressed (MNIST's biggest is 47 MB)."""
 
 
 class DatasetError(ValueError):
@@ -49,14 +59,39 @@ _IDX_CODES = {dt.newbyteorder("="): code for code, dt in _IDX_DTYPES.items()}
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-def _decompress(raw: bytes) -> bytes:
-    """Gunzip ``raw`` if it starts with the gzip magic bytes; return it unchanged otherwise."""
+def _declared_size(head: bytes) -> int | None:
+    """Bytes an IDX payload must have, from the start of it (None if the header is incomplete
+    or not IDX); Python ints, so no dimensions overflow."""
+    if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in _IDX_DTYPES:
+        return None
+    ndim = head[3]
+    if len(head) < 4 + 4 * ndim:
+        return None
+    dims = [int.from_bytes(head[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    return 4 + 4 * ndim + math.prod(dims) * _IDX_DTYPES[head[2]].itemsize
+
+
+def _decompress(raw: bytes, max_bytes: int = MAX_IDX_BYTES) -> bytes:
+    """Gunzip ``raw`` if it starts with the gzip magic bytes (else return it unchanged),
+    inflating no more than its IDX header declares and never more than ``max_bytes``."""
     if raw[:2] != _GZIP_MAGIC:
         return raw
     try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        head = inflater.decompress(raw, 4 + 4 * 255)      # the longest IDX header
+        limit = min(_declared_size(head) or max_bytes, max_bytes)
+        rest = inflater.decompress(inflater.unconsumed_tail, max(limit - len(head), 0) + 1)
+    except zlib.error as exc:
         raise DatasetError(f"bad gzip data ({exc})") from None
+    data = head + rest
+    if len(data) > limit:
+        raise DatasetError(f"gzip data inflates past {limit:,} bytes, the most its header "
+                           f"allows (and at most {max_bytes:,})")
+    if not inflater.eof:
+        raise DatasetError("bad gzip data (truncated stream)")
+    if inflater.unused_data:
+        raise DatasetError(f"bad gzip data ({len(inflater.unused_data)} bytes after the stream)")
+    return data
 
 
 def _parse_idx(data: bytes, sha256: str | None = None) -> np.ndarray:
@@ -76,7 +111,7 @@ def _parse_idx(data: bytes, sha256: str | None = None) -> np.ndarray:
             f"truncated header: expected {header} bytes for {ndim} dimensions, found {len(data)}")
     shape = tuple(int(d) for d in np.frombuffer(data, ">u4", ndim, 4))
     dtype = _IDX_DTYPES[code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize         # Python ints: no overflow
     found = len(data) - header
     if found != expected:
         what = "truncated" if found < expected else f"{found - expected} trailing bytes"
@@ -92,9 +127,13 @@ def _parse_idx(data: bytes, sha256: str | None = None) -> np.ndarray:
 def idx_payload(path: str | os.PathLike) -> bytes:
     """Return the file's decompressed IDX bytes (header included); gzip is detected by magic bytes."""
     try:
-        raw = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_IDX_BYTES + 1)
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if len(raw) > MAX_IDX_BYTES:
+        raise DatasetError(f"{path}: larger than {MAX_IDX_BYTES:,} bytes, the most an IDX file "
+                           "may have here")
     try:
         return _decompress(raw)
     except DatasetError as exc:
@@ -163,15 +202,13 @@ _SPECS = {
         "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
         "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
     }, ("https://ossci-datasets.s3.amazonaws.com/mnist/",
-        "https://storage.googleapis.com/cvdf-datasets/mnist/",
-        "http://yann.lecun.com/exdb/mnist/")),
+        "https://storage.googleapis.com/cvdf-datasets/mnist/")),
     "fashion-mnist": _Spec("Fashion-MNIST", "fashion-mnist", {
         "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
         "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
         "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
         "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-    }, ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"),
+    }, ("https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",),
         # Debian's dataset-fashion-mnist package installs the four .gz files here.
         ("/usr/share/datasets/fashion-mnist",)),
 }
@@ -205,14 +242,25 @@ def _fetch(url: str, folder: Path, stem: str, sha256: str) -> Path:
     The body is held in memory (26 MB at most) until verified, so a failed or corrupt
     download never touches the folder; the verified bytes go through a temp file + rename.
     """
+    _check_scheme(url)
     request = urllib.request.Request(url, headers={"User-Agent": "minicnn"})
     chunks: list[bytes] = []
+    received, deadline = 0, time.monotonic() + DOWNLOAD_DEADLINE
     with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT) as response:
         length = response.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
+        if total is not None and total > MAX_DOWNLOAD_BYTES:
+            raise DatasetError(f"the server announces {total:,} bytes, more than the "
+                               f"{MAX_DOWNLOAD_BYTES:,} allowed")
         with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
                   desc=f"{stem}.gz") as bar:
             while chunk := response.read(1 << 16):
+                received += len(chunk)
+                if received > MAX_DOWNLOAD_BYTES:
+                    raise DatasetError(f"more than {MAX_DOWNLOAD_BYTES:,} bytes; stopped")
+                if time.monotonic() > deadline:
+                    raise DatasetError(f"not done after {DOWNLOAD_DEADLINE:.0f} s "
+                                       f"({received:,} bytes); stopped")
                 chunks.append(chunk)
                 bar.update(len(chunk))
     raw = b"".join(chunks)
@@ -223,6 +271,24 @@ def _fetch(url: str, folder: Path, stem: str, sha256: str) -> Path:
     target = folder / (f"{stem}.gz" if raw[:2] == _GZIP_MAGIC else stem)
     atomic_write_bytes(target, raw)
     return target
+
+
+def _check_scheme(url: str) -> None:
+    """Downloads use https; plain http only to this machine (a local mirror or a test
+    server) or with ``MINICNN_ALLOW_HTTP=1``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https":
+        return
+    if parts.scheme == "http":
+        host = parts.hostname or ""
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if loopback or os.environ.get("MINICNN_ALLOW_HTTP") == "1":
+            return
+    raise DatasetError(f"refusing {parts.scheme or 'a schemeless'} URL: downloads need https "
+                       "(plain http only to localhost, or with MINICNN_ALLOW_HTTP=1)")
 
 
 def _describe(exc: BaseException) -> str:
@@ -256,7 +322,12 @@ def dataset_files(name: str, root: str | os.PathLike | None = None, download: bo
     failures: list[str] = []
     if download:
         made = [d for d in (folder, *folder.parents) if not d.exists()]
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatasetError(f"{folder}: cannot create the data folder "
+                               f"({exc.strerror or exc}); point MINICNN_DATA or root= at a "
+                               "writable folder") from None
         for stem in (s for s, p in found.items() if p is None):
             for base in _mirror_list(mirrors, spec):
                 url = f"{base.rstrip('/')}/{stem}.gz"

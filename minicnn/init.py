@@ -51,18 +51,44 @@ def set_rng_state(state: dict) -> None:
     _host_rng.bit_generator.state = state
 
 
+_placeholders: ContextVar[bool] = ContextVar("minicnn_placeholders", default=False)
+
+
+@contextmanager
+def placeholders() -> Iterator[None]:
+    """Inside this block (in this thread) every initializer here returns a placeholder: an
+    array of the right shape and dtype that takes no memory (all strides 0), so a model can be
+    built from an untrusted description and its shapes checked before anything is allocated."""
+    token = _placeholders.set(True)
+    try:
+        yield
+    finally:
+        _placeholders.reset(token)
+
+
+def is_placeholder(a: Any) -> bool:
+    """True for an array made inside ``placeholders()``."""
+    return isinstance(a, numpy.ndarray) and a.size > 1 and not any(a.strides)
+
+
+def _new(shape: tuple[int, ...], dtype: Any, make: Any) -> Any:
+    """``make()`` on the active backend in ``dtype`` (default float32), or a placeholder."""
+    dtype = dtype or backend.default_dtype
+    if _placeholders.get():
+        return numpy.broadcast_to(numpy.zeros((), dtype=dtype), tuple(shape))
+    return backend.xp.asarray(make(), dtype=dtype)
+
+
 def he_normal(shape: tuple[int, ...], fan_in: int, dtype: Any = None) -> Any:
     """He (Kaiming) normal init for ReLU nets: N(0, 2 / fan_in), on the active backend."""
     std = math.sqrt(2.0 / fan_in)
-    w = _host_rng.normal(0.0, std, size=shape)
-    return backend.xp.asarray(w, dtype=dtype or backend.default_dtype)
+    return _new(shape, dtype, lambda: _host_rng.normal(0.0, std, size=shape))
 
 
 def glorot_uniform(shape: tuple[int, ...], fan_in: int, fan_out: int, dtype: Any = None) -> Any:
     """Glorot (Xavier) uniform init: U(-a, a) with a = sqrt(6 / (fan_in + fan_out))."""
     limit = math.sqrt(6.0 / (fan_in + fan_out))
-    w = _host_rng.uniform(-limit, limit, size=shape)
-    return backend.xp.asarray(w, dtype=dtype or backend.default_dtype)
+    return _new(shape, dtype, lambda: _host_rng.uniform(-limit, limit, size=shape))
 
 
 def kaiming_uniform(shape: tuple[int, ...], fan_in: int, dtype: Any = None) -> Any:
@@ -72,18 +98,17 @@ def kaiming_uniform(shape: tuple[int, ...], fan_in: int, dtype: Any = None) -> A
     reference recipe's PyTorch figures were measured with.
     """
     limit = 1.0 / math.sqrt(fan_in)
-    w = _host_rng.uniform(-limit, limit, size=shape)
-    return backend.xp.asarray(w, dtype=dtype or backend.default_dtype)
+    return _new(shape, dtype, lambda: _host_rng.uniform(-limit, limit, size=shape))
 
 
 def zeros(shape: tuple[int, ...], dtype: Any = None) -> Any:
     """A new parameter array of zeros on the active backend (default dtype float32)."""
-    return backend.xp.zeros(shape, dtype=dtype or backend.default_dtype)
+    return _new(shape, dtype, lambda: numpy.zeros(shape))
 
 
 def ones(shape: tuple[int, ...], dtype: Any = None) -> Any:
     """A new parameter array of ones on the active backend (default dtype float32)."""
-    return backend.xp.ones(shape, dtype=dtype or backend.default_dtype)
+    return _new(shape, dtype, lambda: numpy.ones(shape))
 
 
 INITIALIZERS = ("kaiming_uniform", "he", "glorot")

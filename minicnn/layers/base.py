@@ -35,7 +35,7 @@ import functools
 import inspect
 from typing import Any, Callable, Iterator
 
-from minicnn import backend, modes
+from minicnn import backend, init, modes
 from minicnn.modes import grad_enabled, no_grad
 from minicnn.symbolic import SymbolicTensor
 
@@ -57,7 +57,8 @@ class Parameter:
 
     def __init__(self, data: Any, name: str = ""):
         self.data = data
-        self.grad = backend.module_of(data).zeros_like(data)
+        # a placeholder (see minicnn.init.placeholders) stays one until real data replaces it
+        self.grad = data if init.is_placeholder(data) else backend.module_of(data).zeros_like(data)
         self.name = name
 
     @property
@@ -120,7 +121,8 @@ class Layer:
         if "__init__" in cls.__dict__:
             _record_init_arguments(cls)
         cls._backward_takes_input_grad = _takes_input_grad(cls)
-        LAYER_REGISTRY[cls.__name__] = cls
+        if not cls.__name__.startswith("_"):          # private helpers are not loadable
+            LAYER_REGISTRY[cls.__name__] = cls
 
     def __init__(self) -> None:
         self.__dict__.setdefault("_init_args", {})
