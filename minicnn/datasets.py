@@ -128,12 +128,12 @@ def idx_payload(path: str | os.PathLike) -> bytes:
     """Return the file's decompressed IDX bytes (header included); gzip is detected by magic bytes."""
     try:
         with open(path, "rb") as f:
-            raw = f.read(MAX_IDX_BYTES + 1)
+            if os.fstat(f.fileno()).st_size > MAX_IDX_BYTES:
+                raise DatasetError(f"{path}: larger than {MAX_IDX_BYTES:,} bytes, the most an "
+                                   "IDX file may have here")
+            raw = f.read()
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if len(raw) > MAX_IDX_BYTES:
-        raise DatasetError(f"{path}: larger than {MAX_IDX_BYTES:,} bytes, the most an IDX file "
-                           "may have here")
     try:
         return _decompress(raw)
     except DatasetError as exc:

@@ -36,7 +36,7 @@ def check_model_description(entry: Any) -> None:
         if entry["class"] not in MODEL_CLASSES:
             continue
         if depth > MAX_DEPTH:
-            raise ValueError(f"{where}: models nested more than {MAX_DEPTH} deep")
+            raise ValueError(f"models nested more than {MAX_DEPTH} deep")
         config = entry["config"]
         _check_shape(config.get("input_shape"), f"{where}.input_shape",
                      optional=entry["class"] == "Sequential")
@@ -48,7 +48,7 @@ def check_model_description(entry: Any) -> None:
         if len(children) > MAX_LAYERS:
             raise ValueError(f"{where}: more than {MAX_LAYERS:,} layers")
         for i, child in enumerate(children):
-            child_where = f"{where}.{key}[{i}]"
+            child_where = f"{where}.{key}[{i}]" if len(where) < 120 else f"...{key}[{i}]"
             _check_entry(child, child_where)
             if key == "nodes":
                 _check_inputs(child.get("inputs"), i, child_where)
