@@ -8,13 +8,19 @@ grey+alpha, RGB, RGBA; every row filter) and 8-bit PGM (binary P5 and text P2)::
 """
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from pathlib import Path
 
 import numpy
 
-__all__ = ["read_image"]
+__all__ = ["read_image", "MAX_IMAGE_PIXELS", "MAX_IMAGE_BYTES"]
+
+MAX_IMAGE_PIXELS = 4096 * 4096
+"""Largest image (width x height) decoded; checked from the header, before any pixel data."""
+MAX_IMAGE_BYTES = 64 << 20
+"""Largest image file read."""
 
 
 def read_image(path: str | Path) -> numpy.ndarray:
@@ -22,7 +28,11 @@ def read_image(path: str | Path) -> numpy.ndarray:
     as uint8 grey levels (H, W); colours become grey as 0.299 R + 0.587 G + 0.114 B."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size > MAX_IMAGE_BYTES:
+                raise ValueError(f"{path}: larger than {MAX_IMAGE_BYTES:,} bytes, the most an "
+                                 "image file may have here")
+            data = f.read()
     except OSError as exc:
         raise ValueError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:
@@ -54,6 +64,7 @@ def _decode_pgm(data: bytes) -> numpy.ndarray:
         fields.append(int(data[pos:end]))
         pos = end
     width, height, maxval = fields
+    _check_size(width, height)
     if not 0 < maxval < 256:
         raise ValueError(f"only 8-bit PGM is supported, maxval is {maxval}")
     if binary:
@@ -91,8 +102,10 @@ def _decode_png(data: bytes) -> numpy.ndarray:
         raise ValueError(f"only 8-bit non-interlaced grey/RGB(A) PNG is supported (bit depth "
                          f"{depth}, colour type {colour}, interlace {interlace})")
     channels = _PNG_CHANNELS[colour]
-    raw = zlib.decompress(b"".join(idat))
+    _check_size(width, height)
     stride = width * channels
+    inflater = zlib.decompressobj()                # never past the size the header declares
+    raw = inflater.decompress(b"".join(idat), height * (stride + 1) + 1)
     if len(raw) != height * (stride + 1):
         raise ValueError(f"expected {height * (stride + 1)} bytes of pixel data, found {len(raw)}")
     rows = numpy.frombuffer(raw, numpy.uint8).reshape(height, stride + 1)
@@ -102,6 +115,12 @@ def _decode_png(data: bytes) -> numpy.ndarray:
     else:
         grey = image[..., 0]
     return numpy.round(grey).astype(numpy.uint8)
+
+
+def _check_size(width: int, height: int) -> None:
+    if width < 1 or height < 1 or width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(f"image of {width}x{height} pixels; expected 1 to "
+                         f"{MAX_IMAGE_PIXELS:,} pixels")
 
 
 def _unfilter(rows: numpy.ndarray, bpp: int) -> numpy.ndarray:

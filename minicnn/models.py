@@ -96,6 +96,9 @@ class Network(Layer):
         if not hasattr(x, "shape") or not hasattr(x, "dtype"):
             raise TypeError(f"{type(self).__name__}: expected an array (N, ...), got "
                             f"{type(x).__name__}")
+        if x.ndim == 0 or x.shape[0] == 0:
+            raise ValueError(f"{type(self).__name__}: expected a batch of at least one sample "
+                             f"(N, ...), got shape {tuple(x.shape)}")
         params = self.parameters()
         if params:
             xp = backend.get_array_module(params[0].data)

@@ -283,3 +283,34 @@ def test_backend_names_are_validated():
     with pytest.raises(ValueError, match=r"unknown backend 'bogus'.*numpy.*cupy"):
         minicnn.set_backend("bogus")
     assert minicnn.get_backend() == "numpy"
+
+
+# =========================================================================== inputs at inference
+
+def _ref_like():
+    return Sequential([Conv2D(1, 2, 3, padding=1), ReLU(), Flatten(), Dense(2 * 6 * 6, 3)],
+                      input_shape=(1, 6, 6))
+
+
+@pytest.mark.parametrize("call", ["predict", "evaluate", "fit"])
+def test_non_finite_inputs_are_refused_naming_the_sample(call):
+    model = _ref_like()
+    x = randn(5, 6, 6)
+    x[3, 2, 1] = np.nan
+    y = np.arange(5) % 3
+    run = {"predict": lambda: model.predict(x), "evaluate": lambda: model.evaluate((x, y)),
+           "fit": lambda: model.fit((x, y), epochs=1, progress=False,
+                                    optimizer=minicnn.optim.SGD(model.parameters(), 0.1))}[call]
+    with pytest.raises(ValueError, match=r"DataLoader: the images hold NaN or inf \(first in "
+                                         r"sample 3\)"):
+        run()
+
+
+def test_empty_batches_and_non_arrays_name_the_model():
+    model = _ref_like()
+    with pytest.raises(ValueError, match=r"Sequential: expected a batch of at least one sample "
+                                         r"\(N, \.\.\.\), got shape \(0, 1, 6, 6\)"):
+        model.forward(np.zeros((0, 1, 6, 6), np.float32))
+    with pytest.raises(TypeError, match="Sequential: expected an array .*got list"):
+        model([1.0, 2.0, 3.0])
+    assert Flatten().forward(np.zeros((0, 2, 3), np.float32)).shape == (0, 6)

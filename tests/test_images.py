@@ -85,3 +85,29 @@ def test_read_image_errors(tmp_path):
     (tmp_path / "cut.png").write_bytes(good[:40])
     with pytest.raises(ValueError, match="cut.png"):
         read_image(tmp_path / "cut.png")
+
+
+def _png_chunks(width: int, height: int, idat: bytes) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + \
+            struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0,
+                                                             0, 0, 0)) + \
+        chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_an_image_too_large_is_refused_from_its_header(tmp_path):
+    path = tmp_path / "huge.png"
+    path.write_bytes(_png_chunks(100_000, 100_000, zlib.compress(b"\0" * 100)))
+    with pytest.raises(ValueError, match=r"huge.png: bad image file \(image of 100000x100000"):
+        read_image(path)
+
+
+def test_a_png_bomb_inflates_no_further_than_its_header_allows(tmp_path):
+    """A 28x28 header with 64 MB of compressed zeros behind it: inflating stops at 28*29 + 1."""
+    inflated = zlib.compressobj(1)
+    idat = b"".join(inflated.compress(bytes(1 << 20)) for _ in range(64)) + inflated.flush()
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png_chunks(28, 28, idat))
+    with pytest.raises(ValueError, match="bomb.png: bad image file .*expected 812 bytes"):
+        read_image(path)

@@ -314,7 +314,8 @@ class Layer:
 
     # --- graph building and printing ----------------------------------------------------
     def __call__(self, *inputs: Any, **kwargs: Any) -> Any:
-        if len(inputs) == 1 and isinstance(inputs[0], list | tuple):
+        if len(inputs) == 1 and isinstance(inputs[0], list | tuple) and inputs[0] and \
+                all(isinstance(t, SymbolicTensor) for t in inputs[0]):
             inputs = tuple(inputs[0])          # Add()([a, b]) as in Keras
         if inputs and all(isinstance(t, SymbolicTensor) for t in inputs):
             return SymbolicTensor.from_layer(self, inputs)

@@ -20,7 +20,7 @@ class Flatten(Layer):
             raise ValueError(f"{self.label()}: expected at least a 2-D input (N, ...), "
                              f"got shape {tuple(x.shape)}")
         self.save_for_backward(tuple(x.shape))
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
     def backward(self, grad_out: Any) -> Any:
         (shape,) = self.pop_saved()
