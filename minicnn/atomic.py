@@ -5,18 +5,41 @@ Every file minicnn writes (checkpoints, data set files, metrics, plots) goes thr
 (``.<name>.<random>.tmp``), flushed and fsynced, given normal permissions, renamed over the
 target with ``os.replace`` (atomic on POSIX and Windows), and then the folder itself is
 fsynced so the rename survives a power cut. If writing fails, or is interrupted (Ctrl-C),
-the temporary file is removed and the target is left as it was.
+the temporary file is removed and the target is left as it was. A process killed outright
+(kill -9) cannot clean up: the next write of the same target removes such leftovers (one
+writer per target is assumed).
 
 This module imports nothing from minicnn, so any module may use it.
 """
 from __future__ import annotations
 
+import glob
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-__all__ = ["atomic_write", "atomic_write_bytes"]
+__all__ = ["atomic_write", "atomic_write_bytes", "remove_leftovers"]
+
+_RANDOM_PART = re.compile(r"[a-z0-9_]{8}")     # what tempfile.mkstemp puts in the name
+
+
+def remove_leftovers(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files an earlier, killed write of ``path`` left beside it
+    (``.<name>.<random>.tmp``); returns what was removed."""
+    path = Path(path)
+    prefix = f".{path.name}."
+    removed = []
+    for name in glob.glob(glob.escape(str(path.parent / prefix)) + "*.tmp"):
+        middle = Path(name).name[len(prefix):-len(".tmp")]
+        if _RANDOM_PART.fullmatch(middle):
+            try:
+                os.unlink(name)
+                removed.append(Path(name))
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -51,6 +74,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object],
             os.fsync(f.fileno())
         os.chmod(tmp, mode)         # mkstemp creates the file private (0600)
         os.replace(tmp, path)
+        remove_leftovers(path)
     except BaseException:
         try:
             os.unlink(tmp)

@@ -107,3 +107,16 @@ def test_imports_nothing_from_minicnn():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_write_removes_leftovers_of_an_earlier_killed_write(tmp_path):
+    target = tmp_path / "last.npz"
+    stale = [tmp_path / ".last.npz.abcd1234.tmp", tmp_path / ".last.npz.zz_9qq00.tmp"]
+    keep = [tmp_path / ".last.npz.not-random.tmp", tmp_path / ".model.npz.abcd1234.tmp",
+            tmp_path / "last.npz.abcd1234.tmp"]
+    for p in stale + keep:
+        p.write_bytes(b"half")
+    atomic.atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in keep)
