@@ -94,10 +94,10 @@ def test_optimizer_state_round_trip(tmp_path):
 
 # --------------------------------------------------------------------------- resume
 
-def _run(path, epochs=3, stop_at=None, resume=False):
+def _run(path, epochs=3, stop_at=None, resume=False, workers=None, build=small_model):
     """Seeded training of small_model with dropout and augmentation; SIGINT at ``stop_at``."""
     minicnn.manual_seed(0)
-    model = small_model()
+    model = build()
     opt = minicnn.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     x, y = toy_data()
     loader = data.DataLoader(x, y, batch_size=32, seed=0, augment=data.RandomShift(1),
@@ -110,7 +110,7 @@ def _run(path, epochs=3, stop_at=None, resume=False):
                 signal.raise_signal(signal.SIGINT)
     history = train.fit(model, loader, epochs, opt, val_data=toy_data(40, seed=1),
                         schedule=schedule, callbacks=[Interrupt()], checkpoint=path,
-                        resume=resume, progress=False, log_every=3)
+                        resume=resume, progress=False, log_every=3, workers=workers)
     return model, history
 
 
@@ -132,6 +132,23 @@ def test_resume_is_bit_identical(tmp_path, stop_at):
     assert _without_timings(history) == _without_timings(full_history)
     saved = load_checkpoint(tmp_path / "part.npz").meta["training"]
     assert saved["epoch"] == 3 and saved["step"] == 21
+
+
+def test_resume_with_another_worker_count_differs_by_rounding_only(tmp_path):
+    """Bit-identical needs the same number of replicas: with another, each batch's gradient
+    is summed in another order (and Dropout, absent here, would draw other masks)."""
+    def build():
+        return Sequential([Conv2D(1, 4, 3), ReLU(), MaxPool2D(2), Flatten(), Dense(100, 3)],
+                          input_shape=(1, 12, 12))
+    full, _ = _run(tmp_path / "full.npz", workers=2, build=build)
+    _run(tmp_path / "part.npz", stop_at=9, workers=2, build=build)
+    same, _ = _run(tmp_path / "part.npz", resume=True, workers=2, build=build)
+    _run(tmp_path / "part1.npz", stop_at=9, workers=2, build=build)
+    other, _ = _run(tmp_path / "part1.npz", resume=True, workers=1, build=build)
+    for (name, a), (_, b), (_, c) in zip(full.named_parameters(), same.named_parameters(),
+                                         other.named_parameters()):
+        assert np.array_equal(a.data, b.data), name
+        np.testing.assert_allclose(c.data, a.data, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 def test_resume_needs_a_training_checkpoint(tmp_path):
