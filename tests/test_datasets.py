@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -205,6 +206,16 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body, length = route
         self.send_response(200)
+        if callable(body):            # a stream of chunks, no length: until the client quits
+            self.end_headers()
+            try:
+                for chunk in body():
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            self.close_connection = True
+            return
         self.send_header("Content-Length", str(length))
         self.end_headers()
         self.wfile.write(body)
@@ -337,3 +348,47 @@ def test_fashion_offline_error(tmp_path, refused_url, monkeypatch):
     msg = str(err.value)
     assert "Fashion-MNIST" in msg and str(tmp_path / "fashion-mnist") in msg
     assert "apt-get install dataset-fashion-mnist" in msg and "cannot connect" in msg
+
+
+# --------------------------------------------------------------------------- download budgets
+
+def _endless(pause: float = 0.0):
+    def chunks():
+        while True:
+            yield b"\0" * (1 << 16)
+            if pause:
+                time.sleep(pause)
+    return chunks
+
+
+def test_a_response_too_large_is_stopped(tmp_path, server, real_mnist, monkeypatch):
+    monkeypatch.setattr(ds, "MAX_DOWNLOAD_BYTES", 1 << 20)
+    server.routes[f"/endless/{LABELS}.gz"] = (_endless(), None)
+    msg = _bad_download(tmp_path / "a", real_mnist, f"{server.url}/endless/")
+    assert f"{LABELS}.gz: more than 1,048,576 bytes; stopped" in msg
+    monkeypatch.setattr(ds, "MAX_DOWNLOAD_BYTES", 10_000)
+    url = serve(server, "big", real_labels(real_mnist))
+    msg = _bad_download(tmp_path / "b", real_mnist, url)
+    assert "the server announces 28,881 bytes, more than the 10,000 allowed" in msg
+
+
+def test_a_slow_server_meets_the_deadline(tmp_path, server, real_mnist, monkeypatch):
+    monkeypatch.setattr(ds, "DOWNLOAD_DEADLINE", 0.5)
+    server.routes[f"/slow/{LABELS}.gz"] = (_endless(pause=0.1), None)
+    started = time.monotonic()
+    msg = _bad_download(tmp_path, real_mnist, f"{server.url}/slow/")
+    assert "not done after 0 s" in msg or "not done after 1 s" in msg
+    assert time.monotonic() - started < 5
+
+
+def test_plain_http_is_refused_except_to_this_machine(tmp_path, real_mnist, monkeypatch):
+    msg = _bad_download(tmp_path, real_mnist, "http://mirror.example.org/mnist/")
+    assert "refusing http URL: downloads need https" in msg
+    assert all(m.startswith("https://") for spec in ds._SPECS.values() for m in spec.mirrors)
+
+
+def test_a_data_folder_that_cannot_be_made_is_a_dataset_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(DatasetError, match=r"a-file/mnist: cannot create the data folder"):
+        ds.dataset_files("mnist", blocker)
