@@ -2,7 +2,7 @@
 
 The file is a plain NumPy ``.npz`` archive: one array per parameter (``param/<layer>.<name>``),
 per non-trained state array (``state/<layer>.<name>``, e.g. BatchNorm running statistics) and
-per momentum buffer (``optim/velocity/<i>``), plus ``__minicnn__``, the UTF-8 bytes of a JSON
+per optimizer buffer (``optim/<buffer>/<i>``, e.g. SGD's velocity, Adam's exp_avg), plus ``__minicnn__``, the UTF-8 bytes of a JSON
 description: the model's ``config()`` (so ``load`` rebuilds it without the user's code), the
 optimizer's hyper-parameters and free-form metadata (epoch, RNG states, metrics...)::
 
@@ -100,10 +100,13 @@ def save(model: Layer, path: str | os.PathLike, optimizer: Any = None,
         "parameters": shapes, "optimizer": None, "meta": meta}
     if optimizer is not None:
         state = dict(optimizer.state_dict())
-        velocity = state.pop("velocity", [])
-        for i, v in enumerate(velocity):
-            arrays[f"optim/velocity/{i}"] = backend.to_numpy(v)
-        description["optimizer"] = dict(state, velocity=len(velocity),
+        counts = {}
+        for key in getattr(optimizer, "BUFFERS", ("velocity",)):
+            buffers = state.pop(key, [])
+            counts[key] = len(buffers)
+            for i, b in enumerate(buffers):
+                arrays[f"optim/{key}/{i}"] = backend.to_numpy(b)
+        description["optimizer"] = dict(state, buffers=counts,
                                         **{"class": type(optimizer).__name__})
     try:
         text = json.dumps(description, default=_json_default)
@@ -211,20 +214,26 @@ def _restore(model: Layer, path: Path, arrays: dict[str, numpy.ndarray]) -> None
 
 def _optimizer_state(path: Path, description: dict[str, Any],
                      arrays: dict[str, numpy.ndarray]) -> dict[str, Any] | None:
+    """The optimizer's ``state_dict`` (buffers on the active backend) and its "class", or
+    None if none was saved."""
     opt = description.get("optimizer")
     if not opt:
         return None
-    count = opt.get("velocity")
-    if type(count) is not int or not 0 <= count <= len(arrays):
-        raise CheckpointError(f"{path}: corrupt checkpoint: optimizer buffer count "
-                              f"{count!r:.20}")
+    counts = opt.get("buffers")
+    if counts is None and "velocity" in opt:          # files written before Adam existed
+        counts = {"velocity": opt["velocity"]}
+    if not isinstance(counts, dict) or not all(
+            isinstance(k, str) and type(n) is int and 0 <= n <= len(arrays)
+            for k, n in counts.items()):
+        raise CheckpointError(f"{path}: corrupt checkpoint: optimizer buffers {counts!r:.60}")
     try:
-        velocity = [backend.xp.asarray(arrays[f"optim/velocity/{i}"]) for i in range(count)]
+        buffers = {key: [backend.xp.asarray(arrays[f"optim/{key}/{i}"]) for i in range(n)]
+                   for key, n in counts.items()}
     except KeyError as exc:
         raise CheckpointError(f"{path}: corrupt checkpoint: optimizer buffer {exc} "
                               "missing") from None
-    return {k: v for k, v in opt.items() if k not in ("class", "velocity")} | {
-        "velocity": velocity}
+    hyper = {k: v for k, v in opt.items() if k not in ("buffers", "velocity")}
+    return hyper | buffers
 
 
 def _build(path: Path, description: dict[str, Any]) -> Layer:

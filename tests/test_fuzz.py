@@ -77,7 +77,11 @@ def _hostile_descriptions(d: dict) -> dict[str, object]:
     edit("version-string", lambda e: e.update({"version": "2"}))
     edit("version-future", lambda e: e.update({"version": 99}))
     edit("meta-list", lambda e: e.update({"meta": [1]}))
-    edit("optimizer-velocity-huge", lambda e: e["optimizer"].update({"velocity": 10**12}))
+    edit("optimizer-buffers-huge", lambda e: e["optimizer"].update(
+        {"buffers": {"velocity": 10**12}}))
+    edit("optimizer-buffers-list", lambda e: e["optimizer"].update({"buffers": [3]}))
+    edit("optimizer-old-velocity-huge", lambda e: (e["optimizer"].pop("buffers"),
+                                                   e["optimizer"].update({"velocity": 10**12})))
     edit("dense-30000", lambda e: e["model"]["config"]["layers"][5]["config"].update(
         {"in_features": 30000, "out_features": 30000}))
     edit("dense-30000-unchecked-shapes", lambda e: (

@@ -273,7 +273,7 @@ def test_sgd_state_dict_round_trip(settings):
     params, grads = sgd_problem()
     _, opt_a, ps_a = run_sgd(params, grads[:3], **settings)
     state = opt_a.state_dict()
-    assert set(state) == {"lr", "momentum", "nesterov", "weight_decay", "velocity"}
+    assert set(state) == {"lr", "momentum", "nesterov", "weight_decay", "velocity", "step"}
     ps_b = [Parameter(p.data.copy()) for p in ps_a]
     opt_b = SGD(ps_b, lr=1.0, momentum=0.1)         # other hyper-parameters: all restored
     opt_b.load_state_dict(state)
@@ -296,7 +296,7 @@ def test_sgd_state_dict_round_trip(settings):
 def test_sgd_load_state_dict_rejects_mismatched_buffers():
     a = SGD([Parameter(np.zeros(3))], lr=0.1, momentum=0.9)
     b = SGD([Parameter(np.zeros(4))], lr=0.1, momentum=0.9)
-    with pytest.raises(ValueError, match="momentum buffers do not match"):
+    with pytest.raises(ValueError, match="velocity buffers do not match"):
         b.load_state_dict(a.state_dict())
 
 
