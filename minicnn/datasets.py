@@ -1,8 +1,9 @@
 """MNIST and Fashion-MNIST on the host: IDX files, payload checksums, mirrored downloads.
 
 Everything here returns NumPy arrays; the training code moves batches to the active
-backend. Files are looked for under a data root (the ``root`` argument, else the
-``MINICNN_DATA`` environment variable, else the repository's ``datasets/`` folder), in
+backend. Files are looked for under a data root (``data_root``: the ``root`` argument, else the
+``MINICNN_DATA`` environment variable, else a source checkout's ``datasets/`` folder, else
+``~/.cache/minicnn``), in
 ``<root>/mnist/`` and ``<root>/fashion-mnist/``. Missing files can be downloaded from public
 mirrors (``MINICNN_MIRRORS``, comma-separated base URLs, replaces the built-in list).
 
@@ -215,9 +216,18 @@ _SPECS = {
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
-    """Return the data root: ``root``, else ``$MINICNN_DATA``, else the repo's ``datasets/``."""
-    chosen = root if root is not None else os.environ.get("MINICNN_DATA") or \
-        Path(__file__).resolve().parent.parent / "datasets"
+    """The data root: ``root``; else ``$MINICNN_DATA``; else, in a source checkout, its
+    ``datasets/`` folder; else the user's cache, ``$XDG_CACHE_HOME/minicnn`` (by default
+    ``~/.cache/minicnn``). Never a folder inside an installed package."""
+    chosen = root if root is not None else os.environ.get("MINICNN_DATA")
+    if not chosen:
+        checkout = Path(__file__).resolve().parent.parent
+        if (checkout / "pyproject.toml").is_file() and (checkout / ".git").exists() and \
+                "site-packages" not in checkout.parts:
+            chosen = checkout / "datasets"
+        else:
+            cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+            chosen = Path(cache) / "minicnn"
     return Path(os.path.abspath(Path(chosen).expanduser()))
 
 

@@ -134,6 +134,17 @@ def test_data_root_order(monkeypatch, tmp_path):
     assert ds.data_root(tmp_path / "arg") == tmp_path / "arg"
 
 
+def test_an_installed_package_keeps_data_in_the_user_cache(monkeypatch, tmp_path):
+    monkeypatch.delenv("MINICNN_DATA", raising=False)
+    installed = tmp_path / "lib" / "python3.11" / "site-packages" / "minicnn" / "datasets.py"
+    monkeypatch.setattr(ds, "__file__", str(installed))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert ds.data_root() == tmp_path / "cache" / "minicnn"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert ds.data_root() == tmp_path / "home" / ".cache" / "minicnn"
+
+
 def _fake_set(folder: Path, counts: dict[str, int], image_shape=(28, 28)) -> None:
     folder.mkdir(parents=True)
     for name in NAMES:
