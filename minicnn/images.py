@@ -1,10 +1,13 @@
-"""Image files as NumPy arrays: ``read_image`` decodes PNG and PGM into uint8 grey levels.
+"""Image files as NumPy arrays, and images fitted to a model's input.
 
-A small decoder written with the standard library (zlib, struct) and NumPy, so ``minicnn
-predict`` can classify a drawn digit without Pillow. It reads 8-bit non-interlaced PNG (grey,
-grey+alpha, RGB, RGBA; every row filter) and 8-bit PGM (binary P5 and text P2)::
+``read_image`` decodes a file into uint8 grey levels (H, W): with Pillow (the ``image`` extra)
+any format it reads, colour or grey; without it, PNG and PGM through a small decoder written
+with the standard library (zlib, struct) and NumPy. ``fit_to_input`` then makes a drawn digit
+look like an MNIST one: white on black (a light background is detected and inverted), scaled
+with its aspect ratio kept to fit the model's input size, and centred::
 
-    image = read_image("digit.png")        # uint8 (H, W)
+    grey = read_image("digit.jpg")                     # uint8 (H, W)
+    image, inverted = fit_to_input(grey, (28, 28))     # uint8 (28, 28), True if it was dark-on-light
 """
 from __future__ import annotations
 
@@ -12,10 +15,11 @@ import os
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy
 
-__all__ = ["read_image", "MAX_IMAGE_PIXELS", "MAX_IMAGE_BYTES"]
+__all__ = ["read_image", "fit_to_input", "resize", "MAX_IMAGE_PIXELS", "MAX_IMAGE_BYTES"]
 
 MAX_IMAGE_PIXELS = 4096 * 4096
 """Largest image (width x height) decoded; checked from the header, before any pixel data."""
@@ -24,9 +28,80 @@ MAX_IMAGE_BYTES = 64 << 20
 
 
 def read_image(path: str | Path) -> numpy.ndarray:
-    """Read a PNG (8-bit grey, grey+alpha, RGB or RGBA, non-interlaced) or PGM (P5/P2) image
-    as uint8 grey levels (H, W); colours become grey as 0.299 R + 0.587 G + 0.114 B."""
+    """Read an image file as uint8 grey levels (H, W); colours become grey as 0.299 R + 0.587 G
+    + 0.114 B, and transparent pixels white. With Pillow, any format it reads; without it, PNG
+    (8-bit, non-interlaced) and PGM (P5/P2). The size is checked before pixels are decoded."""
     path = Path(path)
+    try:
+        from PIL import Image
+    except ImportError:
+        return _read_builtin(path)
+    return _read_with_pillow(path, Image)
+
+
+def _read_with_pillow(path: Path, Image: Any) -> numpy.ndarray:
+    if path.is_file() and path.stat().st_size > MAX_IMAGE_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_IMAGE_BYTES:,} bytes, the most an image "
+                         "file may have here")
+    try:
+        with Image.open(path) as image:              # reads the header only
+            _check_size(*image.size)
+            if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+                rgba = image.convert("RGBA")
+                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                image = Image.alpha_composite(white, rgba)
+            return numpy.asarray(image.convert("L"), dtype=numpy.uint8).copy()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: cannot read (No such file or directory)") from None
+    except OSError as exc:                           # Pillow's UnidentifiedImageError too
+        raise ValueError(f"{path}: not an image file Pillow can read ({exc})") from None
+    except (ValueError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"{path}: bad image file ({exc})") from None
+
+
+def fit_to_input(grey: numpy.ndarray, size: tuple[int, int] = (28, 28),
+                 invert: bool | None = None) -> tuple[numpy.ndarray, bool]:
+    """``grey`` (H, W) uint8 as the model's input (size) uint8, white on black, and whether it
+    was inverted. ``invert=None`` inverts when the border is light (the median of the edge
+    pixels above 127: a dark digit on paper); the image is scaled with its aspect ratio kept so
+    its longer side fills the input, and centred on black."""
+    if invert is None:
+        border = numpy.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+        invert = bool(numpy.median(border) > 127)
+    image = 255 - grey if invert else grey
+    height, width = size
+    scale = min(height / image.shape[0], width / image.shape[1])
+    h = max(1, min(height, round(image.shape[0] * scale)))
+    w = max(1, min(width, round(image.shape[1] * scale)))
+    out = numpy.zeros(size, dtype=numpy.uint8)
+    top, left = (height - h) // 2, (width - w) // 2
+    out[top:top + h, left:left + w] = resize(image, (h, w))
+    return out, invert
+
+
+def resize(grey: numpy.ndarray, size: tuple[int, int]) -> numpy.ndarray:
+    """``grey`` (H, W) uint8 resampled to ``size`` (h, w): each output pixel is the mean of the
+    input area it covers (box filter; exact for whole-number factors), so thin strokes survive
+    shrinking."""
+    height, width = grey.shape
+    h, w = size
+    rows = _coverage(height, h)                      # (h, H): how much of each input row
+    cols = _coverage(width, w)                       # (w, W)
+    out = rows @ grey.astype(numpy.float64) @ cols.T
+    return numpy.clip(numpy.round(out), 0, 255).astype(numpy.uint8)
+
+
+def _coverage(n_in: int, n_out: int) -> numpy.ndarray:
+    """(n_out, n_in) weights: output cell i averages input cells over [i, i+1) * n_in / n_out."""
+    edges = numpy.arange(n_out + 1) * (n_in / n_out)
+    lo, hi = edges[:-1, None], edges[1:, None]
+    cells = numpy.arange(n_in)[None, :]
+    overlap = numpy.clip(numpy.minimum(hi, cells + 1) - numpy.maximum(lo, cells), 0, None)
+    return overlap / overlap.sum(axis=1, keepdims=True)
+
+
+def _read_builtin(path: Path) -> numpy.ndarray:
+    """PNG or PGM without Pillow."""
     try:
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size > MAX_IMAGE_BYTES:
@@ -42,7 +117,8 @@ def read_image(path: str | Path) -> numpy.ndarray:
             return _decode_pgm(data)
     except (ValueError, zlib.error, struct.error, IndexError) as exc:
         raise ValueError(f"{path}: bad image file ({exc})") from None
-    raise ValueError(f"{path}: not a PNG or PGM (P5/P2) image")
+    raise ValueError(f"{path}: not a PNG or PGM (P5/P2) image; other formats need Pillow "
+                     "(pip install -e \".[image]\")")
 
 
 def _decode_pgm(data: bytes) -> numpy.ndarray:
