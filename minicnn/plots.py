@@ -14,7 +14,7 @@ import numpy
 
 from minicnn.atomic import atomic_write
 
-__all__ = ["PlotUnavailable", "available", "plot_curves", "plot_confusion"]
+__all__ = ["PlotUnavailable", "available", "plot_curves", "plot_confusion", "confusion_figure"]
 
 
 class PlotUnavailable(RuntimeError):
@@ -74,19 +74,23 @@ def plot_curves(records: Sequence[dict[str, Any]], path: str | os.PathLike) -> P
     return _save(figure, path)
 
 
-def plot_confusion(matrix: Any, path: str | os.PathLike,
-                   class_names: Sequence[str] | None = None, title: str = "Confusion matrix",
-                   ) -> Path:
+def confusion_figure(matrix: Any, class_names: Sequence[str] | None = None,
+                     title: str = "Confusion matrix") -> Any:
     """A (K, K) confusion matrix (rows: true class, columns: predicted) as an annotated heat
-    map, saved as a PNG at ``path``."""
+    map on a logarithmic colour scale, so a cell of 3 errors shows beside one of 1,000 correct
+    answers; empty cells stay white. Returns the matplotlib Figure."""
+    figure = _figure(1, 1)                            # raises PlotUnavailable first
+    from matplotlib.colors import LogNorm
     matrix = numpy.asarray(matrix)
     k = matrix.shape[0]
     names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
-    figure = _figure(max(6.0, 0.6 * k + 2), max(5.0, 0.55 * k + 1.5))
+    figure.set_size_inches(max(6.0, 0.6 * k + 2), max(5.0, 0.55 * k + 1.5))
     ax = figure.add_subplot(1, 1, 1)
-    image = ax.imshow(matrix, cmap="Blues")
-    figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    threshold = matrix.max() / 2 if matrix.size else 0
+    top = max(int(matrix.max()) if matrix.size else 1, 2)
+    image = ax.imshow(numpy.ma.masked_equal(matrix, 0), cmap="Blues",
+                      norm=LogNorm(vmin=1, vmax=top))
+    figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="count (log scale)")
+    threshold = numpy.sqrt(top)                       # the middle of the log scale
     for i in range(k):
         for j in range(k):
             ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=7,
@@ -98,4 +102,11 @@ def plot_confusion(matrix: Any, path: str | os.PathLike,
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    return _save(figure, path)
+    return figure
+
+
+def plot_confusion(matrix: Any, path: str | os.PathLike,
+                   class_names: Sequence[str] | None = None, title: str = "Confusion matrix",
+                   ) -> Path:
+    """``confusion_figure(matrix, class_names, title)`` saved as a PNG at ``path``."""
+    return _save(confusion_figure(matrix, class_names, title), path)
