@@ -99,6 +99,11 @@ class Network(Layer):
         if x.ndim == 0 or x.shape[0] == 0:
             raise ValueError(f"{type(self).__name__}: expected a batch of at least one sample "
                              f"(N, ...), got shape {tuple(x.shape)}")
+        declared = self.declared_input_shape()
+        if declared is not None and tuple(x.shape[1:]) != declared:
+            raise ValueError(f"{type(self).__name__}: expected inputs of shape (N, "
+                             f"{', '.join(map(str, declared))}) as the model was built, got "
+                             f"{tuple(x.shape)}")
         params = self.parameters()
         if params:
             xp = backend.get_array_module(params[0].data)
@@ -112,6 +117,10 @@ class Network(Layer):
     @property
     def per_sample(self) -> bool:
         return all(layer.per_sample for layer in self.layers)
+
+    def declared_input_shape(self) -> tuple[int, ...] | None:
+        """The per-sample input shape the model was built for, or None if not declared."""
+        raise NotImplementedError
 
     # --- training and inference (the loops live in minicnn.train) -------------------------
     def fit(self, *args: Any, **kwargs: Any) -> train.History:
@@ -176,6 +185,9 @@ class Sequential(Network):
             input_shape = layer.output_shape(input_shape)
         return input_shape
 
+    def declared_input_shape(self) -> tuple[int, ...] | None:
+        return self.input_shape
+
     def forward_layers(self, x: Any) -> Any:
         """Run the layers in order on a batch x."""
         for layer in self.layers:
@@ -229,6 +241,9 @@ class Model(Network):
             stack.append((tensor, True))
             stack.extend((p, False) for p in reversed(tensor.parents) if id(p) not in seen)
         return [t for t in order if t.layer is not None]
+
+    def declared_input_shape(self) -> tuple[int, ...] | None:
+        return self.input_tensor.shape
 
     def _reachable_inputs(self) -> list[SymbolicTensor]:
         return [p for t in self.order for p in t.parents if p.layer is None]

@@ -247,11 +247,23 @@ def test_backward_before_forward_in_a_model_names_the_layer():
 
 
 def test_wrong_input_to_a_model_names_the_layer():
-    model = Sequential([Conv2D(1, 2, 3), Flatten()], input_shape=(1, 5, 5))
+    model = Sequential([Conv2D(1, 2, 3), Flatten()])          # no declared input shape
     with raises_naming(ValueError, "Conv2D", "conv2d_1", "1 input channels", "(2, 3, 5, 5)"):
         model.forward(randn(2, 3, 5, 5))
     with raises_naming(TypeError, "Conv2D", "floating-point", "int64"):
         model.forward(np.ones((2, 1, 5, 5), dtype=np.int64))
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_an_input_of_another_size_than_declared_names_both_shapes(graph):
+    if graph:
+        inputs = Input((1, 28, 28))
+        model = Model(inputs, Dense(784, 2)(Flatten()(inputs)))
+    else:
+        model = Sequential([Flatten(), Dense(784, 2)], input_shape=(1, 28, 28))
+    name = "Model" if graph else "Sequential"
+    with raises_naming(ValueError, name, "(N, 1, 28, 28)", "(2, 1, 32, 32)"):
+        model.forward(randn(2, 1, 32, 32))
 
 
 # =========================================================================== constructors

@@ -355,7 +355,7 @@ def layer_from_config(entry: dict[str, Any]) -> Layer:
     cls = LAYER_REGISTRY.get(name)
     if cls is None:
         raise ValueError(f"unknown layer class {name!r}: import the module that defines it "
-                         "before loading")
+                         "before loading (on the command line: --import MODULE)")
     config = {k: layer_from_config(v) if isinstance(v, dict) and "class" in v else v
               for k, v in entry["config"].items()}
     config = {k: tuple(v) if isinstance(v, list) and k != "layers" and k != "nodes" else v
