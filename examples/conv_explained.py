@@ -16,9 +16,17 @@ Strictly speaking this is *cross-correlation*. A true convolution, as defined in
 and signal processing, flips the kernel (rows and columns) before sliding it. CNNs learn their
 filters, so they do not care whether the learned filter is stored flipped, and every deep
 learning framework computes cross-correlation and calls it convolution. The second half of
-this script shows the difference on a kernel that is not symmetric.
+this script shows the difference on a kernel that is not symmetric, and with ``--out DIR``
+draws it as DIR/correlation_vs_convolution.png (needs matplotlib):
+
+    python examples/conv_explained.py --out pictures
 """
 from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -155,7 +163,21 @@ def grid(a: np.ndarray, indent: str = "    ") -> str:
     return "\n".join(indent + " ".join(f"{v:>{width}}" for v in row) for row in values)
 
 
-def main() -> None:
+def draw(out_dir: str | Path) -> Path:
+    """Write out_dir/correlation_vs_convolution.png: IMAGE, ASYMMETRIC, the kernel flipped, and
+    their cross-correlation beside their true convolution (minicnn.visualize draws it)."""
+    from minicnn import visualize
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figure = visualize.correlation_vs_convolution(IMAGE, ASYMMETRIC)
+    return visualize.save(figure, out / "correlation_vs_convolution.png")
+
+
+def main(argv: Sequence[str] = ()) -> None:
+    parser = argparse.ArgumentParser(description="What a convolution layer computes.")
+    parser.add_argument("--out", metavar="DIR",
+                        help="also draw DIR/correlation_vs_convolution.png")
+    args = parser.parse_args(list(argv))
     print("The image (5x5):")
     print(grid(IMAGE))
     print("The filter (3x3):")
@@ -224,7 +246,13 @@ def main() -> None:
     print(f"      np.correlate(a, v[::-1]) {corr1d_flipped.tolist()}")
     print("\nA CNN learns its filters, so it would simply learn the flipped one: the name")
     print("'convolution' stuck, the arithmetic is cross-correlation.")
+    if args.out:
+        from minicnn.plots import PlotUnavailable
+        try:
+            print(f"\nwrote {draw(args.out)}")
+        except PlotUnavailable as exc:
+            sys.exit(f"conv_explained.py: {exc}")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

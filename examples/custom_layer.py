@@ -63,6 +63,12 @@ class Scale(Layer):
         self.s.grad += xp.sum(grad_out * x, axis=(0, 2, 3), keepdims=True)   # add, not assign
         return grad_out * self.s.data
 
+    def to_onnx(self, ctx, inputs):
+        """Optional, for ``minicnn.export_onnx``: y = x * s as one ONNX Mul by a constant.
+        ``inputs`` are the names of the input values; return the name of the output."""
+        s = ctx.add_initializer(f"{ctx.name}.s", self.s.data)     # named e.g. "scale_1.s"
+        return ctx.add_node("Mul", [inputs[0], s], [ctx.name])[0]
+
 
 def check_gradients(verbose: bool = True) -> dict[str, float]:
     """Compare Scale's backward with central differences (in float64); raises if wrong."""

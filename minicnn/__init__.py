@@ -15,9 +15,10 @@ from minicnn.gradcheck import GradientCheckError, gradcheck
 from minicnn.init import manual_seed
 from minicnn.layers.base import no_grad
 from minicnn.models import Input, Model, Sequential
+from minicnn.onnx_export import ExportError, export_onnx
 
 __version__ = "0.1.0"
 
 __all__ = ["layers", "losses", "optim", "set_backend", "get_backend", "BackendError",
            "gradcheck", "GradientCheckError", "manual_seed", "Input", "Model", "Sequential",
-           "save", "load", "CheckpointError", "no_grad"]
+           "save", "load", "CheckpointError", "no_grad", "export_onnx", "ExportError"]

@@ -2,15 +2,17 @@
 
     minicnn train --dataset mnist --model ref-cnn --epochs 3 --out runs/ref-cnn-mnist
     minicnn train --out runs/ref-cnn-mnist --resume
+    mpiexec -n 2 minicnn train            # data-parallel over 2 processes (minicnn.distributed)
     minicnn evaluate runs/ref-cnn-mnist/model.npz
     minicnn predict runs/ref-cnn-mnist/model.npz digit.png 0 1 2
     minicnn summary --model lenet5
+    minicnn export runs/ref-cnn-mnist/model.npz model.onnx --include-preprocessing
 
 A run directory holds ``last.npz`` (the resumable training checkpoint, rewritten after every
 epoch and on Ctrl-C), ``model.npz`` (the finished model, written at the end), ``metrics.jsonl``
 (one JSON line per epoch) and, when matplotlib is installed, ``curves.png`` and
 ``confusion.png``. Errors print one line to stderr and exit with status 1 (2 for bad usage,
-130 after Ctrl-C); set MINICNN_DEBUG=1 for a traceback.
+130 after Ctrl-C); --debug (or MINICNN_DEBUG=1) shows a traceback.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from typing import Any, Sequence
 import numpy
 
 import minicnn
-from minicnn import allocator, backend, plots, zoo
+from minicnn import allocator, backend, distributed, plots, zoo
 from minicnn.atomic import atomic_write_bytes
 from minicnn.checkpoint import CheckpointError, load_checkpoint, save
 from minicnn.data import DataLoader, Normalize, RandomShift, transform_from_config
@@ -120,7 +122,24 @@ def _write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train alone, or as one rank of ``mpiexec -n N minicnn train`` (data-parallel, see
+    minicnn.distributed): a rank that fails prints one line and aborts every rank."""
     _set_backend(args.backend)
+    try:
+        comm = distributed.init(args.distributed or "auto")
+    except distributed.DistributedError as exc:
+        raise CLIError(str(exc)) from None
+    if comm.size < 2:
+        return _train(args, comm)
+    return distributed.run_rank(lambda: _train(args, comm), comm, "minicnn train", (
+        CLIError, CheckpointError, DatasetError, TrainingError, minicnn.BackendError,
+        plots.PlotUnavailable, OSError, ValueError),
+        debug=bool(os.environ.get("MINICNN_DEBUG")) or "--debug" in sys.argv)
+
+
+def _train(args: argparse.Namespace, comm: distributed.Communicator) -> int:
+    """cmd_train's run; with several ranks only rank 0 prints and writes files."""
+    root = comm.is_root
     model_name, dataset = args.model or "ref-cnn", args.dataset or "mnist"
     out = Path(args.out or f"runs/{model_name}-{dataset}")
     last = out / LAST
@@ -137,6 +156,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CLIError(f"{out} already holds a run ({last}); pass --resume to continue it, or "
                        "choose another --out")
     s = _resolve(args, saved)
+    if s["batch_size"] % comm.size:
+        raise CLIError(f"--batch-size {s['batch_size']} does not split evenly among "
+                       f"{comm.size} ranks; use a multiple of {comm.size}")
     (x, y), (xt, yt) = _load_dataset(s["dataset"], args.data_root)
     if s["limit"]:
         x, y = x[:s["limit"]], y[:s["limit"]]
@@ -155,22 +177,29 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     metrics = out / METRICS
-    _write_metrics(metrics, records)            # on resume: drop epochs after the checkpoint
+    if root:
+        _write_metrics(metrics, records)        # on resume: drop epochs after the checkpoint
 
     def log_epoch(record: dict[str, Any]) -> None:
         records.append(record)
         _write_metrics(metrics, records)
 
     meta = {"run": s, "dataset": s["dataset"], "model_name": s["model"], "classes": classes,
-            "transform": loader.transform.config()}
-    _say(f"training {s['model']} on {s['dataset']} ({len(x)} train / {len(xt)} test images, "
-         f"{s['epochs']} epoch{'s' * (s['epochs'] > 1)}, backend {backend.name}) -> {out}")
+            "transform": loader.transform.config(), "ranks": comm.size}
+    ranks = f", {comm.size} ranks ({comm.name})" if comm.size > 1 else ""
+    if root:
+        _say(f"training {s['model']} on {s['dataset']} ({len(x)} train / {len(xt)} test images, "
+             f"{s['epochs']} epoch{'s' * (s['epochs'] > 1)}, backend {backend.name}{ranks}) -> "
+             f"{out}")
     history = fit(model, loader, s["epochs"], optimizer, val_data=(xt, yt), schedule=schedule,
-                  callbacks=[log_epoch], checkpoint=last, resume=bool(args.resume), meta=meta,
-                  progress=not args.quiet)
+                  callbacks=[log_epoch] if root else [], checkpoint=last,
+                  resume=bool(args.resume), meta=meta, progress=not args.quiet, comm=comm)
     if history.stopped == "interrupted":
-        _say(f"resume with: minicnn train --out {out} --resume")
+        if root:
+            _say(f"resume with: minicnn train --out {out} --resume")
         return 130
+    if not root:
+        return 0
     final = history.records[-1] if history.records else {}
     save(model, out / FINAL, test_loss=final.get("val_loss"), test_acc=final.get("val_acc"),
          history=history.records, **meta)
@@ -292,6 +321,18 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a checkpoint's model as an ONNX file (see minicnn.onnx_export)."""
+    from minicnn.onnx_export import DEFAULT_OPSET, export_onnx
+    ckpt = load_checkpoint(args.checkpoint)
+    path = export_onnx(ckpt, args.out, opset=args.opset,
+                       include_preprocessing=args.include_preprocessing)
+    pixels = "uint8 pixels, preprocessed inside" if args.include_preprocessing else "float32"
+    print(f"wrote {path} ({path.stat().st_size:,} bytes, ONNX opset "
+          f"{args.opset or DEFAULT_OPSET}, input {pixels})")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     try:
         from minicnn.tools import bench
@@ -306,12 +347,54 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return int(bench.run(bench_args) or 0)
 
 
+# --------------------------------------------------------------------------- visualize
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    """Write filters.png, feature_maps.png, im2col.png and correlation_vs_convolution.png for
+    one image (a file, or a test-set index), preprocessed as the model was trained."""
+    from minicnn import visualize
+    _set_backend(args.backend)
+    path = Path(args.checkpoint)
+    if path.is_dir():
+        path = path / FINAL
+        if not path.is_file():
+            raise CLIError(f"{args.checkpoint}: the folder holds no {FINAL}")
+    if not plots.available():
+        raise CLIError('matplotlib is not installed: pip install -e ".[plot]"')
+    ckpt = load_checkpoint(path)
+    in_shape = tuple(getattr(ckpt.model, "input_shape", None) or (1, 28, 28))
+    label, dataset = None, None
+    if Path(args.image).exists() or not args.image.lstrip("-").isdigit():
+        try:
+            image = read_image(args.image)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        if (1,) + image.shape != in_shape:
+            raise CLIError(f"{args.image}: image is {image.shape[1]}x{image.shape[0]} pixels, "
+                           f"the model expects {in_shape[2]}x{in_shape[1]} grey images")
+    else:
+        meta = dict(ckpt.meta, dataset=ckpt.meta.get("dataset") or "mnist")
+        dataset, xt, yt = _test_set(meta, args)
+        index = int(args.image)
+        if not 0 <= index < len(xt):
+            raise CLIError(f"test-set index {index} is out of range 0..{len(xt) - 1}")
+        image, label = xt[index], int(yt[index])
+    x = transform_from_config(ckpt.meta.get("transform"))(image.reshape((1,) + in_shape))
+    names = _class_names(ckpt.meta, int(ckpt.model.output_shape(in_shape)[-1]), dataset)
+    out = Path(args.out) if args.out else path.parent
+    written = visualize.write_pictures(ckpt.model, x, out, names, label)
+    print(f"wrote {out}/ ({', '.join(p.name for p in written)})")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser, main
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="minicnn", description="Train and use small CNNs on MNIST and "
                      "Fashion-MNIST with minicnn.")
     parser.add_argument("--version", action="version", version=f"minicnn {minicnn.__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an unexpected error (anywhere on the line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     r = zoo.REFERENCE_RECIPE
 
@@ -339,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--test-limit", type=_positive, metavar="N",
                    help="evaluate on the first N test images")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--distributed", nargs="?", const="on", choices=("on", "mpi", "nccl", "off"),
+                   help="data-parallel over MPI ranks (default: when started by mpiexec; "
+                   "alone or 'on': mpi on numpy, nccl on cupy; off: ignore mpiexec)")
     common(t)
     t.set_defaults(func=cmd_train)
 
@@ -365,6 +451,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", choices=zoo.MODELS, required=True)
     s.set_defaults(func=cmd_summary)
 
+    x = sub.add_parser("export", help="write a checkpoint's model as an ONNX file")
+    x.add_argument("checkpoint", metavar="MODEL", help="a .npz checkpoint")
+    x.add_argument("out", metavar="OUT", help="the .onnx file to write")
+    x.add_argument("--opset", type=_positive, metavar="N", help="ONNX opset (default "
+                   f"{minicnn.onnx_export.DEFAULT_OPSET})")
+    x.add_argument("--include-preprocessing", action="store_true",
+                   help="take uint8 pixels and apply the checkpoint's input transform inside")
+    x.set_defaults(func=cmd_export)
+
+    v = sub.add_parser("visualize", help="filters, feature maps and im2col as PNG pictures")
+    v.add_argument("checkpoint", metavar="MODEL", help="a .npz checkpoint or a run folder")
+    v.add_argument("--image", default="0", metavar="INDEX|FILE",
+                   help="a test-set index (default 0) or a PNG/PGM file")
+    v.add_argument("--out", metavar="DIR", help="where to write (default: the model's folder)")
+    v.add_argument("--dataset", choices=DATASETS, help="test set for an index (default: the "
+                   "checkpoint's)")
+    common(v)
+    v.set_defaults(func=cmd_visualize)
+
     b = sub.add_parser("bench", help="time training and inference steps (see minicnn bench "
                        "--help)", add_help=False)
     b.set_defaults(func=cmd_bench)            # its options are parsed by minicnn.tools.bench
@@ -374,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default sys.argv[1:]); return the exit status."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or bool(os.environ.get("MINICNN_DEBUG"))
+    argv = [a for a in argv if a != "--debug"]     # accepted anywhere on the line
     try:
         args, extra = parser.parse_known_args(argv)
         if getattr(args, "command", None) == "bench":
@@ -397,8 +505,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141
     except (CLIError, CheckpointError, DatasetError, TrainingError, minicnn.BackendError,
             plots.PlotUnavailable, OSError, ValueError) as exc:
-        if os.environ.get("MINICNN_DEBUG"):
+        if debug:
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
         _say(f"minicnn {args.command}: error: {message}")
+        return 1
+    except Exception as exc:                   # a bug: one line, the traceback on request
+        if debug:
+            raise
+        message = " ".join(str(exc).split())[:300]
+        _say(f"minicnn {args.command}: internal error: {type(exc).__name__}: {message} "
+             "(run again with --debug for the traceback)")
         return 1

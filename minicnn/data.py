@@ -135,18 +135,25 @@ class DataLoader:
     (default ``ToFloat``: uint8 / 255); ``augment`` (e.g. ``RandomShift(2)``) runs before it.
     ``seed`` fixes the order; None draws one from the global generator (``manual_seed``).
     ``backend_name`` ('numpy' or 'cupy') is where batches go; None: the global backend.
+    ``shard=(rank, size)``: yield only rank's part of every batch (distributed training: every
+    rank draws the same order and batch b's samples are split among the ranks in order).
     """
 
     def __init__(self, x: Any, y: Any = None, batch_size: int = 128, shuffle: bool = True,
                  seed: int | None = None, drop_last: bool = False,
                  transform: Callable[[Any], Any] | None = None, augment: Any = None,
-                 backend_name: str | None = None):
+                 backend_name: str | None = None, shard: tuple[int, int] | None = None):
         x = backend.to_numpy(x)
         if x.ndim == 3:
             x = x[:, None]
         if x.ndim != 4:
             raise ValueError(f"DataLoader: expected images (N, H, W) or (N, C, H, W), got "
                              f"shape {x.shape}")
+        if x.dtype.kind not in "uif":
+            raise TypeError(f"DataLoader: expected images of numbers, got dtype {x.dtype}")
+        if x.dtype.kind == "f" and not numpy.isfinite(x).all():
+            bad = int((~numpy.isfinite(x)).reshape(len(x), -1).any(axis=1).argmax())
+            raise ValueError(f"DataLoader: the images hold NaN or inf (first in sample {bad})")
         if y is not None:
             y = backend.to_numpy(y)
             if y.ndim != 1 or len(y) != len(x):
@@ -171,6 +178,24 @@ class DataLoader:
         self._position = 0                      # batches already yielded in the current epoch
         self._resume_position = 0
         self._device: tuple[str, Any, Any] | None = None
+        self.shard: tuple[int, int] | None = None
+        if shard is not None:
+            self.set_shard(*shard)
+
+    def set_shard(self, rank: int, size: int) -> None:
+        """From now on yield rank's part of every batch: rows [b*r//size, b*(r+1)//size) of a
+        batch of b; the batch size must divide by ``size`` (a short last batch is split as
+        evenly as it goes, and must hold at least ``size`` samples)."""
+        if not 0 <= rank < size:
+            raise ValueError(f"DataLoader: shard rank {rank} is outside 0..{size - 1}")
+        if self.batch_size % size:
+            raise ValueError(f"batch size {self.batch_size} does not split evenly among {size} "
+                             f"ranks; use a multiple of {size}")
+        last = 0 if self.drop_last else len(self.x) % self.batch_size
+        if 0 < last < size:
+            raise ValueError(f"the last batch holds {last} samples, too few for {size} ranks; "
+                             "change the batch size or the number of samples")
+        self.shard = (rank, size) if size > 1 else None
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -202,10 +227,14 @@ class DataLoader:
             shifts = xp.asarray(shifts)
         try:
             for b in range(start, len(self)):
-                index = order[b * bs:(b + 1) * bs]
+                lo, hi = b * bs, min((b + 1) * bs, n)
+                if self.shard is not None:     # this rank's rows of the global batch
+                    (rank, size), count = self.shard, hi - lo
+                    lo, hi = lo + count * rank // size, lo + count * (rank + 1) // size
+                index = order[lo:hi]
                 xb = x_all[index]
                 if shifts is not None:
-                    xb = self.augment.apply(xb, shifts[b * bs:(b + 1) * bs])
+                    xb = self.augment.apply(xb, shifts[lo:hi])
                 xb = self.transform(xb)
                 yb = None if y_all is None else y_all[index]
                 self._position = b + 1

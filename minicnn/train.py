@@ -9,8 +9,10 @@ One training step (``train_step``) is::
     optimizer.step()
 
 The model splits the batch among cores by itself (``minicnn.parallel``), so this loop and one
-written by hand run at the same speed. This module never imports ``minicnn.models``: it works
-with any object that has forward, backward, train and parameters.
+written by hand run at the same speed. Across processes (``mpiexec -n N``), ``fit(...,
+comm=minicnn.distributed.init())`` trains data-parallel: one all-reduce per step, between
+backward and the update (``minicnn.distributed``). This module never imports
+``minicnn.models``: it works with any object that has forward, backward, train and parameters.
 
 Losses and correct counts stay on the device in a small window and are read back to the host
 every ``log_every`` steps, so a GPU is never made to wait for the host on every step; the
@@ -22,6 +24,7 @@ included: a resumed run ends with bit-identical weights) and returns the History
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import sys
@@ -32,7 +35,7 @@ from typing import Any, Iterable, NamedTuple
 
 from tqdm import tqdm
 
-from minicnn import backend
+from minicnn import backend, blas, distributed
 from minicnn import init as _init
 from minicnn.data import DataLoader
 from minicnn.losses import SoftmaxCrossEntropy
@@ -125,23 +128,36 @@ def _correct(out: Any, y: Any) -> Any:
 # --------------------------------------------------------------------------- evaluation
 
 def evaluate(model: Any, data: Any, loss: Any = None, batch_size: int = EVAL_BATCH_SIZE,
-             transform: Any = None) -> Evaluation:
+             transform: Any = None, comm: Any = None) -> Evaluation:
     """Mean loss and accuracy of ``model`` (in eval mode) on ``data``: a DataLoader (its
     transform is used) or an (x, y) pair (``transform``, default ToFloat). Batches of
-    ``batch_size`` (default ``EVAL_BATCH_SIZE``, 256)."""
+    ``batch_size`` (default ``EVAL_BATCH_SIZE``, 256). With a communicator ``comm`` of several
+    ranks (``minicnn.distributed``), each rank evaluates its contiguous part of the data and
+    the sums are all-reduced, so every rank returns the whole data set's figures."""
     loader = _eval_loader(data, batch_size, model, transform)
     if loader.y is None:
         raise ValueError("evaluate: the data has no labels")
     loss_fn = loss if loss is not None else SoftmaxCrossEntropy()
     loss_sum, correct, seen = 0.0, None, 0
+    batches: Any = loader
+    if comm is not None and comm.size > 1:
+        lo, hi = distributed.shard_range(loader.num_samples, comm.rank, comm.size)
+        batches = [] if hi == lo else DataLoader(
+            loader.x[lo:hi], loader.y[lo:hi], batch_size=loader.batch_size, shuffle=False,
+            seed=0, transform=loader.transform, backend_name=loader.backend_name)
     with no_grad():
-        for xb, yb in loader:
+        for xb, yb in batches:
             out = model.forward(xb, training=False, check=False)
             n = len(xb)
             loss_sum = loss_sum + loss_fn.forward(out, yb).astype("float64") * n
             c = _correct(out, yb)
             correct = None if c is None else (c if correct is None else correct + c)
             seen += n
+    if comm is not None and comm.size > 1:     # ranks without class scores (or data) say so
+        loss_sum, total, seen, unscored = comm.allreduce_values(
+            [float(loss_sum), 0 if correct is None else int(correct), seen,
+             int(correct is None and seen > 0)])
+        correct = None if unscored else total
     accuracy = None if correct is None else int(correct) / seen
     return Evaluation(float(loss_sum) / seen, accuracy)
 
@@ -168,14 +184,19 @@ def confusion_matrix(labels: Any, predictions: Any, num_classes: int) -> Any:
 
 # --------------------------------------------------------------------------- training
 
-def train_step(model: Any, loss_fn: Any, optimizer: Any, x: Any, y: Any) -> tuple[Any, Any]:
+def train_step(model: Any, loss_fn: Any, optimizer: Any, x: Any, y: Any,
+               sync: Any = None) -> tuple[Any, Any]:
     """One optimizer step on batch (x, y); returns the loss (a 0-d array, left on the device)
-    and the number of correct predictions (or None when the outputs are not class scores)."""
+    and the number of correct predictions (or None when the outputs are not class scores).
+    ``sync`` (a ``distributed.GradientSync``) averages the gradients over the ranks before the
+    update, and the returned loss and count are then the global batch's."""
     out = model.forward(x, training=True, check=False)
     loss = loss_fn.forward(out, y)
     correct = _correct(out, y)
     optimizer.zero_grad()
     model.backward(loss_fn.backward())
+    if sync is not None:
+        loss, correct = sync(len(x), loss, correct)
     optimizer.step()
     return loss, correct
 
@@ -259,8 +280,10 @@ class _Run:
 
     def __init__(self, model: Any, optimizer: Any, loader: DataLoader, loss_fn: Any,
                  schedule: Any, checkpoint: Any, meta: dict[str, Any], epochs: int,
-                 progress: bool, log_every: int):
+                 progress: bool, log_every: int, comm: Any = None):
         self.model, self.optimizer, self.loader = model, optimizer, loader
+        self.comm = comm if comm is not None and comm.size > 1 else None
+        self.sync: distributed.GradientSync | None = None   # made at the first step
         self.loss_fn, self.schedule, self.checkpoint = loss_fn, schedule, checkpoint
         self.meta, self.epochs, self.progress = meta, epochs, progress
         self.log_every = max(1, log_every)
@@ -287,8 +310,12 @@ class _Run:
         self.history, self.good = History(training["history"]), path
 
     def save(self, tally: _Tally | None) -> None:
-        """Write the checkpoint: at an epoch's end (tally None) or mid-epoch."""
-        if self.checkpoint is None:
+        """Write the checkpoint: at an epoch's end (tally None) or mid-epoch; with several
+        ranks, rank 0 writes it (after receiving rank 0's BatchNorm statistics, all ranks hold
+        the same state)."""
+        if self.comm is not None:
+            distributed.broadcast_state(self.model, self.comm)
+        if self.checkpoint is None or (self.comm is not None and not self.comm.is_root):
             return
         from minicnn.checkpoint import save
         training = {"epoch": self.epoch, "step": self.step, "epochs": self.epochs,
@@ -299,13 +326,33 @@ class _Run:
         if tally is None:
             self.good = self.checkpoint
 
-    def train_step(self, x: Any, y: Any) -> tuple[Any, Any]:
-        """One step at the schedule's lr; the loss and correct count stay on the device."""
+    def train_step(self, x: Any, y: Any, stop: Any = None) -> tuple[Any, Any, int]:
+        """One step at the schedule's lr; the loss and correct count stay on the device.
+        Returns them and the step's sample count (all ranks'). With several ranks, a stop
+        request on any rank stops every rank after this step, and each rank's random draws
+        (dropout) come from its own generator, seeded from the shared global one."""
         if self.schedule is not None:
             self.optimizer.lr = float(self.schedule(self.step))
-        result = train_step(self.model, self.loss_fn, self.optimizer, x, y)
+        if self.comm is None:
+            result = train_step(self.model, self.loss_fn, self.optimizer, x, y)
+            count = len(x)
+        else:
+            if self.sync is None:
+                self.sync = distributed.GradientSync(self.model.parameters(), self.comm)
+            self.sync.stop = bool(stop is not None and stop.requested)
+            seeds = _init.host_rng().integers(2**63, size=self.comm.size)
+            with _init.generator_scope(_init.generator(int(seeds[self.comm.rank]))):
+                result = train_step(self.model, self.loss_fn, self.optimizer, x, y, self.sync)
+            count = self.sync.count
         self.step += 1
-        return result
+        return (*result, count)
+
+    def stopping(self, stop: Any) -> bool:
+        """Whether to stop after this step: the local Ctrl-C request, or with several ranks
+        the request any rank made before the last step (so all ranks stop at the same step)."""
+        if self.comm is None:
+            return stop.requested
+        return self.sync is not None and self.sync.stopped
 
     def train_epoch(self, stop: "_StopRequest", on_step: list) -> _Tally:
         """Run the current epoch's remaining steps, or until a stop request (then save a
@@ -320,13 +367,13 @@ class _Run:
         batches = iter(self.loader)
         try:
             for x, y in batches:
-                loss, correct = self.train_step(x, y)
-                window.add(loss, correct, len(x))
+                loss, correct, count = self.train_step(x, y, stop)
+                window.add(loss, correct, count)
                 tally.position += 1
                 bar.update(1)
                 for cb in on_step:
                     cb(self.step)
-                if window.full() or tally.position == steps or stop.requested:
+                if window.full() or tally.position == steps or self.stopping(stop):
                     mean_loss = self._drain(window, tally)
                     now = time.perf_counter()
                     rate = (tally.seen - mark[1]) / max(now - mark[0], 1e-9)
@@ -336,7 +383,7 @@ class _Run:
                         postfix["acc"] = f"{tally.correct / tally.seen:.4f}"
                     postfix["img/s"] = f"{rate:.0f}"
                     bar.set_postfix(postfix, refresh=False)
-                if stop.requested:
+                if self.stopping(stop):
                     break
             tally.seconds = time.perf_counter() - started
             if tally.position < steps:
@@ -374,8 +421,10 @@ class _Run:
                   "train_loss": tally.loss_sum / seen,
                   "train_acc": tally.correct / seen if tally.has_correct else None}
         if val_loader is not None:
+            if self.comm is not None:
+                distributed.broadcast_state(self.model, self.comm)
             result = evaluate(self.model, val_loader, self.loss_fn,
-                              batch_size=val_loader.batch_size)
+                              batch_size=val_loader.batch_size, comm=self.comm)
             record.update(val_loss=result.loss, val_acc=result.accuracy)
         record.update(seconds=tally.seconds + time.perf_counter() - started,
                       images_per_s=tally.seen / max(tally.seconds, 1e-9))
@@ -389,7 +438,7 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
         batch_size: int = 128, seed: int | None = None, checkpoint: Any = None,
         resume: Any = False, meta: dict[str, Any] | None = None, progress: bool = True,
         log_every: int = 20, eval_batch_size: int = EVAL_BATCH_SIZE,
-        workers: int | None = None) -> History:
+        workers: int | None = None, comm: Any = None) -> History:
     """Train ``model`` for ``epochs`` epochs with ``optimizer`` and return the History.
 
     train_data: a DataLoader, or an (x, y) pair batched here (``batch_size``, shuffled with
@@ -402,15 +451,26 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
     continue from. Losses are read back every ``log_every`` steps. Raises TrainingError if the
     loss becomes NaN or inf. workers: caps the replicas the model splits each NumPy step among
     during this call (default: the model's own ``workers``; see ``minicnn.parallel``).
+
+    comm: a communicator (``minicnn.distributed.init()``); with several ranks every rank calls
+    ``fit`` alike and they train data-parallel: the loader's batches are the global batches,
+    each rank takes its shard (``DataLoader.set_shard``), rank 0's weights are broadcast
+    first, gradients, losses and metrics are summed over the ranks, and only rank 0 shows
+    progress and writes ``checkpoint``; workers default to the cores per rank (BLAS
+    single-threaded when that is 1). Callbacks run on every rank, with the global figures.
     """
     loader = _train_loader(train_data, batch_size, seed, model)
+    if comm is not None and comm.size > 1:
+        loader.set_shard(comm.rank, comm.size)
+        progress = progress and comm.is_root
+        workers = distributed.cores_per_rank() if workers is None else workers
     val_loader = None if val_data is None else _eval_loader(val_data, eval_batch_size, model,
                                                            loader.transform)
     meta = dict(meta or {})
     if hasattr(loader.transform, "config"):
         meta.setdefault("transform", loader.transform.config())
     run = _Run(model, optimizer, loader, loss if loss is not None else SoftmaxCrossEntropy(),
-               schedule, checkpoint, meta, epochs, progress, log_every)
+               schedule, checkpoint, meta, epochs, progress, log_every, comm)
     if resume:
         source = checkpoint if resume is True else resume
         if source is None:
@@ -418,6 +478,8 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
         run.resume(source)
         if run.epoch >= epochs:
             _say(progress, f"already trained for {run.epoch} epochs (asked for {epochs})")
+    if run.comm is not None:
+        distributed.broadcast_parameters(model.parameters(), run.comm)
     on_epoch = [getattr(cb, "on_epoch_end", cb) for cb in callbacks
                 if hasattr(cb, "on_epoch_end") or callable(cb)]
     on_step = [cb.on_step_end for cb in callbacks if hasattr(cb, "on_step_end")]
@@ -425,12 +487,15 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
     workers_before = model.__dict__.get("workers")
     if workers is not None:
         model.workers = workers
+    single_blas = blas.single_threaded() if run.comm is not None and \
+        getattr(model, "workers", None) == 1 else contextlib.nullcontext()  # a core per rank
+    loud = run.comm is None or run.comm.is_root
     try:
-        with _StopRequest() as stop:
+        with single_blas, _StopRequest() as stop:
             while run.epoch < epochs:
                 tally = run.train_epoch(stop, on_step)
                 if tally.position < len(loader):
-                    _say(True, f"interrupted at epoch {run.epoch + 1}, step {tally.position} of "
+                    _say(loud, f"interrupted at epoch {run.epoch + 1}, step {tally.position} of "
                                f"{len(loader)}{saved_to}")
                     run.history.stopped = "interrupted"
                     break
@@ -439,8 +504,10 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
                 for cb in on_epoch:
                     cb(record)
                 run.save(None)
+                if run.comm is not None:          # every rank stops, or none
+                    stop.requested = run.comm.allreduce_values([stop.requested])[0] > 0
                 if stop.requested:
-                    _say(True, f"interrupted after epoch {run.epoch}{saved_to}")
+                    _say(loud, f"interrupted after epoch {run.epoch}{saved_to}")
                     run.history.stopped = "interrupted"
                     break
     finally:
