@@ -28,6 +28,7 @@ import numpy
 from minicnn import backend
 from minicnn import init as _init
 from minicnn.atomic import atomic_write
+from minicnn.data import transform_from_config
 from minicnn.layers.base import Layer, layer_config, layer_from_config
 from minicnn.model_description import check_model_description
 from minicnn.npz_reader import NpzError, read_npz
@@ -69,6 +70,12 @@ def _state_items(model: Layer, prefix: str = ""):
         yield from _state_items(layer, name + ".")
 
 
+def _transform_config(model: Layer) -> dict[str, Any] | None:
+    """The model's input transform as JSON (see ``Network.input_transform``), or None."""
+    transform = getattr(model, "input_transform", None)
+    return transform.config() if hasattr(transform, "config") else None
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, numpy.generic):
         return value.item()
@@ -97,6 +104,7 @@ def save(model: Layer, path: str | os.PathLike, optimizer: Any = None,
     description: dict[str, Any] = {
         "format": FORMAT, "version": VERSION,
         "model": layer_config(model),
+        "transform": _transform_config(model),
         "parameters": shapes, "optimizer": None, "meta": meta}
     if optimizer is not None:
         state = dict(optimizer.state_dict())
@@ -259,8 +267,15 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         description, arrays = _read(path)
         model = _build(path, description)
         _restore(model, path, arrays)
-        return Checkpoint(path, model, description.get("meta") or {},
-                          _optimizer_state(path, description, arrays))
+        meta = description.get("meta") or {}
+        transform = description.get("transform") or meta.get("transform")
+        if transform is not None:
+            try:
+                model.input_transform = transform_from_config(transform)
+            except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                raise CheckpointError(f"{path}: corrupt input transform {transform!r:.60} "
+                                      f"({exc})") from None
+        return Checkpoint(path, model, meta, _optimizer_state(path, description, arrays))
     except CheckpointError:
         raise
     except Exception as exc:                   # a bug or a case not foreseen: still one type

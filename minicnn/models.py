@@ -33,6 +33,9 @@ class Network(Layer):
     """
 
     workers: int | None = None
+    input_transform: Any = None
+    """How raw images become this model's input (e.g. ``Normalize``): set by ``fit`` from its
+    loader, saved in checkpoints, applied by ``predict``/``evaluate`` to raw arrays."""
 
     def __init__(self, layers: list[Layer]):
         super().__init__()

@@ -30,6 +30,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, NamedTuple
 
@@ -51,9 +52,14 @@ CNN): at 1000 images that was ~190 MB on top of training's working set, the run'
 resident memory, and on a CPU batches of 256 are as fast."""
 
 
+DIVERGENCE_FACTOR = 5.0
+"""Training stops as diverged when a step's loss exceeds this many times the run's first step's
+loss (a fresh classifier starts near ln(classes); a run that learns stays far below that)."""
+
+
 class TrainingError(RuntimeError):
-    """Training stopped because the loss became NaN or inf; ``history`` holds the finished
-    epochs."""
+    """Training stopped because it diverged: a loss became NaN or inf, or rose past
+    ``DIVERGENCE_FACTOR`` times the first step's; ``history`` holds the finished epochs."""
 
     def __init__(self, message: str, history: "History"):
         super().__init__(message)
@@ -109,11 +115,19 @@ def _train_loader(data: Any, batch_size: int, seed: int | None, model: Any) -> D
 
 
 def _eval_loader(data: Any, batch_size: int, model: Any, transform: Any = None) -> DataLoader:
-    """Data in order, unaugmented, in batches of ``batch_size``; pairs get ``transform`` and
-    go where the model's parameters are."""
+    """Data in order, unaugmented, in batches of ``batch_size``; raw arrays get ``transform``,
+    else the model's own ``input_transform``, and go where the model's parameters are."""
     if isinstance(data, DataLoader):
         return data.for_eval(batch_size)
     x, y = data if isinstance(data, (tuple, list)) and len(data) == 2 else (data, None)
+    if transform is None:
+        transform = getattr(model, "input_transform", None)
+        if transform is None and getattr(x, "dtype", None) is not None and x.dtype.kind == "u" \
+                and not getattr(model, "_warned_transform", False):
+            warnings.warn(f"{type(model).__name__} has no input transform (train it with fit, "
+                          "or load a checkpoint that has one): uint8 pixels are only scaled to "
+                          "[0, 1]", stacklevel=4)
+            model._warned_transform = True
     return DataLoader(x, y, batch_size=batch_size, shuffle=False, seed=0, transform=transform,
                       backend_name=_backend_of(model))
 
@@ -290,6 +304,7 @@ class _Run:
         self.epoch, self.step, self.history = 0, 0, History()
         self.tally: _Tally | None = None     # a resumed, unfinished epoch
         self.good = None                     # the checkpoint holding the last good weights
+        self.first_loss: float | None = None  # the run's first step's loss (divergence rule)
 
     def resume(self, path: Any) -> None:
         """Restore weights, optimizer, RNGs, position and history from ``path``."""
@@ -308,6 +323,7 @@ class _Run:
         self.epoch, self.step = training["epoch"], training["step"]
         self.tally = _Tally(**training["partial"]) if training.get("partial") else None
         self.history, self.good = History(training["history"]), path
+        self.first_loss = training.get("first_loss")
 
     def save(self, tally: _Tally | None) -> None:
         """Write the checkpoint: at an epoch's end (tally None) or mid-epoch; with several
@@ -321,7 +337,7 @@ class _Run:
         training = {"epoch": self.epoch, "step": self.step, "epochs": self.epochs,
                     "partial": None if tally is None else asdict(tally),
                     "rng": _init.get_rng_state(), "loader": self.loader.state_dict(),
-                    "history": self.history.records}
+                    "history": self.history.records, "first_loss": self.first_loss}
         save(self.model, self.checkpoint, self.optimizer, training=training, **self.meta)
         if tally is None:
             self.good = self.checkpoint
@@ -361,7 +377,8 @@ class _Run:
         started = time.perf_counter() - tally.seconds
         steps = len(self.loader)
         bar = tqdm(total=steps, initial=tally.position, unit="step", file=sys.stderr,
-                   desc=f"epoch {self.epoch + 1}/{self.epochs}", disable=not self.progress,
+                   desc=f"epoch {self.epoch + 1}/{self.epochs}",
+                   disable=not (self.progress and sys.stderr.isatty()),
                    dynamic_ncols=True)
         window, mark = _Window(self.log_every), (time.perf_counter(), tally.seen)
         batches = iter(self.loader)
@@ -394,17 +411,24 @@ class _Run:
             batches.close()
 
     def _drain(self, window: _Window, tally: _Tally) -> float:
-        """Add the window to the tally (one device read); raise TrainingError on NaN/inf."""
+        """Add the window to the tally (one device read); raise TrainingError when a loss is
+        NaN or inf or past ``DIVERGENCE_FACTOR`` times the run's first step's loss."""
         losses, counts, sizes = window.drain()
-        bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+        if self.first_loss is None and losses and math.isfinite(losses[0]):
+            self.first_loss = losses[0]
+        limit = DIVERGENCE_FACTOR * self.first_loss if self.first_loss else math.inf
+        bad = next((i for i, v in enumerate(losses) if not math.isfinite(v) or v > limit), None)
         if bad is not None:
             back = len(losses) - bad - 1       # steps taken since the bad one
             kept = f"the last good checkpoint is {self.good}" if self.good else \
                 "no checkpoint was written"
+            what = f"loss is {losses[bad]}" if not math.isfinite(losses[bad]) else \
+                (f"loss {losses[bad]:.4g} is over {DIVERGENCE_FACTOR}x the first step's "
+                 f"({self.first_loss:.4g})")
             raise TrainingError(
-                f"loss is {losses[bad]} at epoch {self.epoch + 1}, step {tally.position - back} "
-                f"of {len(self.loader)} (global step {self.step - back}); training stopped "
-                f"({kept}); try a smaller learning rate", self.history)
+                f"{what} at epoch {self.epoch + 1}, step {tally.position - back} of "
+                f"{len(self.loader)} (global step {self.step - back}): training diverged and "
+                f"stopped ({kept}); try a smaller learning rate", self.history)
         tally.loss_sum += sum(v * n for v, n in zip(losses, sizes))
         tally.seen += sum(sizes)
         if counts is None:
@@ -438,7 +462,8 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
         batch_size: int = 128, seed: int | None = None, checkpoint: Any = None,
         resume: Any = False, meta: dict[str, Any] | None = None, progress: bool = True,
         log_every: int = 20, eval_batch_size: int = EVAL_BATCH_SIZE,
-        workers: int | None = None, comm: Any = None) -> History:
+        workers: int | None = None, comm: Any = None, verbose: bool = True,
+        early_stop: int | None = None, best_checkpoint: Any = None) -> History:
     """Train ``model`` for ``epochs`` epochs with ``optimizer`` and return the History.
 
     train_data: a DataLoader, or an (x, y) pair batched here (``batch_size``, shuffled with
@@ -449,8 +474,14 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
     checkpoint: a path written after every epoch and on Ctrl-C (with ``meta`` merged into its
     metadata); resume: True to continue from ``checkpoint``, or the path of a checkpoint to
     continue from. Losses are read back every ``log_every`` steps. Raises TrainingError if the
-    loss becomes NaN or inf. workers: caps the replicas the model splits each NumPy step among
-    during this call (default: the model's own ``workers``; see ``minicnn.parallel``).
+    loss becomes NaN or inf, or a step's loss exceeds ``DIVERGENCE_FACTOR`` times the first
+    step's (see ``TrainingError``). workers: caps the replicas the model splits each NumPy step
+    among during this call (default: the model's own ``workers``; see ``minicnn.parallel``).
+    progress: progress bars, shown only on a terminal; verbose: one summary line per epoch.
+    early_stop: stop when the validation loss has not improved for this many epochs;
+    best_checkpoint: a path that keeps the model of the best validation loss so far. The
+    training loader's transform is kept as ``model.input_transform`` (checkpoints save it, and
+    ``predict``/``evaluate`` apply it to raw images).
 
     comm: a communicator (``minicnn.distributed.init()``); with several ranks every rank calls
     ``fit`` alike and they train data-parallel: the loader's batches are the global batches,
@@ -469,6 +500,9 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
     meta = dict(meta or {})
     if hasattr(loader.transform, "config"):
         meta.setdefault("transform", loader.transform.config())
+        model.input_transform = loader.transform
+    if early_stop is not None and (val_loader is None or early_stop < 1):
+        raise ValueError("fit: early_stop needs val_data and a patience of at least 1 epoch")
     run = _Run(model, optimizer, loader, loss if loss is not None else SoftmaxCrossEntropy(),
                schedule, checkpoint, meta, epochs, progress, log_every, comm)
     if resume:
@@ -490,8 +524,13 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
     single_blas = blas.single_threaded() if run.comm is not None and \
         getattr(model, "workers", None) == 1 else contextlib.nullcontext()  # a core per rank
     loud = run.comm is None or run.comm.is_root
+    params = model.parameters()
+    xp = backend.get_array_module(params[0].data) if params else None
+    errstate = getattr(xp, "errstate", None)         # NumPy's; CuPy does not warn
+    quiet_floats = errstate(all="ignore") if errstate is not None else \
+        contextlib.nullcontext()      # overflow is caught as a diverging loss, not warned about
     try:
-        with single_blas, _StopRequest() as stop:
+        with single_blas, quiet_floats, _StopRequest() as stop:
             while run.epoch < epochs:
                 tally = run.train_epoch(stop, on_step)
                 if tally.position < len(loader):
@@ -500,10 +539,19 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
                     run.history.stopped = "interrupted"
                     break
                 record = run.end_epoch(tally, val_loader)
-                _say(progress, _describe(record, epochs))
+                _say(verbose and loud, _describe(record, epochs))
                 for cb in on_epoch:
                     cb(record)
                 run.save(None)
+                best, since_best = _best_epoch(run.history)
+                if best_checkpoint is not None and loud and since_best == 0:
+                    from minicnn.checkpoint import save
+                    save(model, best_checkpoint, best_epoch=best, **meta)
+                if early_stop is not None and since_best >= early_stop:
+                    _say(verbose and loud, f"early stop: validation loss has not improved for "
+                                           f"{since_best} epochs (best: epoch {best})")
+                    run.history.stopped = "early stop"
+                    break
                 if run.comm is not None:          # every rank stops, or none
                     stop.requested = run.comm.allreduce_values([stop.requested])[0] > 0
                 if stop.requested:
@@ -517,6 +565,15 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
             else:
                 model.workers = workers_before
     return run.history
+
+
+def _best_epoch(history: History) -> tuple[int | None, int]:
+    """The epoch of the lowest validation loss so far and the epochs since (0 when none)."""
+    losses = [(r["val_loss"], r["epoch"]) for r in history if r.get("val_loss") is not None]
+    if not losses:
+        return None, 0
+    best = min(losses)[1]
+    return best, history[-1]["epoch"] - best
 
 
 def _describe(record: dict[str, Any], epochs: int) -> str:
