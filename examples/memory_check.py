@@ -89,7 +89,8 @@ def run_minicnn(args: argparse.Namespace) -> None:
     x, y = x[:args.limit], y[:args.limit]
     minicnn.manual_seed(args.seed)
     model = zoo.build_model("ref-cnn")
-    optimizer = zoo.make_optimizer(model, recipe)
+    optimizer = zoo.make_optimizer(model, recipe.optimizer, recipe.lr, recipe.momentum,
+                                   recipe.weight_decay)
     loader = DataLoader(x, y, batch_size=args.batch_size, shuffle=True, seed=args.seed,
                         transform=Normalize(recipe.mean, recipe.std),
                         augment=RandomShift(augment) if augment else None)

@@ -17,7 +17,9 @@ epoch and on Ctrl-C), ``model.npz`` (the finished model, written at the end), ``
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -31,11 +33,11 @@ from minicnn.atomic import atomic_write_bytes
 from minicnn.checkpoint import CheckpointError, load_checkpoint, save
 from minicnn.data import DataLoader, Normalize, RandomShift, transform_from_config
 from minicnn.datasets import DatasetError, load_fashion_mnist, load_mnist
-from minicnn.images import read_image
-from minicnn.train import TrainingError, confusion_matrix, fit, predict
+from minicnn.images import fit_to_input, read_image
+from minicnn.train import TrainingError, confusion_matrix, evaluate, fit, predict
 
-LAST, FINAL, METRICS = "last.npz", "model.npz", "metrics.jsonl"
-CURVES, CONFUSION = "curves.png", "confusion.png"
+LAST, FINAL, BEST, METRICS = "last.npz", "model.npz", "best.npz", "metrics.jsonl"
+CURVES, CONFUSION, EVAL_CONFUSION = "curves.png", "confusion.png", "evaluate_confusion.png"
 
 DATASETS = {
     "mnist": (load_mnist, [str(d) for d in range(10)]),
@@ -48,7 +50,7 @@ RUNS_MODELS = ("train", "evaluate", "predict", "bench")
 
 # Settings a run is defined by: on --resume they default to the saved ones and may not change.
 RUN_KEYS = ("dataset", "model", "batch_size", "lr", "momentum", "weight_decay", "schedule",
-            "seed", "limit", "augment")
+            "seed", "limit", "augment", "optimizer", "val_split")
 
 
 class CLIError(Exception):
@@ -70,6 +72,55 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return int(text)
+
+
+def _checkpoint_path(arg: str) -> Path:
+    """A checkpoint file, or a run folder's model.npz."""
+    path = Path(arg)
+    if path.is_dir():
+        if not (path / FINAL).is_file():
+            raise CLIError(f"{arg}: a folder without {FINAL}; give a checkpoint file")
+        return path / FINAL
+    return path
+
+
+def _import_modules(names: Sequence[str]) -> None:
+    """Import the modules that define a checkpoint's custom layers (``--import``); the current
+    folder is searched first, as ``python -m`` does."""
+    if names and "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            raise CLIError(f"--import {name}: cannot import it ({type(exc).__name__}: "
+                           f"{exc})") from None
 
 
 def _say(message: str) -> None:
@@ -106,6 +157,8 @@ def _resolve(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str
     defaults = {"dataset": "mnist", "model": "ref-cnn", "seed": 0, "limit": None,
                 "test_limit": None, **zoo.REFERENCE_RECIPE.as_dict()}
     saved = saved or {}
+    optimizer = getattr(args, "optimizer", None) or saved.get("optimizer", "sgd")
+    defaults.update(optimizer=optimizer, **zoo.OPTIMIZER_DEFAULTS[optimizer])
     settings = {}
     for key in defaults:
         given = getattr(args, key, None)
@@ -113,6 +166,13 @@ def _resolve(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str
             raise CLIError(f"--{key.replace('_', '-')} {given} differs from the run being "
                            f"resumed ({saved[key]}); a resumed run keeps its settings")
         settings[key] = given if given is not None else saved.get(key, defaults[key])
+    if saved and settings["epochs"] != saved.get("epochs", settings["epochs"]) and \
+            settings["schedule"] != "constant":
+        raise CLIError(f"--epochs {settings['epochs']}: the run's {settings['schedule']} "
+                       f"schedule was planned over {saved['epochs']} epochs, and resuming with "
+                       "another count would bend it mid-run; resume with --epochs "
+                       f"{saved['epochs']}, or start a new run (--schedule constant runs may "
+                       "be extended)")
     return settings
 
 
@@ -164,12 +224,20 @@ def _train(args: argparse.Namespace, comm: distributed.Communicator) -> int:
         x, y = x[:s["limit"]], y[:s["limit"]]
     if s["test_limit"]:
         xt, yt = xt[:s["test_limit"]], yt[:s["test_limit"]]
+    if args.val_split is None and saved is None:      # the default: at most a tenth
+        s["val_split"] = min(s["val_split"], len(x) // 10)
+    if s["val_split"] >= len(x):
+        raise CLIError(f"--val-split {s['val_split']} leaves no training images out of {len(x)}")
+    held_out = numpy.random.default_rng(s["seed"]).permutation(len(x))[:s["val_split"]]
+    keep = numpy.ones(len(x), bool)
+    keep[held_out] = False
+    (xv, yv), (x, y) = (x[held_out], y[held_out]), (x[keep], y[keep])
     classes = DATASETS[s["dataset"]][1]
 
     minicnn.manual_seed(s["seed"])
     model = zoo.build_model(s["model"])
-    optimizer = minicnn.optim.SGD(model.parameters(), lr=s["lr"], momentum=s["momentum"],
-                                  weight_decay=s["weight_decay"])
+    optimizer = zoo.make_optimizer(model, s["optimizer"], s["lr"], s["momentum"],
+                                   s["weight_decay"])
     loader = DataLoader(x, y, batch_size=s["batch_size"], shuffle=True, seed=s["seed"],
                         transform=Normalize(s["mean"], s["std"]),
                         augment=RandomShift(s["augment"]) if s["augment"] else None)
@@ -177,8 +245,10 @@ def _train(args: argparse.Namespace, comm: distributed.Communicator) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     metrics = out / METRICS
-    if root:
+    if root and records:
         _write_metrics(metrics, records)        # on resume: drop epochs after the checkpoint
+    elif root:
+        metrics.unlink(missing_ok=True)
 
     def log_epoch(record: dict[str, Any]) -> None:
         records.append(record)
@@ -188,32 +258,44 @@ def _train(args: argparse.Namespace, comm: distributed.Communicator) -> int:
             "transform": loader.transform.config(), "ranks": comm.size}
     ranks = f", {comm.size} ranks ({comm.name})" if comm.size > 1 else ""
     if root:
-        _say(f"training {s['model']} on {s['dataset']} ({len(x)} train / {len(xt)} test images, "
-             f"{s['epochs']} epoch{'s' * (s['epochs'] > 1)}, backend {backend.name}{ranks}) -> "
-             f"{out}")
-    history = fit(model, loader, s["epochs"], optimizer, val_data=(xt, yt), schedule=schedule,
-                  callbacks=[log_epoch] if root else [], checkpoint=last,
-                  resume=bool(args.resume), meta=meta, progress=not args.quiet, comm=comm)
+        _say(f"training {s['model']} on {s['dataset']} with {s['optimizer']} ({len(x)} train / "
+             f"{len(xv)} validation images, {s['epochs']} epoch{'s' * (s['epochs'] > 1)}, "
+             f"backend {backend.name}{ranks}) -> {out}")
+    try:
+        history = fit(model, loader, s["epochs"], optimizer,
+                      val_data=(xv, yv) if len(xv) else None, schedule=schedule,
+                      callbacks=[log_epoch] if root else [], checkpoint=last,
+                      resume=bool(args.resume), meta=meta, progress=not args.quiet and root,
+                      verbose=root, comm=comm, early_stop=args.early_stop,
+                      best_checkpoint=out / BEST if len(xv) else None)
+    except TrainingError:
+        if root and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()                           # a run that wrote nothing leaves nothing
+        raise
     if history.stopped == "interrupted":
         if root:
             _say(f"resume with: minicnn train --out {out} --resume")
         return 130
+    test = evaluate(model, (xt, yt), comm=comm)           # once, at the end; every rank
     if not root:
         return 0
-    final = history.records[-1] if history.records else {}
-    save(model, out / FINAL, test_loss=final.get("val_loss"), test_acc=final.get("val_acc"),
+    if records:                                         # the test figures join the last epoch
+        records[-1].update(test_loss=test.loss, test_acc=test.accuracy)
+        _write_metrics(metrics, records)
+    save(model, out / FINAL, test_loss=test.loss, test_acc=test.accuracy,
          history=history.records, **meta)
-    written = [FINAL, LAST, METRICS]
+    written = [FINAL, LAST, METRICS] + ([BEST] if (out / BEST).is_file() else [])
     if _can_plot():
         plots.plot_curves(history.records, out / CURVES)
-        logits = predict(model, (xt, yt), transform=loader.transform)
+        logits = predict(model, (xt, yt))
         matrix = backend.to_numpy(confusion_matrix(yt, logits.argmax(axis=1), len(classes)))
         plots.plot_confusion(matrix, out / CONFUSION, classes,
                              title=f"{s['model']} on {s['dataset']} test set")
         written += [CURVES, CONFUSION]
-    if final.get("val_acc") is not None:
-        print(f"test accuracy {100 * final['val_acc']:.2f}% (loss {final['val_loss']:.4f}) "
-              f"after {final['epoch']} epoch{'s' * (final['epoch'] > 1)}")
+    epochs = history.records[-1]["epoch"] if history.records else 0
+    print(f"test accuracy {100 * test.accuracy:.2f}% (loss {test.loss:.4f}) after {epochs} "
+          f"epoch{'s' * (epochs != 1)}"
+          + (" (early stop)" if history.stopped == "early stop" else ""))
     print(f"wrote {out}/ ({', '.join(written)})")
     return 0
 
@@ -241,20 +323,19 @@ def _class_names(meta: dict[str, Any], k: int, dataset: str | None = None) -> li
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     _set_backend(args.backend)
-    ckpt = load_checkpoint(args.checkpoint)
+    path = _checkpoint_path(args.checkpoint)
+    ckpt = load_checkpoint(path)
     dataset, xt, yt = _test_set(ckpt.meta, args)
     if args.limit:
         xt, yt = xt[:args.limit], yt[:args.limit]
-    transform = transform_from_config(ckpt.meta.get("transform"))
-    logits = predict(ckpt.model, DataLoader(xt, yt, batch_size=args.batch_size, shuffle=False,
-                                            seed=0, transform=transform))
+    logits = predict(ckpt.model, xt, batch_size=args.batch_size)   # the model's transform
     loss = float(minicnn.losses.SoftmaxCrossEntropy().forward(logits, yt))
     pred = backend.to_numpy(logits.argmax(axis=1))
     k = int(logits.shape[1])
     matrix = backend.to_numpy(confusion_matrix(yt, pred, k))
     names = _class_names(ckpt.meta, k, dataset)
     correct = int((pred == yt).sum())
-    print(f"{args.checkpoint}: {dataset} test set, {len(yt)} images")
+    print(f"{path}: {dataset} test set, {len(yt)} images")
     print(f"accuracy {100 * correct / len(yt):.2f}% ({correct}/{len(yt)}), loss {loss:.4f}")
     print("per-class accuracy:")
     width = max(len(n) for n in names)
@@ -268,16 +349,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for i, name in enumerate(names):
         print(f"  {name:<{width}}" + "".join(f"{int(v):>{cell}}" for v in matrix[i]))
     if _can_plot():
-        path = Path(args.checkpoint).with_name(CONFUSION)
-        plots.plot_confusion(matrix, path, names, title=f"{Path(args.checkpoint).name} on "
-                                                        f"{dataset}")
-        print(f"wrote {path}")
+        picture = path.with_name(EVAL_CONFUSION)          # training's confusion.png stays
+        plots.plot_confusion(matrix, picture, names, title=f"{path.name} on {dataset}")
+        print(f"wrote {picture}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     _set_backend(args.backend)
-    ckpt = load_checkpoint(args.checkpoint)
+    ckpt = load_checkpoint(_checkpoint_path(args.checkpoint))
     model = ckpt.model
     in_shape = tuple(getattr(model, "input_shape", None) or (1, 28, 28))
     images, labels, test = [], [], None
@@ -296,13 +376,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
             image = read_image(item)
         except ValueError as exc:
             raise CLIError(str(exc)) from None
-        if (1,) + image.shape != in_shape:
-            raise CLIError(f"{item}: image is {image.shape[1]}x{image.shape[0]} pixels, the "
-                           f"model expects {in_shape[2]}x{in_shape[1]} grey images")
-        images.append(255 - image if args.invert else image)
+        if in_shape[0] != 1:
+            raise CLIError(f"{item}: the model expects {in_shape[0]}-channel images; predict "
+                           "reads grey images only")
+        fitted, inverted = fit_to_input(image, in_shape[1:], True if args.invert else None)
+        if inverted and not args.invert:
+            _say(f"note: {item} has a light background; inverted to white on black, as the "
+                 "model was trained")
+        images.append(fitted)
         labels.append(None)
-    transform = transform_from_config(ckpt.meta.get("transform"))
-    logits = backend.to_numpy(predict(model, numpy.stack(images), transform=transform))
+    logits = backend.to_numpy(predict(model, numpy.stack(images)))    # the model's transform
     shifted = logits - logits.max(axis=1, keepdims=True)
     prob = numpy.exp(shifted) / numpy.exp(shifted).sum(axis=1, keepdims=True)
     names = _class_names(ckpt.meta, prob.shape[1], test[0] if test else args.dataset)
@@ -317,14 +400,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- summary, bench
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    zoo.build_model(args.model).summary()
+    if (args.model is None) == (args.checkpoint is None):
+        raise CLIError("give either --model NAME (the zoo) or a checkpoint")
+    model = zoo.build_model(args.model) if args.model else \
+        load_checkpoint(_checkpoint_path(args.checkpoint)).model
+    model.summary()
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write a checkpoint's model as an ONNX file (see minicnn.onnx_export)."""
     from minicnn.onnx_export import DEFAULT_OPSET, export_onnx
-    ckpt = load_checkpoint(args.checkpoint)
+    ckpt = load_checkpoint(_checkpoint_path(args.checkpoint))
     path = export_onnx(ckpt, args.out, opset=args.opset,
                        include_preprocessing=args.include_preprocessing)
     pixels = "uint8 pixels, preprocessed inside" if args.include_preprocessing else "float32"
@@ -398,7 +485,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     r = zoo.REFERENCE_RECIPE
 
+    def imports(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--import", dest="imports", action="append", default=[],
+                       metavar="MODULE", help="import MODULE first (the module defining a "
+                       "checkpoint's custom layers); repeatable")
+
     def common(p: argparse.ArgumentParser) -> None:
+        imports(p)
         p.add_argument("--backend", choices=backend.BACKENDS,
                        help="array backend (default: $MINICNN_BACKEND or numpy)")
         p.add_argument("--data-root", metavar="DIR",
@@ -409,9 +502,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", choices=zoo.MODELS, help="ref-cnn (default) or lenet5")
     t.add_argument("--epochs", type=_positive, help=f"epochs (default {r.epochs})")
     t.add_argument("--batch-size", type=_positive, help=f"batch size (default {r.batch_size})")
-    t.add_argument("--lr", type=float, help=f"peak learning rate (default {r.lr})")
-    t.add_argument("--momentum", type=float, help=f"SGD momentum (default {r.momentum})")
-    t.add_argument("--weight-decay", type=float, help=f"weight decay (default {r.weight_decay})")
+    t.add_argument("--optimizer", choices=tuple(zoo.OPTIMIZER_DEFAULTS),
+                   help="sgd (default), adam or adamw")
+    t.add_argument("--lr", type=_positive_float, help=f"peak learning rate (default {r.lr} for "
+                   "sgd, 0.001 for adam and adamw)")
+    t.add_argument("--momentum", type=_non_negative_float,
+                   help=f"SGD momentum (default {r.momentum})")
+    t.add_argument("--weight-decay", type=_non_negative_float, help=f"weight decay (default "
+                   f"{r.weight_decay} for sgd, 0 for adam, 0.01 for adamw)")
     t.add_argument("--schedule", choices=zoo.SCHEDULES, help=f"lr schedule (default {r.schedule})")
     t.add_argument("--augment", type=int, metavar="K",
                    help=f"random shifts of up to K pixels (default {r.augment}; 0: none)")
@@ -421,7 +519,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--limit", type=_positive, metavar="N", help="train on the first N images")
     t.add_argument("--test-limit", type=_positive, metavar="N",
                    help="evaluate on the first N test images")
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--val-split", type=_non_negative, metavar="N", help="training images held "
+                   f"out for validation, scored every epoch (default {r.val_split}, at most a "
+                   "tenth of them; 0: none)")
+    t.add_argument("--early-stop", type=_positive, metavar="PATIENCE", help="stop when the "
+                   "validation loss has not improved for PATIENCE epochs (default: off)")
+    t.add_argument("--quiet", action="store_true",
+                   help="no progress bars (the line per epoch stays)")
     t.add_argument("--distributed", nargs="?", const="on", choices=("on", "mpi", "nccl", "off"),
                    help="data-parallel over MPI ranks (default: when started by mpiexec; "
                    "alone or 'on': mpi on numpy, nccl on cupy; off: ignore mpiexec)")
@@ -429,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="accuracy, per-class accuracy, confusion matrix")
-    e.add_argument("checkpoint", help="a .npz checkpoint (e.g. RUN_DIR/model.npz)")
+    e.add_argument("checkpoint", help="a .npz checkpoint or a run folder (its model.npz)")
     e.add_argument("--dataset", choices=DATASETS, help="default: the checkpoint's")
     e.add_argument("--batch-size", type=_positive, default=256)
     e.add_argument("--limit", type=_positive, metavar="N", help="only the first N test images")
@@ -437,22 +541,28 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="classify image files or test-set images")
-    p.add_argument("checkpoint", help="a .npz checkpoint")
+    p.add_argument("checkpoint", help="a .npz checkpoint or a run folder (its model.npz)")
     p.add_argument("images", nargs="+", metavar="IMAGE",
-                   help="a PNG/PGM file (28x28 grey, white on black) or a test-set index")
+                   help="an image file (any size; PNG/PGM, or any format with Pillow) or a "
+                   "test-set index")
     p.add_argument("--dataset", choices=DATASETS, help="test set for indices (default: the "
                    "checkpoint's)")
-    p.add_argument("--invert", action="store_true", help="invert files (black digit on white)")
+    p.add_argument("--invert", action="store_true", help="invert files (black digit on "
+                   "white); by default light backgrounds are detected and inverted")
     p.add_argument("--top", type=_positive, default=1, help="show the K likeliest classes")
     common(p)
     p.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("summary", help="print a model's layers and parameter counts")
-    s.add_argument("--model", choices=zoo.MODELS, required=True)
+    s.add_argument("--model", choices=zoo.MODELS, help="a model of the zoo")
+    s.add_argument("checkpoint", nargs="?", metavar="MODEL.npz",
+                   help="or a checkpoint (or run folder) to summarise")
+    imports(s)
     s.set_defaults(func=cmd_summary)
 
     x = sub.add_parser("export", help="write a checkpoint's model as an ONNX file")
-    x.add_argument("checkpoint", metavar="MODEL", help="a .npz checkpoint")
+    x.add_argument("checkpoint", metavar="MODEL", help="a .npz checkpoint or a run folder")
+    imports(x)
     x.add_argument("out", metavar="OUT", help="the .onnx file to write")
     x.add_argument("--opset", type=_positive, metavar="N", help="ONNX opset (default "
                    f"{minicnn.onnx_export.DEFAULT_OPSET})")
@@ -496,6 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in RUNS_MODELS:
         allocator.keep_freed_memory()      # once per process; see minicnn/allocator.py
     try:
+        _import_modules(getattr(args, "imports", []))
         return args.func(args)
     except KeyboardInterrupt:
         _say("minicnn: interrupted")

@@ -63,7 +63,7 @@ def plot_curves(records: Sequence[dict[str, Any]], path: str | os.PathLike) -> P
             values = [r.get(f"{split}_{metric}") for r in records]
             if any(v is not None for v in values):
                 points = [(e, v) for e, v in zip(epochs, values) if v is not None]
-                label = "train" if split == "train" else "test"
+                label = "train" if split == "train" else "validation"
                 ax.plot(*zip(*points), style, label=label)
         ax.set_xlabel("epoch")
         ax.set_title(title)

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from minicnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from minicnn.models import Sequential
-from minicnn.optim import SGD, ConstantLR, CosineLR, StepLR
+from minicnn.optim import OPTIMIZERS, SGD, ConstantLR, CosineLR, StepLR
 
 __all__ = ["MODELS", "build_model", "Recipe", "REFERENCE_RECIPE", "SCHEDULES", "make_optimizer",
            "make_schedule"]
@@ -70,6 +70,8 @@ class Recipe:
     mean: float = 0.1307
     std: float = 0.3081
     augment: int = 1               # random shifts of up to 1 pixel while training (0: none)
+    optimizer: str = "sgd"
+    val_split: int = 5000          # training images held out for validation (0: none)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,7 +97,25 @@ def make_schedule(name: str, base_lr: float, total_steps: int) -> Callable[[int]
     raise ValueError(f"unknown schedule {name!r}: expected one of {', '.join(SCHEDULES)}")
 
 
-def make_optimizer(model: Any, recipe: Recipe = REFERENCE_RECIPE) -> SGD:
-    """SGD over the model's parameters with the recipe's lr, momentum and weight decay."""
-    return SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-               weight_decay=recipe.weight_decay)
+OPTIMIZER_DEFAULTS = {
+    "sgd": {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+    "adam": {"lr": 0.001, "momentum": 0.0, "weight_decay": 0.0},
+    "adamw": {"lr": 0.001, "momentum": 0.0, "weight_decay": 0.01},
+}
+"""Each optimizer's defaults for the command line: the recipe's for SGD, PyTorch's for Adam
+and AdamW (momentum is SGD's only)."""
+
+
+def make_optimizer(model: Any, name: str = "sgd", lr: float | None = None,
+                   momentum: float | None = None, weight_decay: float | None = None) -> Any:
+    """'sgd', 'adam' or 'adamw' over the model's parameters; unset hyper-parameters take
+    ``OPTIMIZER_DEFAULTS[name]``."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}: expected one of {', '.join(OPTIMIZERS)}")
+    d = OPTIMIZER_DEFAULTS[name]
+    lr = d["lr"] if lr is None else lr
+    weight_decay = d["weight_decay"] if weight_decay is None else weight_decay
+    if name == "sgd":
+        return SGD(model.parameters(), lr=lr, weight_decay=weight_decay,
+                   momentum=d["momentum"] if momentum is None else momentum)
+    return OPTIMIZERS[name](model.parameters(), lr=lr, weight_decay=weight_decay)

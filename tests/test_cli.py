@@ -68,7 +68,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 def test_train_writes_the_run_directory(run_dir):
     files = {p.name for p in run_dir.iterdir()}
-    assert {"model.npz", "last.npz", "metrics.jsonl"} <= files
+    assert {"model.npz", "last.npz", "best.npz", "metrics.jsonl"} <= files
     if plots.available():
         assert {"curves.png", "confusion.png"} <= files
         assert (run_dir / "curves.png").read_bytes().startswith(b"\x89PNG")
@@ -76,12 +76,15 @@ def test_train_writes_the_run_directory(run_dir):
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1
     record = json.loads(lines[0])
-    assert record["epoch"] == 1 and record["step"] == 16               # 2000 / 128
-    assert 0.5 < record["val_acc"] <= 1.0
+    assert record["epoch"] == 1 and record["step"] == 15     # 1800 / 128: 200 held out
+    assert 0.5 < record["val_acc"] <= 1.0 and 0.5 < record["test_acc"] <= 1.0
     ckpt = minicnn.checkpoint.load_checkpoint(run_dir / "model.npz")
     assert ckpt.meta["dataset"] == "mnist" and ckpt.meta["model_name"] == "ref-cnn"
     assert ckpt.meta["transform"] == {"class": "Normalize", "mean": 0.1307, "std": 0.3081}
-    assert ckpt.meta["run"]["lr"] == 0.05 and ckpt.meta["test_acc"] == record["val_acc"]
+    assert ckpt.meta["run"]["lr"] == 0.05 and ckpt.meta["test_acc"] == record["test_acc"]
+    assert ckpt.meta["run"]["val_split"] == 200 and ckpt.model.input_transform.mean == 0.1307
+    best = minicnn.checkpoint.load_checkpoint(run_dir / "best.npz")
+    assert best.meta["best_epoch"] == 1
 
 
 def test_evaluate(run_dir, capsys, monkeypatch):
@@ -111,9 +114,16 @@ def test_predict_files_and_indices(run_dir, tmp_path, capsys):
     assert guesses[0] == guesses[1] == guesses[2]              # same image, three ways
     assert lines[2].endswith(f"[true: {yt[3]}]")
 
-    (tmp_path / "big.png").write_bytes(png(np.zeros((30, 30), np.uint8)))
-    assert cli.main(["predict", str(run_dir / "model.npz"), str(tmp_path / "big.png")]) == 1
-    assert "expects 28x28" in one_line_error(capsys.readouterr().err)
+    big = np.kron(xt[3], np.ones((2, 2), np.uint8))              # 56x56: resized to 28x28
+    (tmp_path / "big.png").write_bytes(png(big))
+    (tmp_path / "paper.png").write_bytes(png(255 - big))          # dark digit on white paper
+    assert cli.main(["predict", str(run_dir), str(tmp_path / "big.png"),
+                     str(tmp_path / "paper.png")]) == 0            # a run folder works too
+    captured = capsys.readouterr()
+    resized = [line.split(": ", 1)[1].split(" (p=")[0] for line in captured.out.splitlines()]
+    assert resized == [guesses[0].split(" (p=")[0]] * 2
+    assert captured.err.strip() == (f"note: {tmp_path / 'paper.png'} has a light background; "
+                                    "inverted to white on black, as the model was trained")
     assert cli.main(["predict", str(run_dir / "model.npz"), "99999"]) == 1
     assert "out of range" in one_line_error(capsys.readouterr().err)
 
