@@ -79,7 +79,8 @@ def run_minicnn(args: argparse.Namespace) -> None:
     from minicnn import zoo
     from minicnn.data import DataLoader, Normalize, RandomShift
     from minicnn.datasets import load_mnist
-    from minicnn.train import EVAL_BATCH_SIZE, fit
+    from minicnn.evaluation import EVAL_BATCH_SIZE
+    from minicnn.train import fit
 
     report = Report("minicnn")
     recipe = zoo.REFERENCE_RECIPE

@@ -34,7 +34,8 @@ from minicnn.checkpoint import CheckpointError, load_checkpoint, save
 from minicnn.data import DataLoader, Normalize, RandomShift, transform_from_config
 from minicnn.datasets import DatasetError, load_fashion_mnist, load_mnist
 from minicnn.images import fit_to_input, read_image
-from minicnn.train import TrainingError, confusion_matrix, evaluate, fit, predict
+from minicnn.evaluation import confusion_matrix, evaluate, predict
+from minicnn.train import TrainingError, fit
 
 LAST, FINAL, BEST, METRICS = "last.npz", "model.npz", "best.npz", "metrics.jsonl"
 CURVES, CONFUSION, EVAL_CONFUSION = "curves.png", "confusion.png", "evaluate_confusion.png"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Sequence
 
-from minicnn import backend, modes, parallel, train
+from minicnn import backend, evaluation, modes, parallel, train
 from minicnn.layers.base import Layer, layer_config, layer_from_config
 from minicnn.symbolic import Input, SymbolicTensor
 
@@ -130,13 +130,13 @@ class Network(Layer):
         """Train the model; see ``minicnn.train.fit`` for the arguments."""
         return train.fit(self, *args, **kwargs)
 
-    def evaluate(self, *args: Any, **kwargs: Any) -> train.Evaluation:
-        """Loss and accuracy on a data set; see ``minicnn.train.evaluate``."""
-        return train.evaluate(self, *args, **kwargs)
+    def evaluate(self, *args: Any, **kwargs: Any) -> evaluation.Evaluation:
+        """Loss and accuracy on a data set; see ``minicnn.evaluation.evaluate``."""
+        return evaluation.evaluate(self, *args, **kwargs)
 
     def predict(self, *args: Any, **kwargs: Any) -> Any:
-        """Model outputs for inputs, in batches; see ``minicnn.train.predict``."""
-        return train.predict(self, *args, **kwargs)
+        """Model outputs for inputs, in batches; see ``minicnn.evaluation.predict``."""
+        return evaluation.predict(self, *args, **kwargs)
 
     # --- summary --------------------------------------------------------------------------
     def _summary_rows(self) -> list[tuple[Layer, tuple[int, ...]]]:

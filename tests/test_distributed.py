@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import minicnn
-from minicnn import data, distributed, train
+from minicnn import data, distributed, evaluation
 from minicnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from minicnn.models import Sequential
 
@@ -237,8 +237,8 @@ def test_evaluate_sums_over_ranks():
     the twin 'rank' holds an identical half, so the figures are this half's)."""
     model = tiny_model()
     x, y = toy_images(40)
-    half = train.evaluate(model, (x[:20], y[:20]))
-    both = train.evaluate(model, (x, y), comm=TwinComm())
+    half = evaluation.evaluate(model, (x[:20], y[:20]))
+    both = evaluation.evaluate(model, (x, y), comm=TwinComm())
     assert both.loss == pytest.approx(half.loss, rel=1e-6) and both.accuracy == half.accuracy
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import minicnn
-from minicnn import data, train, zoo
+from minicnn import data, evaluation, train, zoo
 from minicnn.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
 from minicnn.models import Sequential
 
@@ -103,7 +103,7 @@ def test_evaluate_and_predict():
     model = small_model()
     x, y = toy_data(50)
     model.train(True)
-    out = train.predict(model, x, batch_size=16)
+    out = evaluation.predict(model, x, batch_size=16)
     assert out.shape == (50, 3) and out.dtype == np.float32
     assert model.training                                   # mode restored
     full = model.forward(data.ToFloat()(x[:, None]), training=False)
@@ -116,7 +116,7 @@ def test_evaluate_and_predict():
 
 
 def test_confusion_matrix():
-    m = train.confusion_matrix(np.array([0, 1, 1, 2]), np.array([0, 2, 1, 2]), 3)
+    m = evaluation.confusion_matrix(np.array([0, 1, 1, 2]), np.array([0, 2, 1, 2]), 3)
     assert m.tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
 
 
