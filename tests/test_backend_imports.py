@@ -25,7 +25,7 @@ from gpu_check import gpu_unavailable_reason
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "minicnn"
 ALLOWED = {"backend.py", "init.py", "datasets.py", "data.py", "images.py", "checkpoint.py", "npz_reader.py",
-           "cli.py", "tools/bench.py", "plots.py", "cuda_kernels.py", "visualize.py",
+           "cli.py", "cli_train.py", "tools/bench.py", "plots.py", "cuda_kernels.py", "visualize.py",
            "onnx_export.py"}
 MUST_BE_CHECKED = ["im2col.py", "models.py", "losses.py", "optim.py", "gradcheck.py",
                    "parallel.py", "modes.py", "symbolic.py", "train.py",
