@@ -44,24 +44,24 @@ def positive(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
+def _finite(text: str, low: float, strict: bool) -> float:
+    """``text`` as a finite float above ``low`` (or at least ``low``), else a usage error."""
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    if not (math.isfinite(value) and (value > low if strict else value >= low)):
+        bound = f"> {low:g}" if strict else f">= {low:g}"
+        raise argparse.ArgumentTypeError(f"expected a finite number {bound}, got {text!r}")
     return value
+
+
+def positive_float(text: str) -> float:
+    return _finite(text, 0.0, strict=True)
 
 
 def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
+    return _finite(text, 0.0, strict=False)
 
 
 def non_negative(text: str) -> int:

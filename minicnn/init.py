@@ -13,13 +13,13 @@ replica its own generator, seeded from the global one, so a split step is reprod
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Iterator
+from typing import Any, ContextManager
 
 import numpy
 
 from minicnn import backend
+from minicnn.modes import setting
 
 _host_rng = numpy.random.default_rng(0)
 
@@ -54,16 +54,11 @@ def set_rng_state(state: dict) -> None:
 _placeholders: ContextVar[bool] = ContextVar("minicnn_placeholders", default=False)
 
 
-@contextmanager
-def placeholders() -> Iterator[None]:
+def placeholders() -> ContextManager[None]:
     """Inside this block (in this thread) every initializer here returns a placeholder: an
     array of the right shape and dtype that takes no memory (all strides 0), so a model can be
     built from an untrusted description and its shapes checked before anything is allocated."""
-    token = _placeholders.set(True)
-    try:
-        yield
-    finally:
-        _placeholders.reset(token)
+    return setting(_placeholders, True)
 
 
 def is_placeholder(a: Any) -> bool:
@@ -138,14 +133,9 @@ _device_rngs: dict[str, Any] = {}
 _scoped_rng: ContextVar[numpy.random.Generator | None] = ContextVar("minicnn_rng", default=None)
 
 
-@contextmanager
-def generator_scope(gen: numpy.random.Generator) -> Iterator[None]:
+def generator_scope(gen: numpy.random.Generator) -> ContextManager[None]:
     """Layers in this thread draw their NumPy random numbers from ``gen`` inside this block."""
-    token = _scoped_rng.set(gen)
-    try:
-        yield
-    finally:
-        _scoped_rng.reset(token)
+    return setting(_scoped_rng, gen)
 
 
 def rng_for(xp: Any) -> Any:

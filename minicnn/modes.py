@@ -19,7 +19,7 @@ _inside_model: ContextVar[bool] = ContextVar("minicnn_inside_model", default=Fal
 
 
 @contextmanager
-def _setting(var: ContextVar, value: object) -> Iterator[None]:
+def setting(var: ContextVar, value: object) -> Iterator[None]:
     """``var`` holds ``value`` inside this block, in this thread (or task) only."""
     token = var.set(value)
     try:
@@ -31,7 +31,7 @@ def _setting(var: ContextVar, value: object) -> Iterator[None]:
 def no_grad() -> ContextManager[None]:
     """Inside this block (in this thread) layers keep nothing for backward: inference with less
     memory and time (Conv2D then also works through the batch in slices)."""
-    return _setting(_grad_enabled, False)
+    return setting(_grad_enabled, False)
 
 
 def grad_enabled() -> bool:
@@ -42,7 +42,7 @@ def grad_enabled() -> bool:
 def training_mode(mode: bool | None) -> ContextManager[None]:
     """Make every layer's ``training`` read ``mode`` inside this block (in this thread); None
     leaves each layer's own setting (``train()`` / ``eval()``) in force."""
-    return nullcontext() if mode is None else _setting(_training, bool(mode))
+    return nullcontext() if mode is None else setting(_training, bool(mode))
 
 
 def training_override() -> bool | None:
@@ -53,7 +53,7 @@ def training_override() -> bool | None:
 def inside_model() -> ContextManager[None]:
     """Marks a model's forward: the model checked its input once, so its layers skip the
     NaN/inf scan (every later activation comes from a layer, not from the user)."""
-    return _setting(_inside_model, True)
+    return setting(_inside_model, True)
 
 
 def is_inside_model() -> bool:
