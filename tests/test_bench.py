@@ -13,7 +13,7 @@ import pytest
 import minicnn
 from minicnn import backend, parallel, zoo
 from minicnn.layers.base import Layer
-from minicnn.tools import bench
+from minicnn.tools import bench, bench_report
 
 TINY = ["--steps", "2", "--warmup", "1", "--batch-size", "8", "--infer-batch-size", "16",
         "--infer-steps", "1"]
@@ -193,7 +193,7 @@ def test_report_with_numpy_and_cupy_shows_the_gpu_speedup():
               "results": results, "compare": None,
               "speedup": {"minicnn": bench._speedup(results["numpy"]["minicnn"],
                                                     results["cupy"]["minicnn"])}}
-    text = bench.format_report(report)
+    text = bench_report.format_report(report)
     assert "minicnn numpy" in text and "minicnn cupy" in text and "minicnn cupy speedup" in text
     step_row = next(line for line in text.splitlines() if line.startswith("| time per step"))
     assert step_row.rstrip(" |").endswith("20.00x")
