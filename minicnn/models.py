@@ -125,7 +125,7 @@ class Network(Layer):
         """The per-sample input shape the model was built for, or None if not declared."""
         raise NotImplementedError
 
-    # --- training and inference (the loops live in minicnn.train) -------------------------
+    # --- training and inference (minicnn.train and minicnn.evaluation run the loops) ------
     def fit(self, *args: Any, **kwargs: Any) -> train.History:
         """Train the model; see ``minicnn.train.fit`` for the arguments."""
         return train.fit(self, *args, **kwargs)
