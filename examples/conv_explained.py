@@ -30,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from minicnn.im2col import im2col
+from minicnn.kernels.im2col import im2col
 from minicnn.layers import Conv2D
 
 IMAGE = np.array([[1, 1, 1, 0, 0],
@@ -166,7 +166,7 @@ def grid(a: np.ndarray, indent: str = "    ") -> str:
 def draw(out_dir: str | Path) -> Path:
     """Write out_dir/correlation_vs_convolution.png: IMAGE, ASYMMETRIC, the kernel flipped, and
     their cross-correlation beside their true convolution (minicnn.visualize draws it)."""
-    from minicnn import visualize
+    from minicnn.viz import network as visualize
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figure = visualize.correlation_vs_convolution(IMAGE, ASYMMETRIC)
@@ -247,7 +247,7 @@ def main(argv: Sequence[str] = ()) -> None:
     print("\nA CNN learns its filters, so it would simply learn the flipped one: the name")
     print("'convolution' stuck, the arithmetic is cross-correlation.")
     if args.out:
-        from minicnn.plots import PlotUnavailable
+        from minicnn.viz.plots import PlotUnavailable
         try:
             print(f"\nwrote {draw(args.out)}")
         except PlotUnavailable as exc:

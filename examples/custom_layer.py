@@ -30,10 +30,11 @@ from __future__ import annotations
 import numpy as np
 
 import minicnn
-from minicnn import backend, init
+from minicnn.core import backend
+from minicnn.core import random as init
 from minicnn.layers import Conv2D, Dense, GlobalAvgPool2D, Layer, Parameter, ReLU
-from minicnn.losses import SoftmaxCrossEntropy
-from minicnn.optim import SGD
+from minicnn.training.losses import SoftmaxCrossEntropy
+from minicnn.training.optimizers import SGD
 
 
 class Scale(Layer):

@@ -16,8 +16,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import minicnn  # noqa: E402
 from minicnn import zoo  # noqa: E402
 from minicnn.data import DataLoader, Normalize, RandomShift  # noqa: E402
-from minicnn.datasets import load_fashion_mnist, load_mnist  # noqa: E402
-from minicnn.optim import SGD, CosineLR  # noqa: E402
+from minicnn.data.datasets import load_fashion_mnist, load_mnist  # noqa: E402
+from minicnn.training.optimizers import SGD, CosineLR  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")

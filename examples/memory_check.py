@@ -78,9 +78,9 @@ def run_minicnn(args: argparse.Namespace) -> None:
     import minicnn
     from minicnn import zoo
     from minicnn.data import DataLoader, Normalize, RandomShift
-    from minicnn.datasets import load_mnist
-    from minicnn.evaluation import EVAL_BATCH_SIZE
-    from minicnn.train import fit
+    from minicnn.data.datasets import load_mnist
+    from minicnn.training.evaluation import EVAL_BATCH_SIZE
+    from minicnn.training.loop import fit
 
     report = Report("minicnn")
     recipe = zoo.REFERENCE_RECIPE

@@ -14,9 +14,9 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # checkout
 import minicnn  # noqa: E402
 from minicnn.data import DataLoader, Normalize, RandomShift  # noqa: E402
-from minicnn.datasets import load_mnist  # noqa: E402
+from minicnn.data.datasets import load_mnist  # noqa: E402
 from minicnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU  # noqa: E402
-from minicnn.optim import SGD, CosineLR  # noqa: E402
+from minicnn.training.optimizers import SGD, CosineLR  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--epochs", type=int, default=3)

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Sequence
 
-from minicnn import backend, evaluation, modes, parallel, train
+from minicnn.core import backend, modes
+from minicnn.core.symbolic import Input, SymbolicTensor
 from minicnn.layers.base import Layer, layer_config, layer_from_config
-from minicnn.symbolic import Input, SymbolicTensor
+from minicnn.training import evaluation, parallel
+from minicnn.training import loop as train
 
 __all__ = ["Network", "Sequential", "Model", "Input", "SymbolicTensor", "layer_from_config"]
 

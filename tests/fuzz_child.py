@@ -13,8 +13,8 @@ from pathlib import Path
 cases, limit_mib = Path(sys.argv[1]), int(sys.argv[2])
 resource.setrlimit(resource.RLIMIT_AS, (limit_mib << 20, limit_mib << 20))
 
-import minicnn                                          # noqa: E402  (after the limit)
-from minicnn.datasets import read_idx                   # noqa: E402
+import minicnn  # noqa: E402  (after the limit)
+from minicnn.data.datasets import read_idx  # noqa: E402
 
 for path in sorted(cases.iterdir()):
     start = time.perf_counter()

@@ -1,7 +1,7 @@
 """Whether the tests can use a GPU: one check shared by the test modules."""
 from __future__ import annotations
 
-from minicnn import backend
+from minicnn.core import backend
 
 
 def gpu_unavailable_reason() -> str | None:

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from minicnn import allocator, cli
+from minicnn.cli import commands as cli
+from minicnn.kernels import allocator
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="glibc tuning is Linux-only")

@@ -8,11 +8,22 @@ import numpy as np
 import pytest
 
 import minicnn
-from minicnn import backend
-from minicnn.layers import (Add, AvgPool2D, BatchNorm2D, Concatenate, Conv2D, Dense, Dropout,
-                            Flatten, GlobalAvgPool2D, MaxPool2D, ReLU)
-from minicnn.losses import MSELoss, SoftmaxCrossEntropy
-from minicnn.optim import SGD
+from minicnn.core import backend
+from minicnn.layers import (
+    Add,
+    AvgPool2D,
+    BatchNorm2D,
+    Concatenate,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    MaxPool2D,
+    ReLU,
+)
+from minicnn.training.losses import MSELoss, SoftmaxCrossEntropy
+from minicnn.training.optimizers import SGD
 
 
 class _NoGlobalModule:

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from minicnn import atomic
-from minicnn.atomic import atomic_write, atomic_write_bytes
+from minicnn.core import atomic
+from minicnn.core.atomic import atomic_write, atomic_write_bytes
 
 
 def test_target_gets_the_content(tmp_path):

@@ -8,9 +8,23 @@ import numpy as np
 import pytest
 
 import minicnn
-from minicnn.layers import (Add, AvgPool2D, BatchNorm2D, Concatenate, Conv2D, Dense, Dropout,
-                            Flatten, GlobalAvgPool2D, LeakyReLU, MaxPool2D, ReLU, Sigmoid, Softmax,
-                            Tanh)
+from minicnn.layers import (
+    Add,
+    AvgPool2D,
+    BatchNorm2D,
+    Concatenate,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    LeakyReLU,
+    MaxPool2D,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
+)
 from minicnn.models import Input, Model, Sequential
 
 

@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 
 import minicnn
-from minicnn import backend, parallel, zoo
+from minicnn import zoo
+from minicnn.core import backend
 from minicnn.layers.base import Layer
-from minicnn.tools import bench, bench_report
+from minicnn.tools.bench import command as bench
+from minicnn.tools.bench import report as bench_report
+from minicnn.training import parallel
 
 TINY = ["--steps", "2", "--warmup", "1", "--batch-size", "8", "--infer-batch-size", "16",
         "--infer-steps", "1"]

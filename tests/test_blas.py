@@ -1,7 +1,7 @@
 """minicnn.blas: OpenBLAS's thread count and kernel name."""
 import pytest
 
-from minicnn import blas
+from minicnn.kernels import blas
 
 
 def test_blas_thread_count_round_trips():

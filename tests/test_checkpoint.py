@@ -10,11 +10,23 @@ import numpy as np
 import pytest
 
 import minicnn
-from minicnn import checkpoint, data, init, train, zoo
-from minicnn.checkpoint import CheckpointError, load_checkpoint, load_weights
-from minicnn.layers import (Add, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, LeakyReLU,
-                            MaxPool2D, ReLU)
+from minicnn import data, zoo
+from minicnn.core import random as init
+from minicnn.layers import (
+    Add,
+    BatchNorm2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    LeakyReLU,
+    MaxPool2D,
+    ReLU,
+)
 from minicnn.models import Input, Model, Sequential, layer_from_config
+from minicnn.saving import checkpoint
+from minicnn.saving.checkpoint import CheckpointError, load_checkpoint, load_weights
+from minicnn.training import loop as train
 
 
 def small_model(channels: int = 4) -> Sequential:

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import minicnn
-from minicnn import cli, plots
+from minicnn.cli import commands as cli
+from minicnn.viz import plots
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -100,7 +101,7 @@ def test_evaluate(run_dir, capsys, monkeypatch):
 
 
 def test_predict_files_and_indices(run_dir, tmp_path, capsys):
-    from minicnn.datasets import load_mnist
+    from minicnn.data.datasets import load_mnist
     _, (xt, yt) = load_mnist(data_root(), download=False, verify=False)
     image = tmp_path / "digit.png"
     image.write_bytes(png(xt[3]))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import minicnn
-from minicnn import cli
+from minicnn.cli import commands as cli
 from minicnn.layers import Dense, Flatten
 
 

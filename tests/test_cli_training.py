@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import minicnn
-from minicnn import cli
+from minicnn.cli import commands as cli
 
 pytestmark = pytest.mark.skipif(not os.environ.get("MINICNN_DATA"),
                                 reason="MINICNN_DATA is not set (real MNIST needed)")
@@ -76,7 +76,8 @@ def test_a_diverging_run_stops_in_one_line_and_leaves_nothing(tmp_path, capsys):
 
 CUSTOM = '''
 import minicnn
-from minicnn import backend, init
+from minicnn.core import backend
+from minicnn.core import random as init
 from minicnn.layers import Layer, Parameter
 
 class Gain(Layer):

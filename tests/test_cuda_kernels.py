@@ -16,7 +16,7 @@ import itertools
 import numpy as np
 import pytest
 
-from minicnn import cuda_kernels
+from minicnn.kernels import cuda as cuda_kernels
 
 ARCH_OPTION = "--gpu-architecture=compute_90"
 
@@ -124,10 +124,10 @@ def test_module_imports_without_touching_cupy():
     from pathlib import Path
 
     env = {k: v for k, v in os.environ.items() if k != "MINICNN_BACKEND"}
-    root = str(Path(cuda_kernels.__file__).resolve().parents[1])
+    root = str(Path(cuda_kernels.__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     code = (
-        "import sys, minicnn.cuda_kernels; "
+        "import sys, minicnn.kernels.cuda; "
         "assert 'cupy' not in sys.modules, 'cupy imported eagerly'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env=env)

@@ -157,7 +157,7 @@ def test_normalize_mnist_statistics():
     root = os.environ.get("MINICNN_DATA")
     if not root or not (Path(root) / "mnist").is_dir():
         pytest.skip("MINICNN_DATA/mnist not available")
-    from minicnn.datasets import load_mnist
+    from minicnn.data.datasets import load_mnist
     (x, _), _ = load_mnist(root, download=False, verify=False)
     out = Normalize(mean=0.1307, std=0.3081)(x)
     assert abs(out.mean(dtype=np.float64)) < 1e-3

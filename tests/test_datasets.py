@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minicnn import datasets as ds
-from minicnn.datasets import DatasetError, read_idx, write_idx
+from minicnn.data import datasets as ds
+from minicnn.data.datasets import DatasetError, read_idx, write_idx
 
 NAMES = ds.FILE_NAMES
 LABELS = "train-labels-idx1-ubyte"
@@ -128,7 +128,7 @@ def test_wrong_checksum_and_missing_file(tmp_path):
 
 def test_data_root_order(monkeypatch, tmp_path):
     monkeypatch.delenv("MINICNN_DATA", raising=False)
-    assert ds.data_root() == Path(ds.__file__).resolve().parent.parent / "datasets"
+    assert ds.data_root() == Path(ds.__file__).resolve().parents[2] / "datasets"
     monkeypatch.setenv("MINICNN_DATA", str(tmp_path / "env"))
     assert ds.data_root() == tmp_path / "env"
     assert ds.data_root(tmp_path / "arg") == tmp_path / "arg"
@@ -136,7 +136,7 @@ def test_data_root_order(monkeypatch, tmp_path):
 
 def test_an_installed_package_keeps_data_in_the_user_cache(monkeypatch, tmp_path):
     monkeypatch.delenv("MINICNN_DATA", raising=False)
-    installed = tmp_path / "lib" / "python3.11" / "site-packages" / "minicnn" / "datasets.py"
+    installed = tmp_path / "lib" / "python3.11" / "site-packages" / "minicnn" / "data" / "datasets.py"
     monkeypatch.setattr(ds, "__file__", str(installed))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert ds.data_root() == tmp_path / "cache" / "minicnn"

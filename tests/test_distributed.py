@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gpu_check import gpu_unavailable_reason
 
 import minicnn
-from minicnn import data, distributed, evaluation
+from minicnn import data
 from minicnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from minicnn.models import Sequential
-
-from gpu_check import gpu_unavailable_reason
+from minicnn.training import distributed, evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
 MPI_TIMEOUT = 240          # seconds for one mpiexec run; a hang fails the test instead
@@ -340,7 +340,7 @@ def test_nccl_on_gpus(tmp_path):
     script = tmp_path / "nccl.py"
     script.write_text(textwrap.dedent("""
         import cupy
-        from minicnn import distributed
+        from minicnn.training import distributed
         comm = distributed.init("nccl", backend_name="cupy")
         buf = cupy.full(5, comm.rank + 1.0, dtype=cupy.float32)
         comm.allreduce(buf)
@@ -358,8 +358,10 @@ EQUIVALENCE = """
 import json, sys
 import numpy as np
 import minicnn
-from minicnn import data, distributed, train, zoo
-from minicnn.optim import SGD
+from minicnn import data, zoo
+from minicnn.training import distributed
+from minicnn.training import loop as train
+from minicnn.training.optimizers import SGD
 
 comm = distributed.init()
 rng = np.random.default_rng(0)
@@ -424,7 +426,8 @@ def weights(path: Path) -> dict[str, np.ndarray]:
 
 FAULTS = """
 import os, signal, sys
-from minicnn import cli, train
+from minicnn.cli import commands as cli
+from minicnn.training import loop as train
 rank = int(os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")))
 original, calls = train.train_step, [0]
 def faulty(*args, **kwargs):

@@ -2,16 +2,24 @@
 float32 tolerance. Skipped, with the reason, where no GPU is usable."""
 import numpy as np
 import pytest
-
-import minicnn
-from minicnn import backend
-from minicnn.layers import (Add, AvgPool2D, BatchNorm2D, Concatenate, Conv2D, Dense, Flatten,
-                            GlobalAvgPool2D, MaxPool2D, ReLU)
-from minicnn.losses import SoftmaxCrossEntropy
-from minicnn.optim import SGD
-
 from gpu_check import gpu_unavailable_reason
 
+import minicnn
+from minicnn.core import backend
+from minicnn.layers import (
+    Add,
+    AvgPool2D,
+    BatchNorm2D,
+    Concatenate,
+    Conv2D,
+    Dense,
+    Flatten,
+    GlobalAvgPool2D,
+    MaxPool2D,
+    ReLU,
+)
+from minicnn.training.losses import SoftmaxCrossEntropy
+from minicnn.training.optimizers import SGD
 
 _REASON = gpu_unavailable_reason()
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"no GPU: {_REASON}")

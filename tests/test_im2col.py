@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import reference as ref
-from minicnn.im2col import col2im, col2im_matmul, conv_output_size, im2col, pair
+
+from minicnn.kernels.im2col import col2im, col2im_matmul, conv_output_size, im2col, pair
 
 SEEDS = list(range(16))
 GEOMETRY = ("kernel_size", "stride", "padding", "dilation")

@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
-from minicnn.images import fit_to_input, read_image, resize
+from minicnn.data.images import fit_to_input, read_image, resize
 
 
 @pytest.fixture(autouse=True, params=["builtin", "pillow"])

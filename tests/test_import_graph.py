@@ -86,12 +86,12 @@ def test_the_core_looks_down():
     models; nothing in the core imports the tools."""
     graph = import_graph()
     assert "minicnn.models" not in graph["minicnn.layers.base"]
-    assert "minicnn.symbolic" in graph["minicnn.layers.base"]
-    for low in ("minicnn.train", "minicnn.checkpoint", "minicnn.parallel"):
+    assert "minicnn.core.symbolic" in graph["minicnn.layers.base"]
+    for low in ("minicnn.training.loop", "minicnn.saving.checkpoint", "minicnn.training.parallel"):
         assert "minicnn.models" not in graph[low], low
     tools = {name for name in graph if name.startswith(("minicnn.tools", "minicnn.cli"))} | \
         {"minicnn.__main__"}
-    assert {"minicnn.cli", "minicnn.cli_train", "minicnn.tools.bench"} <= tools
+    assert {"minicnn.cli", "minicnn.cli.train", "minicnn.tools.bench"} <= tools
     for name, imported in graph.items():
         if name not in tools and name != "minicnn":
             assert not imported & tools, f"{name} imports a tool: {imported & tools}"

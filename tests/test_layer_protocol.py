@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import minicnn
-from minicnn import init
+from minicnn.core import random as init
 from minicnn.layers import Conv2D, Dense, Flatten, Layer, Parameter, ReLU
-from minicnn.losses import SoftmaxCrossEntropy
+from minicnn.training.losses import SoftmaxCrossEntropy
 
 
 class _Parts(Layer):

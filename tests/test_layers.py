@@ -6,13 +6,28 @@ import warnings
 
 import numpy as np
 import pytest
+import reference as ref
 
 import minicnn
-import reference as ref
-from minicnn.gradcheck import GradientCheckError, gradcheck
-from minicnn.layers import (Add, AvgPool2D, BatchNorm2D, Concatenate, Conv2D, Dense, Dropout,
-                            Flatten, GlobalAvgPool2D, Identity, LeakyReLU, MaxPool2D, ReLU,
-                            Sigmoid, Softmax, Tanh)
+from minicnn.layers import (
+    Add,
+    AvgPool2D,
+    BatchNorm2D,
+    Concatenate,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    Identity,
+    LeakyReLU,
+    MaxPool2D,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
+)
+from minicnn.testing.gradcheck import GradientCheckError, gradcheck
 
 SEEDS = list(range(16))
 TOL = 1e-6

@@ -5,15 +5,15 @@ import math
 
 import numpy as np
 import pytest
+import reference as ref
 
 import minicnn
-import reference as ref
-from minicnn import init
-from minicnn.gradcheck import numeric_gradient, relative_error
+from minicnn.core import random as init
 from minicnn.layers import Conv2D, Dense, Parameter
-from minicnn.losses import MSELoss, SoftmaxCrossEntropy
 from minicnn.models import Sequential
-from minicnn.optim import SGD, ConstantLR, CosineLR, StepLR
+from minicnn.testing.gradcheck import numeric_gradient, relative_error
+from minicnn.training.losses import MSELoss, SoftmaxCrossEntropy
+from minicnn.training.optimizers import SGD, ConstantLR, CosineLR, StepLR
 
 TOL = 1e-6
 

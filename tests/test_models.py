@@ -6,15 +6,29 @@ import json
 
 import numpy as np
 import pytest
+from gpu_check import gpu_unavailable_reason
 
 import minicnn
-from minicnn import backend, models
-from minicnn.gradcheck import gradcheck
-from minicnn.layers import (Add, AvgPool2D, BatchNorm2D, Concatenate, Conv2D, Dense, Dropout,
-                            Flatten, GlobalAvgPool2D, LeakyReLU, MaxPool2D, ReLU, Sigmoid, Tanh)
+from minicnn import models
+from minicnn.core import backend
+from minicnn.layers import (
+    Add,
+    AvgPool2D,
+    BatchNorm2D,
+    Concatenate,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    LeakyReLU,
+    MaxPool2D,
+    ReLU,
+    Sigmoid,
+    Tanh,
+)
 from minicnn.models import Input, Model, Sequential
-
-from gpu_check import gpu_unavailable_reason
+from minicnn.testing.gradcheck import gradcheck
 
 TOL = 1e-6
 EPS = 1e-5     # see tests/test_layers.py: central differences are exact up to rounding here

@@ -5,11 +5,11 @@ import threading
 import numpy as np
 
 import minicnn
-from minicnn import parallel
 from minicnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from minicnn.layers.base import grad_enabled
-from minicnn.losses import SoftmaxCrossEntropy
-from minicnn.optim import SGD
+from minicnn.training import parallel
+from minicnn.training.losses import SoftmaxCrossEntropy
+from minicnn.training.optimizers import SGD
 
 
 def test_overlapping_no_grad_blocks_in_two_threads_restore_their_own_mode():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from minicnn import plots
+from minicnn.viz import plots
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "examples" / "understanding_convolution.ipynb"

@@ -20,13 +20,29 @@ import pytest
 
 import minicnn
 from minicnn import zoo
-from minicnn.checkpoint import load_checkpoint
-from minicnn.cli import main as cli_main
+from minicnn.cli.commands import main as cli_main
 from minicnn.data import Normalize
-from minicnn.layers import (Add, AvgPool2D, BatchNorm2D, Concatenate, Conv2D, Dense, Dropout,
-                            Flatten, GlobalAvgPool2D, Identity, Layer, LeakyReLU, MaxPool2D,
-                            ReLU, Sigmoid, Softmax, Tanh)
-from minicnn.onnx_export import BUILTIN, DEFAULT_OPSET, ExportError, export_onnx
+from minicnn.layers import (
+    Add,
+    AvgPool2D,
+    BatchNorm2D,
+    Concatenate,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    Identity,
+    Layer,
+    LeakyReLU,
+    MaxPool2D,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
+)
+from minicnn.onnx.export import BUILTIN, DEFAULT_OPSET, ExportError, export_onnx
+from minicnn.saving.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 RTOL, ATOL = 1e-5, 1e-6

@@ -3,11 +3,20 @@ import numpy as np
 import pytest
 
 import minicnn
-from minicnn import parallel
-from minicnn.layers import (Add, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D,
-                            MaxPool2D, ReLU)
-from minicnn.losses import SoftmaxCrossEntropy
-from minicnn.optim import SGD
+from minicnn.layers import (
+    Add,
+    BatchNorm2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    MaxPool2D,
+    ReLU,
+)
+from minicnn.training import parallel
+from minicnn.training.losses import SoftmaxCrossEntropy
+from minicnn.training.optimizers import SGD
 
 
 def _sequential():
@@ -186,7 +195,7 @@ def test_an_error_in_a_replica_thread_reaches_the_caller(small_slices):
 
 
 def test_blas_thread_count_is_restored_after_a_split_step(small_slices):
-    from minicnn import blas
+    from minicnn.kernels import blas
     if not blas.can_set_threads():
         pytest.skip("OpenBLAS's thread count cannot be set here")
     before = blas.set_blas_threads(2)

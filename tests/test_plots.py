@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from minicnn import plots
+from minicnn.viz import plots
 
 pytest.importorskip("matplotlib")
 

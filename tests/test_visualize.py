@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 import minicnn
-from minicnn import cli, datasets, images, plots, visualize
-from minicnn.data import Normalize
+from minicnn.cli import commands as cli
+from minicnn.data import Normalize, datasets, images
 from minicnn.layers import Add, Conv2D, Dense, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU
+from minicnn.viz import network as visualize
+from minicnn.viz import plots
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_matplotlib = pytest.mark.skipif(not plots.available(), reason="matplotlib not installed")

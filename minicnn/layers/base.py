@@ -35,9 +35,10 @@ import functools
 import inspect
 from typing import Any, Callable, Iterator
 
-from minicnn import backend, init, modes
-from minicnn.modes import grad_enabled, no_grad
-from minicnn.symbolic import SymbolicTensor
+from minicnn.core import backend, modes
+from minicnn.core import random as init
+from minicnn.core.modes import grad_enabled, no_grad
+from minicnn.core.symbolic import SymbolicTensor
 
 __all__ = ["Layer", "Parameter", "LAYER_REGISTRY", "no_grad", "grad_enabled", "column_sums",
            "layer_config", "layer_from_config"]

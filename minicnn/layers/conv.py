@@ -19,9 +19,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from minicnn import backend
-from minicnn import init as _init
-from minicnn.im2col import IntPair, col2im_matmul, conv_output_size, im2col, pair
+from minicnn.core import backend
+from minicnn.core import random as _init
+from minicnn.kernels.im2col import (
+    IntPair,
+    col2im_matmul,
+    conv_output_size,
+    im2col,
+    pair,
+)
 from minicnn.layers.base import Layer, Parameter, grad_enabled
 
 INFERENCE_COLUMNS = 1 << 22

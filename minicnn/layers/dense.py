@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from minicnn import init as _init
+from minicnn.core import random as _init
+from minicnn.core.modes import inside_model
 from minicnn.layers.activations import get_activation
 from minicnn.layers.base import Layer, Parameter, column_sums
-from minicnn.modes import inside_model
 
 
 class Dense(Layer):

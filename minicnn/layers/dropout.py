@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from minicnn import backend, init
+from minicnn.core import backend
+from minicnn.core import random as init
 from minicnn.layers.base import Layer
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from minicnn import backend
+from minicnn.core import backend
 from minicnn.layers.base import Layer
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from minicnn import backend
-from minicnn.im2col import IntPair, conv_output_size, pair
+from minicnn.core import backend
+from minicnn.kernels.im2col import IntPair, conv_output_size, pair
 from minicnn.layers.base import Layer, grad_enabled
 
 
@@ -77,7 +77,7 @@ class MaxPool2D(_Pool2D):
         xp = backend.get_array_module(x)
         x_nhwc = x.transpose(0, 2, 3, 1)
         if backend.is_cupy_array(x):
-            from minicnn import cuda_kernels
+            from minicnn.kernels import cuda as cuda_kernels
             y, argmax = cuda_kernels.maxpool_forward_nhwc(
                 xp.ascontiguousarray(x_nhwc), kh, kw, sh, sw, *self.padding)
         else:
@@ -106,7 +106,7 @@ class MaxPool2D(_Pool2D):
         xp = backend.get_array_module(grad_out)
         dy = grad_out.transpose(0, 2, 3, 1)
         if backend.is_cupy_array(dy):
-            from minicnn import cuda_kernels
+            from minicnn.kernels import cuda as cuda_kernels
             dx = cuda_kernels.maxpool_backward_nhwc(xp.ascontiguousarray(dy), argmax, h, w,
                                                     kh, kw, sh, sw, ph, pw)
             return dx.transpose(0, 3, 1, 2)
@@ -134,7 +134,7 @@ class AvgPool2D(_Pool2D):
         xp = backend.get_array_module(x)
         self.save_for_backward(tuple(x.shape))
         if backend.is_cupy_array(x):
-            from minicnn import cuda_kernels
+            from minicnn.kernels import cuda as cuda_kernels
             y = cuda_kernels.avgpool_forward_nhwc(
                 xp.ascontiguousarray(x.transpose(0, 2, 3, 1)), kh, kw, sh, sw, *self.padding)
             return y.transpose(0, 3, 1, 2)
@@ -150,7 +150,7 @@ class AvgPool2D(_Pool2D):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         xp = backend.get_array_module(grad_out)
         if backend.is_cupy_array(grad_out):
-            from minicnn import cuda_kernels
+            from minicnn.kernels import cuda as cuda_kernels
             dx = cuda_kernels.avgpool_backward_nhwc(
                 xp.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)), h, w,
                 kh, kw, sh, sw, ph, pw)

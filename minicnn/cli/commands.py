@@ -1,0 +1,384 @@
+"""The ``minicnn`` command line: the parser, ``main``, and the commands other than ``train``
+(``minicnn.cli_train``): evaluate, predict, summary, export, visualize, bench.
+
+    minicnn train --dataset mnist --model ref-cnn --epochs 3 --out runs/ref-cnn-mnist
+    minicnn train --out runs/ref-cnn-mnist --resume
+    mpiexec -n 2 minicnn train            # data-parallel over 2 processes (minicnn.distributed)
+    minicnn evaluate runs/ref-cnn-mnist/model.npz
+    minicnn predict runs/ref-cnn-mnist/model.npz digit.png 0 1 2
+    minicnn summary --model lenet5
+    minicnn export runs/ref-cnn-mnist/model.npz model.onnx --include-preprocessing
+
+A run directory holds ``last.npz`` (the resumable training checkpoint, rewritten after every
+epoch and on Ctrl-C), ``model.npz`` (the finished model, written at the end), ``metrics.jsonl``
+(one JSON line per epoch) and, when matplotlib is installed, ``curves.png`` and
+``confusion.png``. Errors print one line to stderr and exit with status 1 (2 for bad usage,
+130 after Ctrl-C); --debug (or MINICNN_DEBUG=1) shows a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy
+
+import minicnn
+from minicnn import zoo
+from minicnn.cli.common import (
+    DATASETS,
+    EVAL_CONFUSION,
+    FINAL,
+    CLIError,
+    Parser,
+    can_plot,
+    checkpoint_path,
+    class_names,
+    non_negative,
+    non_negative_float,
+    positive,
+    positive_float,
+    say,
+    set_backend,
+    test_set,
+)
+from minicnn.cli.train import cmd_train
+from minicnn.core import backend
+from minicnn.data import transform_from_config
+from minicnn.data.datasets import DatasetError
+from minicnn.data.images import fit_to_input, read_image
+from minicnn.kernels import allocator
+from minicnn.saving.checkpoint import CheckpointError, load_checkpoint
+from minicnn.training.evaluation import confusion_matrix, predict
+from minicnn.training.loop import TrainingError
+from minicnn.viz import plots
+
+# Commands that run training or inference steps, for which the CLI tunes the C allocator.
+RUNS_MODELS = ("train", "evaluate", "predict", "bench")
+
+
+def _import_modules(names: Sequence[str]) -> None:
+    """Import the modules that define a checkpoint's custom layers (``--import``); the current
+    folder is searched first, as ``python -m`` does."""
+    if names and "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            raise CLIError(f"--import {name}: cannot import it ({type(exc).__name__}: "
+                           f"{exc})") from None
+
+
+# --------------------------------------------------------------------------- evaluate, predict
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    set_backend(args.backend)
+    path = checkpoint_path(args.checkpoint)
+    ckpt = load_checkpoint(path)
+    dataset, xt, yt = test_set(ckpt.meta, args)
+    if args.limit:
+        xt, yt = xt[:args.limit], yt[:args.limit]
+    logits = predict(ckpt.model, xt, batch_size=args.batch_size)   # the model's transform
+    loss = float(minicnn.losses.SoftmaxCrossEntropy().forward(logits, yt))
+    pred = backend.to_numpy(logits.argmax(axis=1))
+    k = int(logits.shape[1])
+    matrix = backend.to_numpy(confusion_matrix(yt, pred, k))
+    names = class_names(ckpt.meta, k, dataset)
+    correct = int((pred == yt).sum())
+    print(f"{path}: {dataset} test set, {len(yt)} images")
+    print(f"accuracy {100 * correct / len(yt):.2f}% ({correct}/{len(yt)}), loss {loss:.4f}")
+    print("per-class accuracy:")
+    width = max(len(n) for n in names)
+    for i, name in enumerate(names):
+        total = int(matrix[i].sum())
+        acc = f"{100 * matrix[i, i] / total:6.2f}%" if total else "     -"
+        print(f"  {name:<{width}}  {acc}  ({int(matrix[i, i])}/{total})")
+    print("confusion matrix (rows: true class, columns: predicted):")
+    cell = max(5, len(str(int(matrix.max()))) + 1)
+    print(" " * (width + 2) + "".join(f"{j:>{cell}}" for j in range(k)))
+    for i, name in enumerate(names):
+        print(f"  {name:<{width}}" + "".join(f"{int(v):>{cell}}" for v in matrix[i]))
+    if can_plot():
+        picture = path.with_name(EVAL_CONFUSION)          # training's confusion.png stays
+        plots.plot_confusion(matrix, picture, names, title=f"{path.name} on {dataset}")
+        print(f"wrote {picture}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    set_backend(args.backend)
+    ckpt = load_checkpoint(checkpoint_path(args.checkpoint))
+    model = ckpt.model
+    in_shape = tuple(getattr(model, "input_shape", None) or (1, 28, 28))
+    images, labels, test = [], [], None
+    for item in args.images:
+        if not Path(item).exists() and item.lstrip("-").isdigit():
+            if test is None:
+                test = test_set(ckpt.meta, args)
+            _, xt, yt = test
+            index = int(item)
+            if not 0 <= index < len(xt):
+                raise CLIError(f"test-set index {index} is out of range 0..{len(xt) - 1}")
+            images.append(xt[index])
+            labels.append(int(yt[index]))
+            continue
+        try:
+            image = read_image(item)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        if in_shape[0] != 1:
+            raise CLIError(f"{item}: the model expects {in_shape[0]}-channel images; predict "
+                           "reads grey images only")
+        fitted, inverted = fit_to_input(image, in_shape[1:], True if args.invert else None)
+        if inverted and not args.invert:
+            say(f"note: {item} has a light background; inverted to white on black, as the "
+                 "model was trained")
+        images.append(fitted)
+        labels.append(None)
+    logits = backend.to_numpy(predict(model, numpy.stack(images)))    # the model's transform
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    prob = numpy.exp(shifted) / numpy.exp(shifted).sum(axis=1, keepdims=True)
+    names = class_names(ckpt.meta, prob.shape[1], test[0] if test else args.dataset)
+    for item, p, label in zip(args.images, prob, labels):
+        top = numpy.argsort(-p)[:args.top]
+        guesses = ", ".join(f"{names[c]} (p={p[c]:.3f})" for c in top)
+        truth = "" if label is None else f"  [true: {names[label]}]"
+        print(f"{item}: {guesses}{truth}")
+    return 0
+
+
+# --------------------------------------------------------------------------- summary, bench
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    if (args.model is None) == (args.checkpoint is None):
+        raise CLIError("give either --model NAME (the zoo) or a checkpoint")
+    model = zoo.build_model(args.model) if args.model else \
+        load_checkpoint(checkpoint_path(args.checkpoint)).model
+    model.summary()
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a checkpoint's model as an ONNX file (see minicnn.onnx_export)."""
+    from minicnn.onnx.export import DEFAULT_OPSET, export_onnx
+    ckpt = load_checkpoint(checkpoint_path(args.checkpoint))
+    path = export_onnx(ckpt, args.out, opset=args.opset,
+                       include_preprocessing=args.include_preprocessing)
+    pixels = "uint8 pixels, preprocessed inside" if args.include_preprocessing else "float32"
+    print(f"wrote {path} ({path.stat().st_size:,} bytes, ONNX opset "
+          f"{args.opset or DEFAULT_OPSET}, input {pixels})")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        from minicnn.tools.bench import command as bench
+    except ImportError as exc:
+        raise CLIError(f"the benchmark is not available ({exc})") from None
+    parser = Parser(prog="minicnn bench", description="Time training and inference steps.")
+    bench.add_arguments(parser)
+    try:
+        bench_args = parser.parse_args(args.bench_args)
+    except SystemExit as exc:                  # --help, usage errors
+        return exc.code if isinstance(exc.code, int) else 0
+    return int(bench.run(bench_args) or 0)
+
+
+# --------------------------------------------------------------------------- visualize
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    """Write filters.png, feature_maps.png, im2col.png and correlation_vs_convolution.png for
+    one image (a file, or a test-set index), preprocessed as the model was trained."""
+    from minicnn.viz import network as visualize
+    set_backend(args.backend)
+    path = Path(args.checkpoint)
+    if path.is_dir():
+        path = path / FINAL
+        if not path.is_file():
+            raise CLIError(f"{args.checkpoint}: the folder holds no {FINAL}")
+    if not plots.available():
+        raise CLIError('matplotlib is not installed: pip install -e ".[plot]"')
+    ckpt = load_checkpoint(path)
+    in_shape = tuple(getattr(ckpt.model, "input_shape", None) or (1, 28, 28))
+    label, dataset = None, None
+    if Path(args.image).exists() or not args.image.lstrip("-").isdigit():
+        try:
+            image = read_image(args.image)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        if (1,) + image.shape != in_shape:
+            raise CLIError(f"{args.image}: image is {image.shape[1]}x{image.shape[0]} pixels, "
+                           f"the model expects {in_shape[2]}x{in_shape[1]} grey images")
+    else:
+        meta = dict(ckpt.meta, dataset=ckpt.meta.get("dataset") or "mnist")
+        dataset, xt, yt = test_set(meta, args)
+        index = int(args.image)
+        if not 0 <= index < len(xt):
+            raise CLIError(f"test-set index {index} is out of range 0..{len(xt) - 1}")
+        image, label = xt[index], int(yt[index])
+    x = transform_from_config(ckpt.meta.get("transform"))(image.reshape((1,) + in_shape))
+    names = class_names(ckpt.meta, int(ckpt.model.output_shape(in_shape)[-1]), dataset)
+    out = Path(args.out) if args.out else path.parent
+    written = visualize.write_pictures(ckpt.model, x, out, names, label)
+    print(f"wrote {out}/ ({', '.join(p.name for p in written)})")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser, main
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="minicnn", description="Train and use small CNNs on MNIST and "
+                     "Fashion-MNIST with minicnn.")
+    parser.add_argument("--version", action="version", version=f"minicnn {minicnn.__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an unexpected error (anywhere on the line)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    r = zoo.REFERENCE_RECIPE
+
+    def imports(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--import", dest="imports", action="append", default=[],
+                       metavar="MODULE", help="import MODULE first (the module defining a "
+                       "checkpoint's custom layers); repeatable")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        imports(p)
+        p.add_argument("--backend", choices=backend.BACKENDS,
+                       help="array backend (default: $MINICNN_BACKEND or numpy)")
+        p.add_argument("--data-root", metavar="DIR",
+                       help="folder holding mnist/ and fashion-mnist/ (default: $MINICNN_DATA)")
+
+    t = sub.add_parser("train", help="train a model; writes a run directory")
+    t.add_argument("--dataset", choices=DATASETS, help="mnist (default) or fashion-mnist")
+    t.add_argument("--model", choices=zoo.MODELS, help="ref-cnn (default) or lenet5")
+    t.add_argument("--epochs", type=positive, help=f"epochs (default {r.epochs})")
+    t.add_argument("--batch-size", type=positive, help=f"batch size (default {r.batch_size})")
+    t.add_argument("--optimizer", choices=tuple(zoo.OPTIMIZER_DEFAULTS),
+                   help="sgd (default), adam or adamw")
+    t.add_argument("--lr", type=positive_float, help=f"peak learning rate (default {r.lr} for "
+                   "sgd, 0.001 for adam and adamw)")
+    t.add_argument("--momentum", type=non_negative_float,
+                   help=f"SGD momentum (default {r.momentum})")
+    t.add_argument("--weight-decay", type=non_negative_float, help=f"weight decay (default "
+                   f"{r.weight_decay} for sgd, 0 for adam, 0.01 for adamw)")
+    t.add_argument("--schedule", choices=zoo.SCHEDULES, help=f"lr schedule (default {r.schedule})")
+    t.add_argument("--augment", type=int, metavar="K",
+                   help=f"random shifts of up to K pixels (default {r.augment}; 0: none)")
+    t.add_argument("--seed", type=int, help="random seed (default 0)")
+    t.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/MODEL-DATASET)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--limit", type=positive, metavar="N", help="train on the first N images")
+    t.add_argument("--test-limit", type=positive, metavar="N",
+                   help="evaluate on the first N test images")
+    t.add_argument("--val-split", type=non_negative, metavar="N", help="training images held "
+                   f"out for validation, scored every epoch (default {r.val_split}, at most a "
+                   "tenth of them; 0: none)")
+    t.add_argument("--early-stop", type=positive, metavar="PATIENCE", help="stop when the "
+                   "validation loss has not improved for PATIENCE epochs (default: off)")
+    t.add_argument("--quiet", action="store_true",
+                   help="no progress bars (the line per epoch stays)")
+    t.add_argument("--distributed", nargs="?", const="on", choices=("on", "mpi", "nccl", "off"),
+                   help="data-parallel over MPI ranks (default: when started by mpiexec; "
+                   "alone or 'on': mpi on numpy, nccl on cupy; off: ignore mpiexec)")
+    common(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="accuracy, per-class accuracy, confusion matrix")
+    e.add_argument("checkpoint", help="a .npz checkpoint or a run folder (its model.npz)")
+    e.add_argument("--dataset", choices=DATASETS, help="default: the checkpoint's")
+    e.add_argument("--batch-size", type=positive, default=256)
+    e.add_argument("--limit", type=positive, metavar="N", help="only the first N test images")
+    common(e)
+    e.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify image files or test-set images")
+    p.add_argument("checkpoint", help="a .npz checkpoint or a run folder (its model.npz)")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="an image file (any size; PNG/PGM, or any format with Pillow) or a "
+                   "test-set index")
+    p.add_argument("--dataset", choices=DATASETS, help="test set for indices (default: the "
+                   "checkpoint's)")
+    p.add_argument("--invert", action="store_true", help="invert files (black digit on "
+                   "white); by default light backgrounds are detected and inverted")
+    p.add_argument("--top", type=positive, default=1, help="show the K likeliest classes")
+    common(p)
+    p.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("summary", help="print a model's layers and parameter counts")
+    s.add_argument("--model", choices=zoo.MODELS, help="a model of the zoo")
+    s.add_argument("checkpoint", nargs="?", metavar="MODEL.npz",
+                   help="or a checkpoint (or run folder) to summarise")
+    imports(s)
+    s.set_defaults(func=cmd_summary)
+
+    x = sub.add_parser("export", help="write a checkpoint's model as an ONNX file")
+    x.add_argument("checkpoint", metavar="MODEL", help="a .npz checkpoint or a run folder")
+    imports(x)
+    x.add_argument("out", metavar="OUT", help="the .onnx file to write")
+    x.add_argument("--opset", type=positive, metavar="N", help="ONNX opset (default "
+                   f"{minicnn.onnx_export.DEFAULT_OPSET})")
+    x.add_argument("--include-preprocessing", action="store_true",
+                   help="take uint8 pixels and apply the checkpoint's input transform inside")
+    x.set_defaults(func=cmd_export)
+
+    v = sub.add_parser("visualize", help="filters, feature maps and im2col as PNG pictures")
+    v.add_argument("checkpoint", metavar="MODEL", help="a .npz checkpoint or a run folder")
+    v.add_argument("--image", default="0", metavar="INDEX|FILE",
+                   help="a test-set index (default 0) or a PNG/PGM file")
+    v.add_argument("--out", metavar="DIR", help="where to write (default: the model's folder)")
+    v.add_argument("--dataset", choices=DATASETS, help="test set for an index (default: the "
+                   "checkpoint's)")
+    common(v)
+    v.set_defaults(func=cmd_visualize)
+
+    b = sub.add_parser("bench", help="time training and inference steps (see minicnn bench "
+                       "--help)", add_help=False)
+    b.set_defaults(func=cmd_bench)            # its options are parsed by minicnn.tools.bench
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default sys.argv[1:]); return the exit status."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or bool(os.environ.get("MINICNN_DEBUG"))
+    argv = [a for a in argv if a != "--debug"]     # accepted anywhere on the line
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if getattr(args, "command", None) == "bench":
+            args.bench_args = extra
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as exc:                  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else 0
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return 2
+    if args.command in RUNS_MODELS:
+        allocator.keep_freed_memory()      # once per process; see minicnn/kernels/allocator.py
+    try:
+        _import_modules(getattr(args, "imports", []))
+        return args.func(args)
+    except KeyboardInterrupt:
+        say("minicnn: interrupted")
+        return 130
+    except BrokenPipeError:                    # e.g. `minicnn evaluate ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except (CLIError, CheckpointError, DatasetError, TrainingError, minicnn.BackendError,
+            plots.PlotUnavailable, OSError, ValueError) as exc:
+        if debug:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        say(f"minicnn {args.command}: error: {message}")
+        return 1
+    except Exception as exc:                   # a bug: one line, the traceback on request
+        if debug:
+            raise
+        message = " ".join(str(exc).split())[:300]
+        say(f"minicnn {args.command}: internal error: {type(exc).__name__}: {message} "
+             "(run again with --debug for the traceback)")
+        return 1

@@ -1,0 +1,125 @@
+"""What the command line's commands share: its error type, argument types, one-line messages,
+data sets, checkpoint paths and file names (``minicnn.cli`` builds the parser; the commands
+live there and in ``minicnn.cli_train``)."""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import minicnn
+from minicnn.data.datasets import load_fashion_mnist, load_mnist
+from minicnn.viz import plots
+
+LAST, FINAL, BEST, METRICS = "last.npz", "model.npz", "best.npz", "metrics.jsonl"
+CURVES, CONFUSION, EVAL_CONFUSION = "curves.png", "confusion.png", "evaluate_confusion.png"
+
+DATASETS = {
+    "mnist": (load_mnist, [str(d) for d in range(10)]),
+    "fashion-mnist": (load_fashion_mnist, ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                                           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]),
+}
+
+# Commands that run training or inference steps, for which the CLI tunes the C allocator.
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors in one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _finite(text: str, low: float, strict: bool) -> float:
+    """``text`` as a finite float above ``low`` (or at least ``low``), else a usage error."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and (value > low if strict else value >= low)):
+        bound = f"> {low:g}" if strict else f">= {low:g}"
+        raise argparse.ArgumentTypeError(f"expected a finite number {bound}, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    return _finite(text, 0.0, strict=True)
+
+
+def non_negative_float(text: str) -> float:
+    return _finite(text, 0.0, strict=False)
+
+
+def non_negative(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return int(text)
+
+
+def checkpoint_path(arg: str) -> Path:
+    """A checkpoint file, or a run folder's model.npz."""
+    path = Path(arg)
+    if path.is_dir():
+        if not (path / FINAL).is_file():
+            raise CLIError(f"{arg}: a folder without {FINAL}; give a checkpoint file")
+        return path / FINAL
+    return path
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def set_backend(name: str | None) -> None:
+    if name is not None:
+        minicnn.set_backend(name)
+
+
+def load_dataset(name: str, root: str | None):
+    """((x_train, y_train), (x_test, y_test)) as NumPy arrays; a given root must exist."""
+    if root is not None and not Path(root).is_dir():
+        raise CLIError(f"--data-root {root}: no such folder")
+    loader, _ = DATASETS[name]
+    return loader(root)
+
+
+def can_plot() -> bool:
+    """True if matplotlib can draw; otherwise says so (once per command) and returns False."""
+    if plots.available():
+        return True
+    say("note: matplotlib is not installed, so no curves.png / confusion.png "
+         "(pip install matplotlib)")
+    return False
+
+
+def test_set(meta: dict[str, Any], args: argparse.Namespace):
+    dataset = args.dataset or meta.get("dataset")
+    if dataset is None:
+        raise CLIError("the checkpoint does not say which dataset it was trained on; pass "
+                       "--dataset")
+    if dataset not in DATASETS:
+        raise CLIError(f"unknown dataset {dataset!r} in the checkpoint; pass --dataset")
+    _, (xt, yt) = load_dataset(dataset, args.data_root)
+    return dataset, xt, yt
+
+
+def class_names(meta: dict[str, Any], k: int, dataset: str | None = None) -> list[str]:
+    """Names for k classes: the dataset's, else the checkpoint's, else 0..k-1."""
+    names = DATASETS[dataset][1] if dataset in DATASETS else \
+        meta.get("classes") or DATASETS.get(meta.get("dataset"), (None, None))[1]
+    return list(names) if isinstance(names, list) and len(names) == k else \
+        [str(i) for i in range(k)]

@@ -1,0 +1,10 @@
+"""ONNX: export a trained model (``export_onnx``). Sits above the models it converts."""
+from minicnn.onnx.export import (
+    DEFAULT_OPSET,
+    MIN_OPSET,
+    ExportContext,
+    ExportError,
+    export_onnx,
+)
+
+__all__ = ["ExportError", "ExportContext", "export_onnx", "DEFAULT_OPSET", "MIN_OPSET"]

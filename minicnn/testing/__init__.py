@@ -1,0 +1,9 @@
+"""Tools for checking layers: numerical gradients and ``gradcheck``."""
+from minicnn.testing.gradcheck import (
+    GradientCheckError,
+    gradcheck,
+    numeric_gradient,
+    relative_error,
+)
+
+__all__ = ["GradientCheckError", "gradcheck", "numeric_gradient", "relative_error"]

@@ -1,0 +1,491 @@
+"""The training loop: ``fit`` and its one step, ``train_step`` (evaluation lives in
+``minicnn.evaluation``).
+
+One training step (``train_step``) is::
+
+    out = model.forward(x, training=True, check=False)
+    l = loss.forward(out, y)
+    optimizer.zero_grad()
+    model.backward(loss.backward())        # adds dL/dparam; dL/dx of the input is skipped
+    optimizer.step()
+
+The model splits the batch among cores by itself (``minicnn.parallel``), so this loop and one
+written by hand run at the same speed. Across processes (``mpiexec -n N``), ``fit(...,
+comm=minicnn.distributed.init())`` trains data-parallel: one all-reduce per step, between
+backward and the update (``minicnn.distributed``). This module never imports
+``minicnn.models``: it works with any object that has forward, backward, train and parameters.
+
+Losses and correct counts stay on the device in a small window and are read back to the host
+every ``log_every`` steps, so a GPU is never made to wait for the host on every step; the
+epoch means are still exact (every step's loss is summed). A NaN or inf loss stops training
+(``TrainingError``, naming the epoch and step) without overwriting the last good checkpoint.
+The first Ctrl-C stops at the end of the current step, saves a checkpoint (mid-epoch
+included: a resumed run ends with bit-identical weights) and returns the History with
+``stopped == "interrupted"``; a second Ctrl-C interrupts at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
+
+from tqdm import tqdm
+
+from minicnn.core import backend
+from minicnn.core import random as _init
+from minicnn.data import DataLoader
+from minicnn.kernels import blas
+from minicnn.training import distributed
+from minicnn.training.evaluation import (
+    EVAL_BATCH_SIZE,
+    correct_count,
+    eval_loader,
+    evaluate,
+    model_backend,
+)
+from minicnn.training.losses import SoftmaxCrossEntropy
+
+__all__ = ["fit", "train_step", "History", "TrainingError", "DIVERGENCE_FACTOR"]
+
+DIVERGENCE_FACTOR = 5.0
+"""Training stops as diverged when a step's loss exceeds this many times the run's first step's
+loss (a fresh classifier starts near ln(classes); a run that learns stays far below that)."""
+
+
+class TrainingError(RuntimeError):
+    """Training stopped because it diverged: a loss became NaN or inf, or rose past
+    ``DIVERGENCE_FACTOR`` times the first step's; ``history`` holds the finished epochs."""
+
+    def __init__(self, message: str, history: "History"):
+        super().__init__(message)
+        self.history = history
+
+
+class History:
+    """Per-epoch metrics: ``history.records`` is a list of dicts (epoch, step, lr, train_loss,
+    train_acc, val_loss, val_acc, seconds, images_per_s); ``history["val_acc"]`` is one key
+    over all epochs. ``stopped`` is None, or "interrupted" after Ctrl-C."""
+
+    def __init__(self, records: Iterable[dict[str, Any]] = ()):
+        self.records = [dict(r) for r in records]
+        self.stopped: str | None = None
+
+    def __getitem__(self, key: int | str) -> Any:
+        if isinstance(key, int):
+            return self.records[key]
+        return [r.get(key) for r in self.records]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self):
+        return iter(self.records)
+
+    def __repr__(self) -> str:
+        return f"History({len(self.records)} epochs, last={self.records[-1] if self else None})"
+
+
+def _train_loader(data: Any, batch_size: int, seed: int | None, model: Any) -> DataLoader:
+    if isinstance(data, DataLoader):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return DataLoader(data[0], data[1], batch_size=batch_size, shuffle=True, seed=seed,
+                          backend_name=model_backend(model))
+    raise TypeError(f"expected a DataLoader or an (x, y) pair, got {type(data).__name__}")
+
+
+# --------------------------------------------------------------------------- training
+
+def train_step(model: Any, loss_fn: Any, optimizer: Any, x: Any, y: Any,
+               sync: Any = None) -> tuple[Any, Any]:
+    """One optimizer step on batch (x, y); returns the loss (a 0-d array, left on the device)
+    and the number of correct predictions (or None when the outputs are not class scores).
+    ``sync`` (a ``distributed.GradientSync``) averages the gradients over the ranks before the
+    update, and the returned loss and count are then the global batch's."""
+    out = model.forward(x, training=True, check=False)
+    loss = loss_fn.forward(out, y)
+    correct = correct_count(out, y)
+    optimizer.zero_grad()
+    model.backward(loss_fn.backward())
+    if sync is not None:
+        loss, correct = sync(len(x), loss, correct)
+    optimizer.step()
+    return loss, correct
+
+
+class _Window:
+    """The last few steps' losses and correct counts, kept on the device until read."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.loss = self.correct = None
+        self.sizes: list[int] = []
+        self.has_correct = True
+
+    def add(self, loss: Any, correct: Any, n: int) -> None:
+        if self.loss is None:                        # on the device the loss lives on
+            xp = backend.get_array_module(loss)
+            self.loss = xp.zeros(self.size, dtype=xp.float32)
+            self.correct = xp.zeros(self.size, dtype=xp.int64)
+        k = len(self.sizes)
+        self.loss[k] = loss
+        if correct is None:
+            self.has_correct = False
+        else:
+            self.correct[k] = correct
+        self.sizes.append(n)
+
+    def full(self) -> bool:
+        return len(self.sizes) == self.size
+
+    def drain(self) -> tuple[list[float], list[int] | None, list[int]]:
+        """Read the window to the host (one sync) and empty it."""
+        k = len(self.sizes)
+        if k == 0:
+            return [], [] if self.has_correct else None, []
+        losses = backend.to_numpy(self.loss[:k]).tolist()
+        correct = backend.to_numpy(self.correct[:k]).tolist() if self.has_correct else None
+        sizes, self.sizes = self.sizes, []
+        return losses, correct, sizes
+
+
+class _StopRequest:
+    """While active, the first Ctrl-C only sets ``requested``; a second one interrupts."""
+
+    def __enter__(self) -> "_StopRequest":
+        self.requested, self._installed = False, False
+        if threading.current_thread() is threading.main_thread():   # signals reach only it
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None
+                          else signal.SIG_DFL)
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        tqdm.write(message, file=sys.stderr)
+
+
+@dataclass
+class _Tally:
+    """An epoch's running sums (JSON-serialisable, saved in mid-epoch checkpoints)."""
+
+    position: int = 0           # batches done
+    loss_sum: float = 0.0       # sum over steps of batch loss * batch size
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0        # training time so far, across a resume
+    has_correct: bool = True
+
+
+class _Run:
+    """The state of one ``fit`` call: what it trains, where it stands, where it saves."""
+
+    def __init__(self, model: Any, optimizer: Any, loader: DataLoader, loss_fn: Any,
+                 schedule: Any, checkpoint: Any, meta: dict[str, Any], epochs: int,
+                 progress: bool, log_every: int, comm: Any = None):
+        self.model, self.optimizer, self.loader = model, optimizer, loader
+        self.comm = comm if comm is not None and comm.size > 1 else None
+        self.sync: distributed.GradientSync | None = None   # made at the first step
+        self.loss_fn, self.schedule, self.checkpoint = loss_fn, schedule, checkpoint
+        self.meta, self.epochs, self.progress = meta, epochs, progress
+        self.log_every = max(1, log_every)
+        self.epoch, self.step, self.history = 0, 0, History()
+        self.tally: _Tally | None = None     # a resumed, unfinished epoch
+        self.good = None                     # the checkpoint holding the last good weights
+        self.first_loss: float | None = None  # the run's first step's loss (divergence rule)
+
+    def resume(self, path: Any) -> None:
+        """Restore weights, optimizer, RNGs, position and history from ``path``."""
+        from minicnn.saving.checkpoint import CheckpointError, load_weights
+        ckpt = load_weights(self.model, path)
+        training = ckpt.meta.get("training")
+        if not training or ckpt.optimizer_state is None:
+            raise CheckpointError(f"{path}: not a training checkpoint (no optimizer state or "
+                                  "training progress saved); cannot resume from it")
+        try:
+            self.optimizer.load_state_dict(ckpt.optimizer_state)
+            self.loader.load_state_dict(training["loader"])
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: does not fit this run: {exc}") from None
+        _init.set_rng_state(training["rng"])
+        self.epoch, self.step = training["epoch"], training["step"]
+        self.tally = _Tally(**training["partial"]) if training.get("partial") else None
+        self.history, self.good = History(training["history"]), path
+        self.first_loss = training.get("first_loss")
+
+    def save(self, tally: _Tally | None) -> None:
+        """Write the checkpoint: at an epoch's end (tally None) or mid-epoch; with several
+        ranks, rank 0 writes it (after receiving rank 0's BatchNorm statistics, all ranks hold
+        the same state)."""
+        if self.comm is not None:
+            distributed.broadcast_state(self.model, self.comm)
+        if self.checkpoint is None or (self.comm is not None and not self.comm.is_root):
+            return
+        from minicnn.saving.checkpoint import save
+        training = {"epoch": self.epoch, "step": self.step, "epochs": self.epochs,
+                    "partial": None if tally is None else asdict(tally),
+                    "rng": _init.get_rng_state(), "loader": self.loader.state_dict(),
+                    "history": self.history.records, "first_loss": self.first_loss}
+        save(self.model, self.checkpoint, self.optimizer, training=training, **self.meta)
+        if tally is None:
+            self.good = self.checkpoint
+
+    def train_step(self, x: Any, y: Any, stop: Any = None) -> tuple[Any, Any, int]:
+        """One step at the schedule's lr; the loss and correct count stay on the device.
+        Returns them and the step's sample count (all ranks'). With several ranks, a stop
+        request on any rank stops every rank after this step, and each rank's random draws
+        (dropout) come from its own generator, seeded from the shared global one."""
+        if self.schedule is not None:
+            self.optimizer.lr = float(self.schedule(self.step))
+        if self.comm is None:
+            result = train_step(self.model, self.loss_fn, self.optimizer, x, y)
+            count = len(x)
+        else:
+            if self.sync is None:
+                self.sync = distributed.GradientSync(self.model.parameters(), self.comm)
+            self.sync.stop = bool(stop is not None and stop.requested)
+            seeds = _init.host_rng().integers(2**63, size=self.comm.size)
+            with _init.generator_scope(_init.generator(int(seeds[self.comm.rank]))):
+                result = train_step(self.model, self.loss_fn, self.optimizer, x, y, self.sync)
+            count = self.sync.count
+        self.step += 1
+        return (*result, count)
+
+    def stopping(self, stop: Any) -> bool:
+        """Whether to stop after this step: the local Ctrl-C request, or with several ranks
+        the request any rank made before the last step (so all ranks stop at the same step)."""
+        if self.comm is None:
+            return stop.requested
+        return self.sync is not None and self.sync.stopped
+
+    def train_epoch(self, stop: "_StopRequest", on_step: list) -> _Tally:
+        """Run the current epoch's remaining steps, or until a stop request (then save a
+        mid-epoch checkpoint); return the epoch's tally."""
+        tally, self.tally = self.tally or _Tally(), None
+        started = time.perf_counter() - tally.seconds
+        steps = len(self.loader)
+        bar = tqdm(total=steps, initial=tally.position, unit="step", file=sys.stderr,
+                   desc=f"epoch {self.epoch + 1}/{self.epochs}",
+                   disable=not (self.progress and sys.stderr.isatty()),
+                   dynamic_ncols=True)
+        window, mark = _Window(self.log_every), (time.perf_counter(), tally.seen)
+        batches = iter(self.loader)
+        try:
+            for x, y in batches:
+                loss, correct, count = self.train_step(x, y, stop)
+                window.add(loss, correct, count)
+                tally.position += 1
+                bar.update(1)
+                for cb in on_step:
+                    cb(self.step)
+                if window.full() or tally.position == steps or self.stopping(stop):
+                    mean_loss = self._drain(window, tally)
+                    now = time.perf_counter()
+                    rate = (tally.seen - mark[1]) / max(now - mark[0], 1e-9)
+                    mark = (now, tally.seen)
+                    postfix = {"loss": f"{mean_loss:.4f}"}
+                    if tally.has_correct:
+                        postfix["acc"] = f"{tally.correct / tally.seen:.4f}"
+                    postfix["img/s"] = f"{rate:.0f}"
+                    bar.set_postfix(postfix, refresh=False)
+                if self.stopping(stop):
+                    break
+            tally.seconds = time.perf_counter() - started
+            if tally.position < steps:
+                self.save(tally)             # now, while the loader knows where it stands
+            return tally
+        finally:
+            bar.close()
+            batches.close()
+
+    def _drain(self, window: _Window, tally: _Tally) -> float:
+        """Add the window to the tally (one device read); raise TrainingError when a loss is
+        NaN or inf or past ``DIVERGENCE_FACTOR`` times the run's first step's loss."""
+        losses, counts, sizes = window.drain()
+        if self.first_loss is None and losses and math.isfinite(losses[0]):
+            self.first_loss = losses[0]
+        limit = DIVERGENCE_FACTOR * self.first_loss if self.first_loss else math.inf
+        bad = next((i for i, v in enumerate(losses) if not math.isfinite(v) or v > limit), None)
+        if bad is not None:
+            back = len(losses) - bad - 1       # steps taken since the bad one
+            kept = f"the last good checkpoint is {self.good}" if self.good else \
+                "no checkpoint was written"
+            what = f"loss is {losses[bad]}" if not math.isfinite(losses[bad]) else \
+                (f"loss {losses[bad]:.4g} is over {DIVERGENCE_FACTOR}x the first step's "
+                 f"({self.first_loss:.4g})")
+            raise TrainingError(
+                f"{what} at epoch {self.epoch + 1}, step {tally.position - back} of "
+                f"{len(self.loader)} (global step {self.step - back}): training diverged and "
+                f"stopped ({kept}); try a smaller learning rate", self.history)
+        tally.loss_sum += sum(v * n for v, n in zip(losses, sizes))
+        tally.seen += sum(sizes)
+        if counts is None:
+            tally.has_correct = False
+        else:
+            tally.correct += sum(counts)
+        return sum(losses) / len(losses)
+
+    def end_epoch(self, tally: _Tally, val_loader: DataLoader | None) -> dict[str, Any]:
+        """Validate, append the epoch's record to the history, and return it."""
+        started = time.perf_counter()
+        seen = max(tally.seen, 1)
+        record = {"epoch": self.epoch + 1, "step": self.step, "lr": self.optimizer.lr,
+                  "train_loss": tally.loss_sum / seen,
+                  "train_acc": tally.correct / seen if tally.has_correct else None}
+        if val_loader is not None:
+            if self.comm is not None:
+                distributed.broadcast_state(self.model, self.comm)
+            result = evaluate(self.model, val_loader, self.loss_fn,
+                              batch_size=val_loader.batch_size, comm=self.comm)
+            record.update(val_loss=result.loss, val_acc=result.accuracy)
+        record.update(seconds=tally.seconds + time.perf_counter() - started,
+                      images_per_s=tally.seen / max(tally.seconds, 1e-9))
+        self.history.records.append(record)
+        self.epoch += 1
+        return record
+
+
+def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = None,
+        val_data: Any = None, schedule: Any = None, callbacks: Iterable[Any] = (),
+        batch_size: int = 128, seed: int | None = None, checkpoint: Any = None,
+        resume: Any = False, meta: dict[str, Any] | None = None, progress: bool = True,
+        log_every: int = 20, eval_batch_size: int = EVAL_BATCH_SIZE,
+        workers: int | None = None, comm: Any = None, verbose: bool = True,
+        early_stop: int | None = None, best_checkpoint: Any = None) -> History:
+    """Train ``model`` for ``epochs`` epochs with ``optimizer`` and return the History.
+
+    train_data: a DataLoader, or an (x, y) pair batched here (``batch_size``, shuffled with
+    ``seed``). loss: default SoftmaxCrossEntropy(). val_data: a DataLoader or (x, y) pair
+    (pairs use the training loader's transform), evaluated after every epoch in batches of
+    ``eval_batch_size``. schedule: maps the global step to the lr. callbacks: callables
+    ``cb(record)`` or objects with ``on_epoch_end(record)`` and/or ``on_step_end(step)``.
+    checkpoint: a path written after every epoch and on Ctrl-C (with ``meta`` merged into its
+    metadata); resume: True to continue from ``checkpoint``, or the path of a checkpoint to
+    continue from. Losses are read back every ``log_every`` steps. Raises TrainingError if the
+    loss becomes NaN or inf, or a step's loss exceeds ``DIVERGENCE_FACTOR`` times the first
+    step's (see ``TrainingError``). workers: caps the replicas the model splits each NumPy step
+    among during this call (default: the model's own ``workers``; see ``minicnn.parallel``).
+    progress: progress bars, shown only on a terminal; verbose: one summary line per epoch.
+    early_stop: stop when the validation loss has not improved for this many epochs;
+    best_checkpoint: a path that keeps the model of the best validation loss so far. The
+    training loader's transform is kept as ``model.input_transform`` (checkpoints save it, and
+    ``predict``/``evaluate`` apply it to raw images).
+
+    comm: a communicator (``minicnn.distributed.init()``); with several ranks every rank calls
+    ``fit`` alike and they train data-parallel: the loader's batches are the global batches,
+    each rank takes its shard (``DataLoader.set_shard``), rank 0's weights are broadcast
+    first, gradients, losses and metrics are summed over the ranks, and only rank 0 shows
+    progress and writes ``checkpoint``; workers default to the cores per rank (BLAS
+    single-threaded when that is 1). Callbacks run on every rank, with the global figures.
+    """
+    loader = _train_loader(train_data, batch_size, seed, model)
+    if comm is not None and comm.size > 1:
+        loader.set_shard(comm.rank, comm.size)
+        progress = progress and comm.is_root
+        workers = distributed.cores_per_rank() if workers is None else workers
+    val_loader = None if val_data is None else eval_loader(val_data, eval_batch_size, model,
+                                                           loader.transform)
+    meta = dict(meta or {})
+    if hasattr(loader.transform, "config"):
+        meta.setdefault("transform", loader.transform.config())
+        model.input_transform = loader.transform
+    if early_stop is not None and (val_loader is None or early_stop < 1):
+        raise ValueError("fit: early_stop needs val_data and a patience of at least 1 epoch")
+    run = _Run(model, optimizer, loader, loss if loss is not None else SoftmaxCrossEntropy(),
+               schedule, checkpoint, meta, epochs, progress, log_every, comm)
+    if resume:
+        source = checkpoint if resume is True else resume
+        if source is None:
+            raise ValueError("fit: resume=True needs a checkpoint path")
+        run.resume(source)
+        if run.epoch >= epochs:
+            _say(progress, f"already trained for {run.epoch} epochs (asked for {epochs})")
+    if run.comm is not None:
+        distributed.broadcast_parameters(model.parameters(), run.comm)
+    on_epoch = [getattr(cb, "on_epoch_end", cb) for cb in callbacks
+                if hasattr(cb, "on_epoch_end") or callable(cb)]
+    on_step = [cb.on_step_end for cb in callbacks if hasattr(cb, "on_step_end")]
+    saved_to = "" if checkpoint is None else f"; checkpoint saved to {checkpoint}"
+    workers_before = model.__dict__.get("workers")
+    if workers is not None:
+        model.workers = workers
+    single_blas = blas.single_threaded() if run.comm is not None and \
+        getattr(model, "workers", None) == 1 else contextlib.nullcontext()  # a core per rank
+    loud = run.comm is None or run.comm.is_root
+    params = model.parameters()
+    xp = backend.get_array_module(params[0].data) if params else None
+    errstate = getattr(xp, "errstate", None)         # NumPy's; CuPy does not warn
+    quiet_floats = errstate(all="ignore") if errstate is not None else \
+        contextlib.nullcontext()      # overflow is caught as a diverging loss, not warned about
+    try:
+        with single_blas, quiet_floats, _StopRequest() as stop:
+            while run.epoch < epochs:
+                tally = run.train_epoch(stop, on_step)
+                if tally.position < len(loader):
+                    _say(loud, f"interrupted at epoch {run.epoch + 1}, step {tally.position} of "
+                               f"{len(loader)}{saved_to}")
+                    run.history.stopped = "interrupted"
+                    break
+                record = run.end_epoch(tally, val_loader)
+                _say(verbose and loud, _describe(record, epochs))
+                for cb in on_epoch:
+                    cb(record)
+                run.save(None)
+                best, since_best = _best_epoch(run.history)
+                if best_checkpoint is not None and loud and since_best == 0:
+                    from minicnn.saving.checkpoint import save
+                    save(model, best_checkpoint, best_epoch=best, **meta)
+                if early_stop is not None and since_best >= early_stop:
+                    _say(verbose and loud, f"early stop: validation loss has not improved for "
+                                           f"{since_best} epochs (best: epoch {best})")
+                    run.history.stopped = "early stop"
+                    break
+                if run.comm is not None:          # every rank stops, or none
+                    stop.requested = run.comm.allreduce_values([stop.requested])[0] > 0
+                if stop.requested:
+                    _say(loud, f"interrupted after epoch {run.epoch}{saved_to}")
+                    run.history.stopped = "interrupted"
+                    break
+    finally:
+        if workers is not None:
+            if workers_before is None:
+                del model.workers
+            else:
+                model.workers = workers_before
+    return run.history
+
+
+def _best_epoch(history: History) -> tuple[int | None, int]:
+    """The epoch of the lowest validation loss so far and the epochs since (0 when none)."""
+    losses = [(r["val_loss"], r["epoch"]) for r in history if r.get("val_loss") is not None]
+    if not losses:
+        return None, 0
+    best = min(losses)[1]
+    return best, history[-1]["epoch"] - best
+
+
+def _describe(record: dict[str, Any], epochs: int) -> str:
+    """One line summarising an epoch's record."""
+    def pct(v: float | None) -> str:
+        return "" if v is None else f" acc {100 * v:.2f}%"
+    text = (f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f}"
+            f"{pct(record['train_acc'])}")
+    if "val_loss" in record:
+        text += f" | val loss {record['val_loss']:.4f}{pct(record['val_acc'])}"
+    return text + (f" | lr {record['lr']:.4g} | {record['seconds']:.1f} s "
+                   f"({record['images_per_s']:.0f} img/s)")

@@ -1,0 +1,154 @@
+"""Data parallelism on the CPU: a model splits each batch among replicas of itself, in threads.
+
+NumPy runs an element-wise operation on one core, and OpenBLAS's own threads busy-wait between
+matrix multiplies, holding the other cores. So on the NumPy backend a step is faster when BLAS
+is single-threaded and each core runs the *whole* forward and backward of a slice of the batch.
+``Network.forward`` does this by itself (so a loop written by hand is as fast as ``fit``): the
+model is the first replica, and ``Layer.replica()`` copies share its parameter arrays
+(read-only during the step) and keep their own activations and gradients; the copies'
+gradients are added into the model's after backward, which gives exactly the full batch's
+gradient. NumPy releases the GIL inside its loops and BLAS calls, so the threads really run in
+parallel.
+
+A batch is split only when every layer treats samples independently (``Layer.per_sample``;
+BatchNorm2D in training mixes them through its batch statistics), each replica gets at least
+``MIN_SLICE`` samples, the arrays are NumPy's, and OpenBLAS's thread count can be set: it is 1
+while replicas run, and restored right after. Random draws in a split forward (Dropout's masks)
+come from one generator per replica, seeded from the global generator (``init.generator_scope``),
+so a split run is as reproducible as a whole one (for the same number of replicas).
+"""
+from __future__ import annotations
+
+import contextvars
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable
+
+from minicnn.core import backend
+from minicnn.core import random as init
+from minicnn.kernels import blas
+
+MIN_SLICE = 16
+"""Fewest samples per replica for splitting to pay. Measured on 2 cores for the reference CNN,
+each setting in its own process (whole batch with 2 OpenBLAS threads against split in two,
+seconds per epoch): batch 16, 13.9 against 14.7; batch 32, 16.8 against 13.7; batch 64, 14.4
+against 10.9."""
+
+MAX_WORKERS = 8
+
+
+def default_workers() -> int:
+    """Replicas to split a NumPy step across: ``MINICNN_WORKERS`` if set, else the cores this
+    process may use (at most ``MAX_WORKERS``)."""
+    if os.environ.get("MINICNN_WORKERS"):
+        return max(1, int(os.environ["MINICNN_WORKERS"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, MAX_WORKERS))
+
+
+def split_count(model: Any, x: Any, workers: int | None) -> int:
+    """How many replicas should run ``model`` on batch ``x`` (1: do not split)."""
+    count = default_workers() if workers is None else workers
+    count = min(count, x.shape[0] // MIN_SLICE)
+    if count < 2 or backend.is_cupy_array(x) or not blas.can_set_threads():
+        return 1
+    if not all(layer.per_sample for layer in _descendants(model)):
+        return 1
+    return count
+
+
+def _descendants(layer: Any):
+    for _, child in layer.named_children():
+        yield child
+        yield from _descendants(child)
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    """The threads that run replicas 1..n (started on first use, never at import)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(MAX_WORKERS - 1, thread_name_prefix="minicnn-replica")
+        return _pool
+
+
+class Replicas:
+    """A model and ``count - 1`` sharing copies of it; runs forward and backward of one batch
+    split among them. Forward returns the slices it used, and backward takes them back, so
+    ``no_grad`` inference in another thread can share the replicas with a training step."""
+
+    def __init__(self, model: Any, count: int):
+        self.model = model
+        self.copies = [model.replica() for _ in range(count - 1)]
+
+    @property
+    def count(self) -> int:
+        return len(self.copies) + 1
+
+    def sync(self) -> None:
+        """Point the copies' parameters at the model's arrays and copy each layer's mode (both
+        cheap when nothing changed)."""
+        params = self.model.parameters()
+        layers = list(_descendants(self.model))
+        for twin in self.copies:
+            for mine, theirs in zip(twin.parameters(), params):
+                if mine.data is not theirs.data:
+                    mine.data = theirs.data
+                    mine.grad = backend.module_of(theirs.data).zeros_like(theirs.data)
+            for mine, theirs in zip(_descendants(twin), layers):
+                mine._training = theirs.__dict__.get("_training", True)
+
+    def _run(self, fn: Callable[[Any, Any], Any], work: list[Any]) -> list[Any]:
+        """``fn(replica, item)`` for each replica and its item of ``work``: the first in this
+        thread, the others in the pool, each in a copy of this thread's modes; BLAS
+        single-threaded meanwhile."""
+        replicas = [self.model] + self.copies
+        with blas.single_threaded():
+            jobs: list[Future] = [
+                _executor().submit(contextvars.copy_context().run, fn, replica, item)
+                for replica, item in zip(replicas[1:], work[1:])]
+            try:
+                first = fn(replicas[0], work[0])
+            finally:
+                results = [job.exception() or job.result() for job in jobs]  # wait for all
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+        return [first] + results
+
+    def forward(self, x: Any) -> tuple[Any, list[slice]]:
+        """The model's output for x (N, ...), computed by up to ``count`` replicas, and the
+        slices of the batch they took."""
+        self.sync()
+        n, parts = x.shape[0], min(self.count, x.shape[0])
+        bounds = [n * k // parts for k in range(parts + 1)]
+        slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+        seeds = iter(init.host_rng().integers(2**63, size=len(slices)).tolist())
+
+        def forward(replica: Any, rows: slice, seed: int) -> Any:
+            with init.generator_scope(init.generator(seed)):
+                return replica.forward_layers(x[rows])
+
+        jobs = [(rows, next(seeds)) for rows in slices]
+        outs = self._run(lambda replica, job: forward(replica, *job), jobs)
+        return backend.get_array_module(*outs).concatenate(outs, axis=0), slices
+
+    def backward(self, grad_out: Any, slices: list[slice], input_grad: bool) -> Any:
+        """Back-propagate each slice in its replica, then add the copies' parameter gradients
+        into the model's (the sum is the full batch's gradient)."""
+        def backward(replica: Any, rows: slice) -> Any:
+            if replica is not self.model:            # the model's own gradients accumulate
+                replica.zero_grad()
+            return replica.backward_layers(grad_out[rows], input_grad)
+
+        grads = self._run(backward, slices)
+        used = [twin.parameters() for twin in self.copies[:len(slices) - 1]]
+        for k, param in enumerate(self.model.parameters()):
+            for params in used:
+                param.grad += params[k].grad
+        return backend.get_array_module(*grads).concatenate(grads, axis=0) if input_grad else None
