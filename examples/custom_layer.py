@@ -17,8 +17,8 @@ What the base class needs, all of it (see ``minicnn/layers/base.py``):
 * call ``super().__init__()``; the constructor's arguments are recorded, so a checkpoint can
   rebuild the layer (keep them numbers, strings and tuples);
 * hold trainable arrays as ``Parameter`` s, anywhere: attributes, lists, dicts, sub-layers.
-  Make the array with ``minicnn.init`` (``init.ones``, ``init.zeros``, or a random scheme such
-  as ``init.initialize("he", shape, fan_in, fan_out)``), which draws from ``minicnn.manual_seed``
+  Make the array with ``minicnn.init`` (``initializers.ones``, ``initializers.zeros``, or a random scheme such
+  as ``initializers.initialize("he", shape, fan_in, fan_out)``), which draws from ``minicnn.manual_seed``
   and puts it on the default backend in float32;
 * in ``forward``, keep what backward needs with ``self.save_for_backward(...)`` (nothing is kept
   inside ``minicnn.no_grad()``); in ``backward``, get it back with ``self.pop_saved()``;
@@ -31,10 +31,16 @@ import numpy as np
 
 import minicnn
 from minicnn.core import backend
-from minicnn.core import random as init
-from minicnn.layers import Conv2D, Dense, GlobalAvgPool2D, Layer, Parameter, ReLU
-from minicnn.training.losses import SoftmaxCrossEntropy
-from minicnn.training.optimizers import SGD
+from minicnn.layers import (
+    Conv2D,
+    Dense,
+    GlobalAvgPool2D,
+    Layer,
+    Parameter,
+    ReLU,
+    initializers,
+)
+from minicnn.training import SGD, SoftmaxCrossEntropy
 
 
 class Scale(Layer):
@@ -44,7 +50,7 @@ class Scale(Layer):
         super().__init__()
         self.channels = channels
         # shape (1, C, 1, 1) so that it broadcasts over (N, C, H, W)
-        self.s = Parameter(init.ones((1, channels, 1, 1)), "s")
+        self.s = Parameter(initializers.ones((1, channels, 1, 1)), "s")
 
     def output_shape(self, input_shape):
         """Per-sample shape in -> out (no batch axis); lets models check shapes when built."""

@@ -14,10 +14,10 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # checkout
 import minicnn  # noqa: E402
-from minicnn import zoo  # noqa: E402
+from minicnn import training, zoo  # noqa: E402
 from minicnn.data import DataLoader, Normalize, RandomShift  # noqa: E402
 from minicnn.data.datasets import load_fashion_mnist, load_mnist  # noqa: E402
-from minicnn.training.optimizers import SGD, CosineLR  # noqa: E402
+from minicnn.training import SGD, CosineLR  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
@@ -31,7 +31,7 @@ minicnn.manual_seed(0)
 load = load_mnist if args.dataset == "mnist" else load_fashion_mnist
 (x_train, y_train), (x_test, y_test) = load()
 x_train, y_train = x_train[:args.limit], y_train[:args.limit]
-recipe = zoo.REFERENCE_RECIPE
+recipe = training.REFERENCE_RECIPE
 normalize = Normalize(recipe.mean, recipe.std)
 train_loader = DataLoader(x_train, y_train, batch_size=recipe.batch_size, seed=0,
                           transform=normalize,

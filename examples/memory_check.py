@@ -5,7 +5,7 @@ its peak, optionally side by side with the same run in PyTorch.
     python examples/memory_check.py --limit 10000           # a quicker check
     python examples/memory_check.py --compare torch         # the same run in PyTorch, and a table
 
-The run is the reference recipe (``minicnn.zoo.REFERENCE_RECIPE``): ``minicnn.train.fit`` with
+The run is the reference recipe (``minicnn.training.REFERENCE_RECIPE``): ``minicnn.train.fit`` with
 SGD lr 0.05, momentum 0.9, weight decay 5e-4, cosine decay per step, batch 128, inputs
 normalised with mean 0.1307 and std 0.3081 (and the recipe's random shifts, if it has them),
 evaluated on the 10,000 test images after every epoch. PyTorch trains the same model with the
@@ -76,26 +76,26 @@ class Report:
 def run_minicnn(args: argparse.Namespace) -> None:
     sys.path.insert(0, ROOT)                   # run from a checkout without installing
     import minicnn
-    from minicnn import zoo
+    from minicnn import training, zoo
     from minicnn.data import DataLoader, Normalize, RandomShift
     from minicnn.data.datasets import load_mnist
     from minicnn.training.evaluation import EVAL_BATCH_SIZE
     from minicnn.training.loop import fit
 
     report = Report("minicnn")
-    recipe = zoo.REFERENCE_RECIPE
+    recipe = training.REFERENCE_RECIPE
     augment = getattr(recipe, "augment", 0) if args.augment is None else args.augment
     eval_batch = args.eval_batch_size or EVAL_BATCH_SIZE
     (x, y), (xt, yt) = load_mnist(args.data_root)
     x, y = x[:args.limit], y[:args.limit]
     minicnn.manual_seed(args.seed)
     model = zoo.build_model("ref-cnn")
-    optimizer = zoo.make_optimizer(model, recipe.optimizer, recipe.lr, recipe.momentum,
-                                   recipe.weight_decay)
+    optimizer = training.make_optimizer(model, recipe.optimizer, recipe.lr, recipe.momentum,
+                                        recipe.weight_decay)
     loader = DataLoader(x, y, batch_size=args.batch_size, shuffle=True, seed=args.seed,
                         transform=Normalize(recipe.mean, recipe.std),
                         augment=RandomShift(augment) if augment else None)
-    schedule = zoo.make_schedule(recipe.schedule, recipe.lr, args.epochs * len(loader))
+    schedule = training.make_schedule(recipe.schedule, recipe.lr, args.epochs * len(loader))
     report.ready(images=len(x), test_images=len(xt), augment=augment, eval_batch=eval_batch,
                  recipe=recipe.as_dict())
 

@@ -16,7 +16,7 @@ import minicnn  # noqa: E402
 from minicnn.data import DataLoader, Normalize, RandomShift  # noqa: E402
 from minicnn.data.datasets import load_mnist  # noqa: E402
 from minicnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU  # noqa: E402
-from minicnn.training.optimizers import SGD, CosineLR  # noqa: E402
+from minicnn.training import SGD, CosineLR  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--epochs", type=int, default=3)

@@ -14,15 +14,17 @@ modes, random state), ``kernels`` (im2col, CUDA, BLAS), ``layers``, ``data``, ``
 ``tools`` on top.
 """
 import sys as _sys
+import types as _types
 
 from minicnn import layers
 from minicnn.core import atomic, backend, modes, symbolic
-from minicnn.core import random as init
+from minicnn.core import random as _random
 from minicnn.core.backend import BackendError, get_backend, set_backend
 from minicnn.core.random import manual_seed
 from minicnn.data import datasets, images
 from minicnn.kernels import allocator, blas, im2col
 from minicnn.kernels import cuda as cuda_kernels
+from minicnn.layers import initializers as _initializers
 from minicnn.layers.base import no_grad
 from minicnn.models import Input, Model, Sequential
 from minicnn.onnx import export as onnx_export
@@ -30,11 +32,12 @@ from minicnn.onnx.export import ExportError, export_onnx
 from minicnn.saving import checkpoint, npz_reader
 from minicnn.saving import description as model_description
 from minicnn.saving.checkpoint import CheckpointError, load, save
-from minicnn.testing import gradcheck as _gradcheck_module
-from minicnn.testing.gradcheck import GradientCheckError, gradcheck
+from minicnn.testing import gradient_check as _gradient_check
+from minicnn.testing.gradient_check import GradientCheckError, gradcheck
 from minicnn.training import distributed, evaluation, losses, parallel
 from minicnn.training import loop as train
-from minicnn.training import optimizers as optim
+from minicnn.training import optimizers as _optimizers
+from minicnn.training import schedules as _schedules
 from minicnn.viz import network as visualize
 from minicnn.viz import plots
 
@@ -44,12 +47,27 @@ __all__ = ["layers", "losses", "optim", "set_backend", "get_backend", "BackendEr
            "gradcheck", "GradientCheckError", "manual_seed", "Input", "Model", "Sequential",
            "save", "load", "CheckpointError", "no_grad", "export_onnx", "ExportError"]
 
+def _union(name: str, *modules: _types.ModuleType) -> _types.ModuleType:
+    """A module ``minicnn.<name>`` holding the public names of ``modules`` (0.1's ``init`` and
+    ``optim`` each held what is now two modules)."""
+    union = _types.ModuleType(f"{__name__}.{name}", f"minicnn 0.1's {name}: the names of "
+                              + " and ".join(m.__name__ for m in modules) + ".")
+    union.__all__ = [n for m in modules for n in m.__all__]
+    for m in modules:
+        for n in m.__all__:
+            setattr(union, n, getattr(m, n))
+    return union
+
+
+init = _union("init", _random, _initializers)
+optim = _union("optim", _optimizers, _schedules)
+
 # minicnn 0.1's module paths (``minicnn.optim``, ``from minicnn.datasets import load_mnist``, ...)
 # name the modules that now hold that code, so code written for 0.1 imports as it did.
 _OLD_PATHS = {
     "backend": backend, "modes": modes, "symbolic": symbolic, "atomic": atomic, "init": init,
     "im2col": im2col, "cuda_kernels": cuda_kernels, "blas": blas, "allocator": allocator,
-    "gradcheck": _gradcheck_module, "datasets": datasets, "images": images,
+    "gradcheck": _gradient_check, "datasets": datasets, "images": images,
     "checkpoint": checkpoint, "npz_reader": npz_reader, "model_description": model_description,
     "losses": losses, "optim": optim, "train": train, "evaluation": evaluation,
     "parallel": parallel, "distributed": distributed, "onnx_export": onnx_export,

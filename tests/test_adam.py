@@ -9,7 +9,7 @@ import pytest
 
 import minicnn
 from minicnn.layers import Dense, Flatten, Parameter
-from minicnn.training.optimizers import OPTIMIZERS, Adam, AdamW, CosineLR
+from minicnn.training import OPTIMIZERS, Adam, AdamW, CosineLR
 
 SETTINGS = {
     "adam": (Adam, dict(lr=0.01)),

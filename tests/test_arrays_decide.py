@@ -22,8 +22,7 @@ from minicnn.layers import (
     MaxPool2D,
     ReLU,
 )
-from minicnn.training.losses import MSELoss, SoftmaxCrossEntropy
-from minicnn.training.optimizers import SGD
+from minicnn.training import SGD, MSELoss, SoftmaxCrossEntropy
 
 
 class _NoGlobalModule:

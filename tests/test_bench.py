@@ -14,7 +14,7 @@ import minicnn
 from minicnn import zoo
 from minicnn.core import backend
 from minicnn.layers.base import Layer
-from minicnn.tools.bench import command as bench
+from minicnn.tools.bench import command, runners, timing, torch_twin
 from minicnn.tools.bench import report as bench_report
 from minicnn.training import parallel
 
@@ -29,7 +29,7 @@ LAYERS = ["conv2d_1", "relu_1", "maxpool2d_1", "conv2d_2", "relu_2", "maxpool2d_
 
 def _run(tmp_path, *extra):
     path = tmp_path / "bench.json"
-    assert bench.main(TINY + ["--json", str(path), *extra]) == 0
+    assert command.main(TINY + ["--json", str(path), *extra]) == 0
     return json.loads(path.read_text())
 
 
@@ -58,7 +58,7 @@ def test_report_and_json_minicnn_alone_without_torch(tmp_path, capsys, monkeypat
     assert res["hand_loop_vs_fit_step"]["step_s_median"] == pytest.approx(
         hand["step_s_median"] / figures["step_s_median"])
     assert "hand loop numpy" in out and "minicnn numpy: hand loop / fit step = " in out
-    assert report["config"]["steps_timed"]["minicnn_hand_loop"] == bench.HAND_LOOP
+    assert report["config"]["steps_timed"]["minicnn_hand_loop"] == runners.HAND_LOOP
     assert [row["name"] for row in res["layers"]] == LAYERS
     assert all(row["total_ms"] > 0 for row in res["layers"])
     assert backend.get_backend() == "numpy"
@@ -74,9 +74,9 @@ def test_compare_torch_reports_ratios(tmp_path, capsys):
     for key in FIGURE_KEYS:
         assert res["torch"][key] > 0, key
     assert "hand loop/PyTorch" in out
-    for key in bench.RATIO_KEYS[:8]:
+    for key in command.RATIO_KEYS[:8]:
         assert res["ratio"]["fit step"][key] > 0, key
-    assert set(res["ratio"]["hand loop"]) == set(bench.TRAIN_KEYS)
+    assert set(res["ratio"]["hand loop"]) == set(command.TRAIN_KEYS)
     for runner, ratio in (("minicnn", "fit step"), ("minicnn_hand_loop", "hand loop")):
         assert res["ratio"][ratio]["step_s_median"] == pytest.approx(
             res[runner]["step_s_median"] / res["torch"]["step_s_median"])
@@ -87,14 +87,14 @@ def test_torch_model_is_the_same_model():
     torch = pytest.importorskip("torch")
     minicnn.manual_seed(3)
     model = zoo.build_model("ref-cnn")
-    x, y = bench.make_batch(16, seed=1)
-    ours, theirs = bench.MinicnnRunner(model, x, y, x), bench.TorchRunner(torch, model, "cpu",
+    x, y = runners.make_batch(16, seed=1)
+    ours, theirs = runners.MinicnnRunner(model, x, y, x), torch_twin.TorchRunner(torch, model, "cpu",
                                                                           x, y, x)
     np.testing.assert_allclose(ours.infer(), theirs.infer().numpy(), rtol=1e-4, atol=1e-4)
     for _ in range(2):                    # same SGD (momentum, weight decay) and loss
         ours.train_step()
         theirs.train_step()
-    trained = bench.torch_model_from(model, torch).state_dict()
+    trained = torch_twin.torch_model_from(model, torch).state_dict()
     for name, value in theirs.net.state_dict().items():
         np.testing.assert_allclose(trained[name].numpy(), value.numpy(), rtol=1e-4, atol=1e-5,
                                    err_msg=name)
@@ -103,9 +103,9 @@ def test_torch_model_is_the_same_model():
 
 def test_hand_loop_computes_what_fit_step_computes():
     """The README's loop and fit's step give the same parameters after the same steps."""
-    x, y = bench.make_batch(32, seed=2)
+    x, y = runners.make_batch(32, seed=2)
     trained = []
-    for runner_class in (bench.MinicnnRunner, bench.HandLoopRunner):
+    for runner_class in (runners.MinicnnRunner, runners.HandLoopRunner):
         minicnn.manual_seed(5)
         runner = runner_class(zoo.build_model("ref-cnn"), x, y)
         for _ in range(2):
@@ -130,8 +130,8 @@ def test_layer_breakdown_leaves_the_model_as_it_was(workers, monkeypatch):
         monkeypatch.setenv("MINICNN_WORKERS", workers)
     minicnn.manual_seed(4)
     model = zoo.build_model("ref-cnn")
-    x, y = bench.make_batch(2 * parallel.MIN_SLICE + 3, seed=1)
-    runner = bench.MinicnnRunner(model, x, y)
+    x, y = runners.make_batch(2 * parallel.MIN_SLICE + 3, seed=1)
+    runner = runners.MinicnnRunner(model, x, y)
     runner.train_step()
     before = _state(model)
     calls, backward_step = [], Layer.backward_step
@@ -141,7 +141,7 @@ def test_layer_breakdown_leaves_the_model_as_it_was(workers, monkeypatch):
         return backward_step(layer, grad, input_grad)
 
     monkeypatch.setattr(Layer, "backward_step", recording)
-    rows = bench.layer_breakdown(runner, reps=2)
+    rows = timing.layer_breakdown(runner, reps=2)
     monkeypatch.undo()
     assert [row["name"] for row in rows] == LAYERS
     n = len(model.layers)
@@ -157,7 +157,7 @@ def test_cupy_without_a_gpu_is_one_clear_line(capsys):
         pass
     else:
         pytest.skip("a GPU is available here")
-    assert bench.main(TINY + ["--backend", "numpy", "--backend", "cupy"]) == 2
+    assert command.main(TINY + ["--backend", "numpy", "--backend", "cupy"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("minicnn bench: backend 'cupy'")
     assert backend.get_backend() == "numpy"
@@ -165,12 +165,12 @@ def test_cupy_without_a_gpu_is_one_clear_line(capsys):
 
 def test_backend_options_and_cli_wiring(capsys):
     parser = argparse.ArgumentParser(prog="minicnn")
-    bench.add_arguments(parser.add_subparsers(dest="command").add_parser("bench"))
+    command.add_arguments(parser.add_subparsers(dest="command").add_parser("bench"))
     args = parser.parse_args(["bench", "--backend", "numpy", "--backends", "numpy,cupy"])
-    assert bench._backend_list(args) == ["numpy", "cupy"]
+    assert command._backend_list(args) == ["numpy", "cupy"]
     assert (args.steps, args.warmup, args.batch_size, args.width_mult) == (20, 3, 128, 1)
-    assert bench._backend_list(parser.parse_args(["bench"])) == ["numpy"]
-    assert bench.run(parser.parse_args(["bench", "--backends", "numpy,tpu"])) == 2
+    assert command._backend_list(parser.parse_args(["bench"])) == ["numpy"]
+    assert command.run(parser.parse_args(["bench", "--backends", "numpy,tpu"])) == 2
     assert "unknown backend 'tpu'" in capsys.readouterr().err
 
 
@@ -190,11 +190,11 @@ def test_report_with_numpy_and_cupy_shows_the_gpu_speedup():
                "cupy": {"minicnn": figures(0.004, 0.01, pool=64.0), "layers": layers}}
     report = {"config": {"model": "ref-cnn", "width_mult": 1, "params": 421_642,
                          "batch_size": 128, "steps": 20, "warmup": 3, "infer_batch_size": 1000,
-                         "infer_steps": 5, "seed": 0, "pause_s": 0.2, "data": bench.DATA_NOTE},
+                         "infer_steps": 5, "seed": 0, "pause_s": 0.2, "data": runners.DATA_NOTE},
               "machine": {"cpu_model": "CPU", "cpu_count": 8, "python": "3.11", "numpy": "2",
                           "numpy_blas": None, "minicnn": "0.1.0", "cupy": "13", "gpu": "GPU"},
               "results": results, "compare": None,
-              "speedup": {"minicnn": bench._speedup(results["numpy"]["minicnn"],
+              "speedup": {"minicnn": command._speedup(results["numpy"]["minicnn"],
                                                     results["cupy"]["minicnn"])}}
     text = bench_report.format_report(report)
     assert "minicnn numpy" in text and "minicnn cupy" in text and "minicnn cupy speedup" in text

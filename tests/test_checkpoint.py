@@ -11,7 +11,7 @@ import pytest
 
 import minicnn
 from minicnn import data, zoo
-from minicnn.core import random as init
+from minicnn.core import random
 from minicnn.layers import (
     Add,
     BatchNorm2D,
@@ -69,9 +69,9 @@ def test_save_load_sequential(tmp_path):
     model = zoo.build_model("ref-cnn")
     path = minicnn.save(model, tmp_path / "m.npz", note="hello", accuracy=np.float32(0.5))
     x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
-    state = init.get_rng_state()
+    state = random.get_rng_state()
     ckpt = load_checkpoint(path)
-    assert init.get_rng_state() == state                # rebuilding drew no global numbers
+    assert random.get_rng_state() == state                # rebuilding drew no global numbers
     assert np.array_equal(outputs(ckpt.model, x), outputs(model, x))
     assert ckpt.meta == {"note": "hello", "accuracy": 0.5}
     assert ckpt.optimizer_state is None
@@ -114,7 +114,7 @@ def _run(path, epochs=3, stop_at=None, resume=False, workers=None, build=small_m
     x, y = toy_data()
     loader = data.DataLoader(x, y, batch_size=32, seed=0, augment=data.RandomShift(1),
                              transform=data.Normalize(0.5, 0.3))
-    schedule = minicnn.optim.CosineLR(0.05, epochs * len(loader))
+    schedule = minicnn.training.CosineLR(0.05, epochs * len(loader))
 
     class Interrupt:
         def on_step_end(self, step):

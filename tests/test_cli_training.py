@@ -8,7 +8,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import minicnn
@@ -77,13 +76,13 @@ def test_a_diverging_run_stops_in_one_line_and_leaves_nothing(tmp_path, capsys):
 CUSTOM = '''
 import minicnn
 from minicnn.core import backend
-from minicnn.core import random as init
+from minicnn.layers import initializers
 from minicnn.layers import Layer, Parameter
 
 class Gain(Layer):
     def __init__(self, features: int):
         super().__init__()
-        self.g = Parameter(init.ones((features,)), "g")
+        self.g = Parameter(initializers.ones((features,)), "g")
     def forward(self, x):
         self.save_for_backward(x)
         return x * self.g.data

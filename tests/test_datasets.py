@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from minicnn.data import DatasetError, download, read_idx, write_idx
 from minicnn.data import datasets as ds
-from minicnn.data.datasets import DatasetError, read_idx, write_idx
 
 NAMES = ds.FILE_NAMES
 LABELS = "train-labels-idx1-ubyte"
@@ -373,18 +373,18 @@ def _endless(pause: float = 0.0):
 
 
 def test_a_response_too_large_is_stopped(tmp_path, server, real_mnist, monkeypatch):
-    monkeypatch.setattr(ds, "MAX_DOWNLOAD_BYTES", 1 << 20)
+    monkeypatch.setattr(download, "MAX_DOWNLOAD_BYTES", 1 << 20)
     server.routes[f"/endless/{LABELS}.gz"] = (_endless(), None)
     msg = _bad_download(tmp_path / "a", real_mnist, f"{server.url}/endless/")
     assert f"{LABELS}.gz: more than 1,048,576 bytes; stopped" in msg
-    monkeypatch.setattr(ds, "MAX_DOWNLOAD_BYTES", 10_000)
+    monkeypatch.setattr(download, "MAX_DOWNLOAD_BYTES", 10_000)
     url = serve(server, "big", real_labels(real_mnist))
     msg = _bad_download(tmp_path / "b", real_mnist, url)
     assert "the server announces 28,881 bytes, more than the 10,000 allowed" in msg
 
 
 def test_a_slow_server_meets_the_deadline(tmp_path, server, real_mnist, monkeypatch):
-    monkeypatch.setattr(ds, "DOWNLOAD_DEADLINE", 0.5)
+    monkeypatch.setattr(download, "DOWNLOAD_DEADLINE", 0.5)
     server.routes[f"/slow/{LABELS}.gz"] = (_endless(pause=0.1), None)
     started = time.monotonic()
     msg = _bad_download(tmp_path, real_mnist, f"{server.url}/slow/")

@@ -19,6 +19,7 @@ from gpu_check import gpu_unavailable_reason
 
 import minicnn
 from minicnn import data
+from minicnn.cli.ranks import run_rank
 from minicnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from minicnn.models import Sequential
 from minicnn.training import distributed, evaluation
@@ -257,16 +258,16 @@ def test_run_rank_prints_one_line_and_aborts(capsys):
     def boom() -> int:
         raise RuntimeError("disk on fire\nsecond line")
     with pytest.raises(AbortCalled, match="1"):
-        distributed.run_rank(boom, DyingComm(), "minicnn train")
+        run_rank(boom, DyingComm(), "minicnn train")
     assert capsys.readouterr().err == ("minicnn train: error: rank 3: RuntimeError: disk on fire "
                                        "second line\n")
 
     def user_error() -> int:
         raise ValueError("bad option")
     with pytest.raises(AbortCalled):
-        distributed.run_rank(user_error, DyingComm(), "minicnn train", (ValueError,), grace=0)
+        run_rank(user_error, DyingComm(), "minicnn train", (ValueError,), grace=0)
     assert capsys.readouterr().err == "minicnn train: error: rank 3: bad option\n"
-    assert distributed.run_rank(lambda: 0, DyingComm(), "x") == 0
+    assert run_rank(lambda: 0, DyingComm(), "x") == 0
 
 
 class FakeNccl:
@@ -361,7 +362,7 @@ import minicnn
 from minicnn import data, zoo
 from minicnn.training import distributed
 from minicnn.training import loop as train
-from minicnn.training.optimizers import SGD
+from minicnn.training import SGD
 
 comm = distributed.init()
 rng = np.random.default_rng(0)

@@ -25,7 +25,7 @@ import minicnn
 from minicnn.data.datasets import write_idx
 from minicnn.layers import BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from minicnn.saving import checkpoint
-from minicnn.training.optimizers import SGD
+from minicnn.training import SGD
 
 MEMORY_LIMIT_MIB = 1024
 """Address-space cap of the child: Python, NumPy and minicnn need ~150 MiB of it."""

@@ -18,8 +18,7 @@ from minicnn.layers import (
     MaxPool2D,
     ReLU,
 )
-from minicnn.training.losses import SoftmaxCrossEntropy
-from minicnn.training.optimizers import SGD
+from minicnn.training import SGD, SoftmaxCrossEntropy
 
 _REASON = gpu_unavailable_reason()
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"no GPU: {_REASON}")

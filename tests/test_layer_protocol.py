@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 import minicnn
-from minicnn.core import random as init
-from minicnn.layers import Conv2D, Dense, Flatten, Layer, Parameter, ReLU
-from minicnn.training.losses import SoftmaxCrossEntropy
+from minicnn.layers import Conv2D, Dense, Flatten, Layer, Parameter, ReLU, initializers
+from minicnn.training import SoftmaxCrossEntropy
 
 
 class _Parts(Layer):
@@ -19,7 +18,7 @@ class _Parts(Layer):
         self.parts = [Dense(4, 4), Dense(4, 4)]
         self.pair = (ReLU(), Dense(4, 4))
         self.named = {"last": Dense(4, 2)}
-        self.extra = [Parameter(init.zeros((2,)), "shift")]
+        self.extra = [Parameter(initializers.zeros((2,)), "shift")]
 
     def forward(self, x):
         for layer in (*self.parts, *self.pair, self.named["last"]):
@@ -165,7 +164,7 @@ class _Overwrites(Layer):
 
     def __init__(self):
         super().__init__()
-        self.s = Parameter(init.ones((3,)), "s")
+        self.s = Parameter(initializers.ones((3,)), "s")
 
     def forward(self, x):
         self.save_for_backward(x)

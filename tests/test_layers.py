@@ -27,7 +27,7 @@ from minicnn.layers import (
     Softmax,
     Tanh,
 )
-from minicnn.testing.gradcheck import GradientCheckError, gradcheck
+from minicnn.testing.gradient_check import GradientCheckError, gradcheck
 
 SEEDS = list(range(16))
 TOL = 1e-6

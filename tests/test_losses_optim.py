@@ -8,12 +8,18 @@ import pytest
 import reference as ref
 
 import minicnn
-from minicnn.core import random as init
+from minicnn.core import random
 from minicnn.layers import Conv2D, Dense, Parameter
 from minicnn.models import Sequential
-from minicnn.testing.gradcheck import numeric_gradient, relative_error
-from minicnn.training.losses import MSELoss, SoftmaxCrossEntropy
-from minicnn.training.optimizers import SGD, ConstantLR, CosineLR, StepLR
+from minicnn.testing.gradient_check import numeric_gradient, relative_error
+from minicnn.training import (
+    SGD,
+    ConstantLR,
+    CosineLR,
+    MSELoss,
+    SoftmaxCrossEntropy,
+    StepLR,
+)
 
 TOL = 1e-6
 
@@ -361,9 +367,9 @@ def test_manual_seed_makes_initialisation_reproducible():
 
 def test_rng_state_round_trip():
     minicnn.manual_seed(7)
-    state = init.get_rng_state()
+    state = random.get_rng_state()
     first = Dense(4, 4).weight.data.copy()
-    init.set_rng_state(state)
+    random.set_rng_state(state)
     np.testing.assert_array_equal(Dense(4, 4).weight.data, first)
 
 

@@ -28,7 +28,7 @@ from minicnn.layers import (
     Tanh,
 )
 from minicnn.models import Input, Model, Sequential
-from minicnn.testing.gradcheck import gradcheck
+from minicnn.testing.gradient_check import gradcheck
 
 TOL = 1e-6
 EPS = 1e-5     # see tests/test_layers.py: central differences are exact up to rounding here

@@ -7,9 +7,7 @@ import numpy as np
 import minicnn
 from minicnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from minicnn.layers.base import grad_enabled
-from minicnn.training import parallel
-from minicnn.training.losses import SoftmaxCrossEntropy
-from minicnn.training.optimizers import SGD
+from minicnn.training import SGD, SoftmaxCrossEntropy, parallel
 
 
 def test_overlapping_no_grad_blocks_in_two_threads_restore_their_own_mode():

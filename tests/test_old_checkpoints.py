@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 import minicnn
-from minicnn.training.optimizers import SGD
+from minicnn.training import SGD
 
 DATA = Path(__file__).resolve().parent / "data"
 

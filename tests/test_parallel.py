@@ -14,9 +14,7 @@ from minicnn.layers import (
     MaxPool2D,
     ReLU,
 )
-from minicnn.training import parallel
-from minicnn.training.losses import SoftmaxCrossEntropy
-from minicnn.training.optimizers import SGD
+from minicnn.training import SGD, SoftmaxCrossEntropy, parallel
 
 
 def _sequential():

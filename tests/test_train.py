@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import minicnn
-from minicnn import data, zoo
+from minicnn import data, training, zoo
 from minicnn.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
 from minicnn.models import Sequential
 from minicnn.training import evaluation
@@ -50,8 +50,8 @@ def test_short_mnist_run_reaches_accuracy(mnist):
     model = zoo.build_model("ref-cnn")
     loader = data.DataLoader(x[:4000], y[:4000], batch_size=64, seed=0,
                              transform=data.Normalize(0.1307, 0.3081))
-    opt = zoo.make_optimizer(model)
-    schedule = zoo.make_schedule("cosine", 0.05, len(loader))
+    opt = training.make_optimizer(model)
+    schedule = training.make_schedule("cosine", 0.05, len(loader))
     history = model.fit(loader, 1, opt, schedule=schedule, val_data=(xt[:2000], yt[:2000]),
                         progress=False)
     record = history[0]

@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy
 
 import minicnn
-from minicnn import zoo
+from minicnn import training, zoo
 from minicnn.cli.common import (
     DATASETS,
     EVAL_CONFUSION,
@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of an unexpected error (anywhere on the line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    r = zoo.REFERENCE_RECIPE
+    r = training.REFERENCE_RECIPE
 
     def imports(p: argparse.ArgumentParser) -> None:
         p.add_argument("--import", dest="imports", action="append", default=[],
@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", choices=zoo.MODELS, help="ref-cnn (default) or lenet5")
     t.add_argument("--epochs", type=positive, help=f"epochs (default {r.epochs})")
     t.add_argument("--batch-size", type=positive, help=f"batch size (default {r.batch_size})")
-    t.add_argument("--optimizer", choices=tuple(zoo.OPTIMIZER_DEFAULTS),
+    t.add_argument("--optimizer", choices=tuple(training.OPTIMIZER_DEFAULTS),
                    help="sgd (default), adam or adamw")
     t.add_argument("--lr", type=positive_float, help=f"peak learning rate (default {r.lr} for "
                    "sgd, 0.001 for adam and adamw)")
@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"SGD momentum (default {r.momentum})")
     t.add_argument("--weight-decay", type=non_negative_float, help=f"weight decay (default "
                    f"{r.weight_decay} for sgd, 0 for adam, 0.01 for adamw)")
-    t.add_argument("--schedule", choices=zoo.SCHEDULES, help=f"lr schedule (default {r.schedule})")
+    t.add_argument("--schedule", choices=training.SCHEDULES, help=f"lr schedule (default {r.schedule})")
     t.add_argument("--augment", type=int, metavar="K",
                    help=f"random shifts of up to K pixels (default {r.augment}; 0: none)")
     t.add_argument("--seed", type=int, help="random seed (default 0)")

@@ -22,6 +22,7 @@ DATASETS = {
                                            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]),
 }
 
+
 # Commands that run training or inference steps, for which the CLI tunes the C allocator.
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 1."""

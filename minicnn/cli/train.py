@@ -12,7 +12,7 @@ from typing import Any
 import numpy
 
 import minicnn
-from minicnn import zoo
+from minicnn import training, zoo
 from minicnn.cli.common import (
     BEST,
     CONFUSION,
@@ -27,6 +27,7 @@ from minicnn.cli.common import (
     say,
     set_backend,
 )
+from minicnn.cli.ranks import run_rank
 from minicnn.core import backend
 from minicnn.core.atomic import atomic_write_bytes
 from minicnn.data import DataLoader, Normalize, RandomShift
@@ -46,10 +47,10 @@ def _resolve(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str
     """The run's settings: explicit options, else the saved run's (on --resume), else the
     reference recipe's defaults. A resumed run may change only --epochs and --test-limit."""
     defaults = {"dataset": "mnist", "model": "ref-cnn", "seed": 0, "limit": None,
-                "test_limit": None, **zoo.REFERENCE_RECIPE.as_dict()}
+                "test_limit": None, **training.REFERENCE_RECIPE.as_dict()}
     saved = saved or {}
     optimizer = getattr(args, "optimizer", None) or saved.get("optimizer", "sgd")
-    defaults.update(optimizer=optimizer, **zoo.OPTIMIZER_DEFAULTS[optimizer])
+    defaults.update(optimizer=optimizer, **training.OPTIMIZER_DEFAULTS[optimizer])
     settings = {}
     for key in defaults:
         given = getattr(args, key, None)
@@ -82,7 +83,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
     if comm.size < 2:
         return _train(args, comm)
-    return distributed.run_rank(lambda: _train(args, comm), comm, "minicnn train", (
+    return run_rank(lambda: _train(args, comm), comm, "minicnn train", (
         CLIError, CheckpointError, DatasetError, TrainingError, minicnn.BackendError,
         plots.PlotUnavailable, OSError, ValueError),
         debug=bool(os.environ.get("MINICNN_DEBUG")) or "--debug" in sys.argv)
@@ -127,12 +128,12 @@ def _train(args: argparse.Namespace, comm: distributed.Communicator) -> int:
 
     minicnn.manual_seed(s["seed"])
     model = zoo.build_model(s["model"])
-    optimizer = zoo.make_optimizer(model, s["optimizer"], s["lr"], s["momentum"],
-                                   s["weight_decay"])
+    optimizer = training.make_optimizer(model, s["optimizer"], s["lr"], s["momentum"],
+                                        s["weight_decay"])
     loader = DataLoader(x, y, batch_size=s["batch_size"], shuffle=True, seed=s["seed"],
                         transform=Normalize(s["mean"], s["std"]),
                         augment=RandomShift(s["augment"]) if s["augment"] else None)
-    schedule = zoo.make_schedule(s["schedule"], s["lr"], s["epochs"] * len(loader))
+    schedule = training.make_schedule(s["schedule"], s["lr"], s["epochs"] * len(loader))
 
     out.mkdir(parents=True, exist_ok=True)
     metrics = out / METRICS

@@ -1,11 +1,25 @@
 """Data: the ``DataLoader`` and its transforms, the IDX format, MNIST-style data sets (local
-files or bounded downloads) and image files."""
-from minicnn.data.loader import (
-    DataLoader,
-    Normalize,
-    RandomShift,
-    ToFloat,
-    transform_from_config,
+files or bounded downloads) and image files.
+
+    from minicnn.data import DataLoader, Normalize, RandomShift, load_mnist
+"""
+from minicnn.data.datasets import (
+           data_root,
+           dataset_files,
+           load_fashion_mnist,
+           load_mnist,
+)
+from minicnn.data.errors import DatasetError
+from minicnn.data.idx import read_idx, write_idx
+from minicnn.data.images import fit_to_input, read_image
+from minicnn.data.loader import DataLoader
+from minicnn.data.transforms import (
+           Normalize,
+           RandomShift,
+           ToFloat,
+           transform_from_config,
 )
 
-__all__ = ["DataLoader", "ToFloat", "Normalize", "RandomShift", "transform_from_config"]
+__all__ = ["DataLoader", "ToFloat", "Normalize", "RandomShift", "transform_from_config",
+           "load_mnist", "load_fashion_mnist", "data_root", "dataset_files", "DatasetError",
+           "read_idx", "write_idx", "read_image", "fit_to_input"]

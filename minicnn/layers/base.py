@@ -5,7 +5,7 @@ A new layer is one class; this is everything the base class needs from it::
     class Scale(Layer):
         def __init__(self, channels: int):
             super().__init__()                       # constructor arguments are recorded
-            self.s = Parameter(init.ones((1, channels, 1, 1)), "s")   # found wherever held
+            self.s = Parameter(initializers.ones((1, channels, 1, 1)), "s")   # found wherever held
         def forward(self, x):
             self.save_for_backward(x)                # kept only when gradients are recorded
             return x * self.s.data
@@ -36,9 +36,9 @@ import inspect
 from typing import Any, Callable, Iterator
 
 from minicnn.core import backend, modes
-from minicnn.core import random as init
 from minicnn.core.modes import grad_enabled, no_grad
 from minicnn.core.symbolic import SymbolicTensor
+from minicnn.layers import initializers
 
 __all__ = ["Layer", "Parameter", "LAYER_REGISTRY", "no_grad", "grad_enabled", "column_sums",
            "layer_config", "layer_from_config"]
@@ -58,8 +58,8 @@ class Parameter:
 
     def __init__(self, data: Any, name: str = ""):
         self.data = data
-        # a placeholder (see minicnn.init.placeholders) stays one until real data replaces it
-        self.grad = data if init.is_placeholder(data) else backend.module_of(data).zeros_like(data)
+        # a placeholder (see minicnn.initializers.placeholders) stays one until real data replaces it
+        self.grad = data if initializers.is_placeholder(data) else backend.module_of(data).zeros_like(data)
         self.name = name
 
     @property

@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Any
 
 from minicnn.core import backend
-from minicnn.core import random as _init
 from minicnn.kernels.im2col import (
     IntPair,
     col2im_matmul,
@@ -28,6 +27,7 @@ from minicnn.kernels.im2col import (
     im2col,
     pair,
 )
+from minicnn.layers import initializers
 from minicnn.layers.base import Layer, Parameter, grad_enabled
 
 INFERENCE_COLUMNS = 1 << 22
@@ -59,9 +59,9 @@ class Conv2D(Layer):
                              f">= 0, got {kernel_size}, {stride}, {dilation}, {padding}")
         kh, kw = self.kernel_size
         fan_in, fan_out = in_channels * kh * kw, out_channels * kh * kw
-        self.weight = Parameter(_init.initialize(init, (out_channels, in_channels, kh, kw),
-                                                 fan_in, fan_out), "weight")
-        self.bias = Parameter(_init.initialize_bias(init, out_channels, fan_in),
+        self.weight = Parameter(initializers.initialize(
+            init, (out_channels, in_channels, kh, kw), fan_in, fan_out), "weight")
+        self.bias = Parameter(initializers.initialize_bias(init, out_channels, fan_in),
                               "bias") if bias else None
 
     def _resolve_padding(self, padding: IntPair | str) -> tuple[int, int]:

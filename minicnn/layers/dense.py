@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from minicnn.core import random as _init
 from minicnn.core.modes import inside_model
+from minicnn.layers import initializers
 from minicnn.layers.activations import get_activation
 from minicnn.layers.base import Layer, Parameter, column_sums
 
@@ -27,9 +27,9 @@ class Dense(Layer):
                 raise ValueError(f"Dense: {what} must be a positive int, got {v!r}")
         self.in_features, self.out_features = in_features, out_features
         self.activation = get_activation(activation)
-        self.weight = Parameter(_init.initialize(init, (in_features, out_features),
-                                                 in_features, out_features), "weight")
-        self.bias = Parameter(_init.initialize_bias(init, out_features, in_features),
+        self.weight = Parameter(initializers.initialize(
+            init, (in_features, out_features), in_features, out_features), "weight")
+        self.bias = Parameter(initializers.initialize_bias(init, out_features, in_features),
                               "bias") if bias else None
 
     def config(self) -> dict[str, Any]:

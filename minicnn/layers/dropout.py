@@ -2,7 +2,7 @@
 (inverted dropout), so evaluation is the identity.
 
 Masks are drawn from minicnn's random generator for the input's array module
-(``minicnn.init.rng_for``, seeded by ``minicnn.manual_seed``), so a seeded run is reproducible;
+(``minicnn.random.rng_for``, seeded by ``minicnn.manual_seed``), so a seeded run is reproducible;
 in a batch split among threads each replica draws from its own generator, seeded from the
 global one (see ``minicnn.parallel``).
 """
@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from minicnn.core import backend
-from minicnn.core import random as init
+from minicnn.core import backend, random
 from minicnn.layers.base import Layer
 
 
@@ -30,7 +29,7 @@ class Dropout(Layer):
             self.save_for_backward(None)
             return x
         xp = backend.get_array_module(x)
-        keep = init.rng_for(xp).random(x.shape, dtype=x.dtype) >= self.p
+        keep = random.rng_for(xp).random(x.shape, dtype=x.dtype) >= self.p
         mask = keep * x.dtype.type(1.0 / (1.0 - self.p))
         self.save_for_backward(mask)
         return x * mask

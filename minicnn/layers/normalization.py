@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from minicnn.core import backend
-from minicnn.core import random as init
+from minicnn.layers import initializers
 from minicnn.layers.base import Layer, Parameter
 
 
@@ -20,10 +20,10 @@ class BatchNorm2D(Layer):
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5):
         super().__init__()
         self.num_features, self.momentum, self.eps = num_features, float(momentum), float(eps)
-        self.weight = Parameter(init.ones((num_features,)), "weight")
-        self.bias = Parameter(init.zeros((num_features,)), "bias")
-        self.running_mean = init.zeros((num_features,))
-        self.running_var = init.ones((num_features,))
+        self.weight = Parameter(initializers.ones((num_features,)), "weight")
+        self.bias = Parameter(initializers.zeros((num_features,)), "bias")
+        self.running_mean = initializers.zeros((num_features,))
+        self.running_var = initializers.ones((num_features,))
 
     @property
     def per_sample(self) -> bool:

@@ -26,9 +26,9 @@ from typing import Any
 import numpy
 
 from minicnn.core import backend
-from minicnn.core import random as _init
 from minicnn.core.atomic import atomic_write
 from minicnn.data import transform_from_config
+from minicnn.layers import initializers
 from minicnn.layers.base import Layer, layer_config, layer_from_config
 from minicnn.saving.description import check_model_description
 from minicnn.saving.npz_reader import NpzError, read_npz
@@ -249,7 +249,7 @@ def _build(path: Path, description: dict[str, Any]) -> Layer:
     no draws from the global RNG); ``_restore`` then fills in the file's arrays."""
     try:
         check_model_description(description.get("model"))
-        with _init.placeholders():
+        with initializers.placeholders():
             return layer_from_config(description["model"])
     except Exception as exc:          # a layer's own checks, or anything a bad config trips
         message = " ".join(str(exc).split())[:200]

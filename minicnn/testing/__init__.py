@@ -1,5 +1,5 @@
 """Tools for checking layers: numerical gradients and ``gradcheck``."""
-from minicnn.testing.gradcheck import (
+from minicnn.testing.gradient_check import (
     GradientCheckError,
     gradcheck,
     numeric_gradient,

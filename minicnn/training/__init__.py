@@ -1,2 +1,41 @@
-"""Training: losses, optimizers, the loop (``fit``, ``train_step``), evaluation, the split of a
-batch among CPU threads and data-parallel training over processes."""
+"""Training: losses, optimizers, schedules, the loop (``fit``, ``train_step``), evaluation, the
+split of a batch among CPU threads and data-parallel training over processes.
+
+    from minicnn.training import SGD, CosineLR, SoftmaxCrossEntropy, fit
+"""
+from minicnn.training.evaluation import (
+                                         EVAL_BATCH_SIZE,
+                                         Evaluation,
+                                         confusion_matrix,
+                                         evaluate,
+                                         predict,
+)
+from minicnn.training.loop import (
+                                         DIVERGENCE_FACTOR,
+                                         History,
+                                         TrainingError,
+                                         fit,
+                                         train_step,
+)
+from minicnn.training.losses import MSELoss, SoftmaxCrossEntropy
+from minicnn.training.optimizers import OPTIMIZERS, SGD, Adam, AdamW, Optimizer
+from minicnn.training.recipe import (
+                                         OPTIMIZER_DEFAULTS,
+                                         REFERENCE_RECIPE,
+                                         Recipe,
+                                         make_optimizer,
+)
+from minicnn.training.schedules import (
+                                         SCHEDULES,
+                                         ConstantLR,
+                                         CosineLR,
+                                         StepLR,
+                                         make_schedule,
+)
+
+__all__ = ["SoftmaxCrossEntropy", "MSELoss",
+           "Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZERS",
+           "ConstantLR", "StepLR", "CosineLR", "SCHEDULES", "make_schedule",
+           "Recipe", "REFERENCE_RECIPE", "OPTIMIZER_DEFAULTS", "make_optimizer",
+           "fit", "train_step", "History", "TrainingError", "DIVERGENCE_FACTOR",
+           "evaluate", "predict", "confusion_matrix", "Evaluation", "EVAL_BATCH_SIZE"]

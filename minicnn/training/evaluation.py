@@ -64,7 +64,6 @@ def correct_count(out: Any, y: Any) -> Any:
     return (out.argmax(axis=1) == y).sum()
 
 
-
 def evaluate(model: Any, data: Any, loss: Any = None, batch_size: int = EVAL_BATCH_SIZE,
              transform: Any = None, comm: Any = None) -> Evaluation:
     """Mean loss and accuracy of ``model`` (in eval mode) on ``data``: a DataLoader (its

@@ -36,8 +36,7 @@ from typing import Any, Iterable
 
 from tqdm import tqdm
 
-from minicnn.core import backend
-from minicnn.core import random as _init
+from minicnn.core import backend, random
 from minicnn.data import DataLoader
 from minicnn.kernels import blas
 from minicnn.training import distributed
@@ -222,7 +221,7 @@ class _Run:
             self.loader.load_state_dict(training["loader"])
         except ValueError as exc:
             raise CheckpointError(f"{path}: does not fit this run: {exc}") from None
-        _init.set_rng_state(training["rng"])
+        random.set_rng_state(training["rng"])
         self.epoch, self.step = training["epoch"], training["step"]
         self.tally = _Tally(**training["partial"]) if training.get("partial") else None
         self.history, self.good = History(training["history"]), path
@@ -239,7 +238,7 @@ class _Run:
         from minicnn.saving.checkpoint import save
         training = {"epoch": self.epoch, "step": self.step, "epochs": self.epochs,
                     "partial": None if tally is None else asdict(tally),
-                    "rng": _init.get_rng_state(), "loader": self.loader.state_dict(),
+                    "rng": random.get_rng_state(), "loader": self.loader.state_dict(),
                     "history": self.history.records, "first_loss": self.first_loss}
         save(self.model, self.checkpoint, self.optimizer, training=training, **self.meta)
         if tally is None:
@@ -259,8 +258,8 @@ class _Run:
             if self.sync is None:
                 self.sync = distributed.GradientSync(self.model.parameters(), self.comm)
             self.sync.stop = bool(stop is not None and stop.requested)
-            seeds = _init.host_rng().integers(2**63, size=self.comm.size)
-            with _init.generator_scope(_init.generator(int(seeds[self.comm.rank]))):
+            seeds = random.host_rng().integers(2**63, size=self.comm.size)
+            with random.generator_scope(random.generator(int(seeds[self.comm.rank]))):
                 result = train_step(self.model, self.loss_fn, self.optimizer, x, y, self.sync)
             count = self.sync.count
         self.step += 1

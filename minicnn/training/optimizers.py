@@ -1,4 +1,4 @@
-"""Optimizers (SGD, Adam, AdamW) and learning-rate schedules.
+"""Optimizers: SGD, Adam and AdamW on a small shared base (``Optimizer``).
 
 Each optimizer applies the update PyTorch documents for its namesake. SGD (dampening 0)::
 
@@ -15,8 +15,7 @@ weights shrink by lr * weight_decay before the step), at step t = 1, 2, ...::
     v = beta2 * v + (1 - beta2) * g * g
     p = p - lr * (m / (1 - beta1**t)) / (sqrt(v / (1 - beta2**t)) + eps)
 
-Schedules are small objects mapping a step number to a learning rate; the training loop sets
-``optimizer.lr = schedule(step)`` before each step, so resuming a run needs no schedule state.
+Learning-rate schedules are in ``minicnn.training.schedules``.
 """
 from __future__ import annotations
 
@@ -25,6 +24,8 @@ from typing import Any, Iterable
 
 from minicnn.core import backend
 from minicnn.layers.base import Parameter
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZERS"]
 
 
 class Optimizer:
@@ -186,39 +187,3 @@ class AdamW(Adam):
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
-
-
-class ConstantLR:
-    """lr(step) = base_lr."""
-
-    def __init__(self, base_lr: float):
-        self.base_lr = base_lr
-
-    def __call__(self, step: int) -> float:
-        return self.base_lr
-
-
-class StepLR:
-    """Step decay: lr(step) = base_lr * gamma ** (step // step_size)."""
-
-    def __init__(self, base_lr: float, step_size: int, gamma: float = 0.1):
-        if step_size < 1:
-            raise ValueError(f"StepLR: step_size must be >= 1, got {step_size}")
-        self.base_lr, self.step_size, self.gamma = base_lr, step_size, gamma
-
-    def __call__(self, step: int) -> float:
-        return self.base_lr * self.gamma ** (step // self.step_size)
-
-
-class CosineLR:
-    """Cosine decay from base_lr to min_lr over total_steps, then min_lr:
-    lr(step) = min_lr + (base_lr - min_lr) * (1 + cos(pi * step / total_steps)) / 2."""
-
-    def __init__(self, base_lr: float, total_steps: int, min_lr: float = 0.0):
-        if total_steps < 1:
-            raise ValueError(f"CosineLR: total_steps must be >= 1, got {total_steps}")
-        self.base_lr, self.total_steps, self.min_lr = base_lr, total_steps, min_lr
-
-    def __call__(self, step: int) -> float:
-        t = min(step, self.total_steps) / self.total_steps
-        return self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * t))

@@ -14,7 +14,7 @@ A batch is split only when every layer treats samples independently (``Layer.per
 BatchNorm2D in training mixes them through its batch statistics), each replica gets at least
 ``MIN_SLICE`` samples, the arrays are NumPy's, and OpenBLAS's thread count can be set: it is 1
 while replicas run, and restored right after. Random draws in a split forward (Dropout's masks)
-come from one generator per replica, seeded from the global generator (``init.generator_scope``),
+come from one generator per replica, seeded from the global generator (``random.generator_scope``),
 so a split run is as reproducible as a whole one (for the same number of replicas).
 """
 from __future__ import annotations
@@ -25,8 +25,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
-from minicnn.core import backend
-from minicnn.core import random as init
+from minicnn.core import backend, random
 from minicnn.kernels import blas
 
 MIN_SLICE = 16
@@ -128,10 +127,10 @@ class Replicas:
         n, parts = x.shape[0], min(self.count, x.shape[0])
         bounds = [n * k // parts for k in range(parts + 1)]
         slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
-        seeds = iter(init.host_rng().integers(2**63, size=len(slices)).tolist())
+        seeds = iter(random.host_rng().integers(2**63, size=len(slices)).tolist())
 
         def forward(replica: Any, rows: slice, seed: int) -> Any:
-            with init.generator_scope(init.generator(seed)):
+            with random.generator_scope(random.generator(seed)):
                 return replica.forward_layers(x[rows])
 
         jobs = [(rows, next(seeds)) for rows in slices]

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from minicnn.core import backend
-from minicnn.core import random as init
+from minicnn.core import backend, random
 from minicnn.layers.base import Layer
 
 
@@ -66,8 +65,8 @@ def gradcheck(layer: Layer, input_shape: Sequence[int] | Sequence[Sequence[int]]
     params = layer.parameters()
     xp = backend.get_array_module(params[0].data) if params else \
         backend.get_array_module(*(inputs or ())) if inputs else backend.xp
-    saved_state = init.get_rng_state()
-    gen = init.generator(seed)
+    saved_state = random.get_rng_state()
+    gen = random.generator(seed)
 
     def draw(shape: tuple[int, ...]) -> Any:
         return xp.asarray(gen.standard_normal(shape))
@@ -80,7 +79,7 @@ def gradcheck(layer: Layer, input_shape: Sequence[int] | Sequence[Sequence[int]]
     layer.astype(xp.float64)
     try:
         def run() -> Any:
-            init.set_rng_state(saved_state)          # identical dropout masks every run
+            random.set_rng_state(saved_state)          # identical dropout masks every run
             out = layer.forward(*xs)
             return out
 
@@ -111,7 +110,7 @@ def gradcheck(layer: Layer, input_shape: Sequence[int] | Sequence[Sequence[int]]
             analytic = grad.reshape(-1)[xp.asarray(idx)] if idx else grad.reshape(-1)[:0]
             errors[name] = relative_error(analytic.astype(xp.float64), numeric)
     finally:
-        init.set_rng_state(saved_state)
+        random.set_rng_state(saved_state)
         layer.zero_grad()
         if original_dtype is not None:
             layer.astype(original_dtype)

@@ -1,0 +1,95 @@
+"""Downloads within budgets: https only (plain http to this machine alone), a size cap checked
+against Content-Length and then counted, a deadline per file, and nothing written before the
+payload is verified (then a temp file and a rename).
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from minicnn.core.atomic import atomic_write_bytes
+from minicnn.data.errors import DatasetError
+from minicnn.data.idx import GZIP_MAGIC, decompress, parse_idx
+
+__all__ = ["DOWNLOAD_TIMEOUT", "DOWNLOAD_DEADLINE", "MAX_DOWNLOAD_BYTES", "fetch",
+           "check_scheme", "describe_error"]
+
+DOWNLOAD_TIMEOUT = 30.0  # seconds per network operation (connect or read)
+
+
+DOWNLOAD_DEADLINE = 120.0
+"""Seconds one file's download may take in all (checked between reads)."""
+
+
+MAX_DOWNLOAD_BYTES = 64 << 20
+"""Largest response accepted (the biggest MNIST archive is under 10 MB)."""
+
+
+def fetch(url: str, folder: Path, stem: str, sha256: str) -> Path:
+    """Download one archive, verify its payload, then write it into ``folder`` atomically.
+
+    The body is held in memory (26 MB at most) until verified, so a failed or corrupt
+    download never touches the folder; the verified bytes go through a temp file + rename.
+    """
+    check_scheme(url)
+    request = urllib.request.Request(url, headers={"User-Agent": "minicnn"})
+    chunks: list[bytes] = []
+    received, deadline = 0, time.monotonic() + DOWNLOAD_DEADLINE
+    with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT) as response:
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        if total is not None and total > MAX_DOWNLOAD_BYTES:
+            raise DatasetError(f"the server announces {total:,} bytes, more than the "
+                               f"{MAX_DOWNLOAD_BYTES:,} allowed")
+        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                  desc=f"{stem}.gz") as bar:
+            while chunk := response.read(1 << 16):
+                received += len(chunk)
+                if received > MAX_DOWNLOAD_BYTES:
+                    raise DatasetError(f"more than {MAX_DOWNLOAD_BYTES:,} bytes; stopped")
+                if time.monotonic() > deadline:
+                    raise DatasetError(f"not done after {DOWNLOAD_DEADLINE:.0f} s "
+                                       f"({received:,} bytes); stopped")
+                chunks.append(chunk)
+                bar.update(len(chunk))
+    raw = b"".join(chunks)
+    # http.client's read(n) returns b"" at a premature close instead of raising.
+    if total is not None and len(raw) != total:
+        raise DatasetError(f"connection closed after {len(raw)} of {total} bytes")
+    parse_idx(decompress(raw), sha256)
+    target = folder / (f"{stem}.gz" if raw[:2] == GZIP_MAGIC else stem)
+    atomic_write_bytes(target, raw)
+    return target
+
+
+def check_scheme(url: str) -> None:
+    """Downloads use https; plain http only to this machine (a local mirror or a test
+    server) or with ``MINICNN_ALLOW_HTTP=1``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https":
+        return
+    if parts.scheme == "http":
+        host = parts.hostname or ""
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if loopback or os.environ.get("MINICNN_ALLOW_HTTP") == "1":
+            return
+    raise DatasetError(f"refusing {parts.scheme or 'a schemeless'} URL: downloads need https "
+                       "(plain http only to localhost, or with MINICNN_ALLOW_HTTP=1)")
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    if isinstance(exc, urllib.error.URLError):
+        return f"cannot connect ({exc.reason})"
+    return f"{type(exc).__name__}: {exc}" if not isinstance(exc, DatasetError) else str(exc)

@@ -1,0 +1,67 @@
+"""What is timed on minicnn's side: fit's training step (``MinicnnRunner``) and the README's
+hand-written loop (``HandLoopRunner``) on one fixed random batch (``make_batch``), with the
+reference recipe's SGD."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy
+
+import minicnn
+from minicnn.core import backend
+from minicnn.models import Sequential
+from minicnn.tools.bench.report import HAND_LOOP_KEY
+from minicnn.training import loop as train
+from minicnn.training import losses
+from minicnn.training import optimizers as optim
+from minicnn.training.recipe import REFERENCE_RECIPE as RECIPE
+
+DATA_NOTE = "random N(0, 1) images (N, 1, 28, 28) with random labels 0-9"
+
+
+HAND_LOOP = ("opt.zero_grad(); logits = model.forward(x, training=True); "
+             "loss.forward(logits, labels); model.backward(loss.backward()); opt.step()")
+
+
+def make_batch(batch_size: int, seed: int) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """Random N(0, 1) float32 images (batch, 1, 28, 28) and int64 labels in [0, 10)."""
+    rng = numpy.random.default_rng(seed)
+    x = rng.standard_normal((batch_size, 1, 28, 28), dtype=numpy.float32)
+    return x, rng.integers(0, 10, size=batch_size, dtype=numpy.int64)
+
+
+class MinicnnRunner:
+    """minicnn on the active backend: fit's training step and the inference pass being timed."""
+
+    name = "minicnn"
+
+    def __init__(self, model: Sequential, x: Any, y: Any, xi: Any = None):
+        self.model = model
+        self.loss = losses.SoftmaxCrossEntropy()
+        self.opt = optim.SGD(model.parameters(), RECIPE.lr, momentum=RECIPE.momentum,
+                             weight_decay=RECIPE.weight_decay)
+        self.x, self.y, self.xi = (None if a is None else backend.to_backend(a) for a in (x, y, xi))
+
+    def sync(self) -> None:
+        backend.synchronize()
+
+    def train_step(self) -> None:
+        train.train_step(self.model, self.loss, self.opt, self.x, self.y)     # fit's step
+
+    def infer(self) -> Any:
+        with minicnn.no_grad():
+            return self.model.forward(self.xi, training=False, check=False)
+
+
+class HandLoopRunner(MinicnnRunner):
+    """The training loop the README writes out by hand (its own optimizer, the same model)."""
+
+    name = HAND_LOOP_KEY
+
+    def train_step(self) -> None:
+        model, opt, loss, x, labels = self.model, self.opt, self.loss, self.x, self.y
+        opt.zero_grad()
+        logits = model.forward(x, training=True)
+        loss.forward(logits, labels)
+        model.backward(loss.backward())
+        opt.step()

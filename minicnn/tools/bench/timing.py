@@ -1,0 +1,109 @@
+"""Clocks: runners timed in alternating blocks (``time_alternating``), and one replica's
+step timed layer by layer (``layer_breakdown``). A device is synchronized before every read."""
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from typing import Any, Callable, Sequence
+
+from minicnn.core import modes
+from minicnn.kernels import blas
+from minicnn.tools.bench.report import REWARM_SECONDS
+from minicnn.tools.bench.runners import MinicnnRunner
+from minicnn.training import parallel
+
+
+def _timed(runner: Any, fn: Callable[..., Any], *args: Any, into: list[float]) -> Any:
+    """``fn(*args)``, its seconds appended to ``into`` (the device synchronized around it)."""
+    runner.sync()
+    start = time.perf_counter()
+    out = fn(*args)
+    runner.sync()
+    into.append(time.perf_counter() - start)
+    return out
+
+
+def _clock(runner: Any, fn: Callable[[], Any]) -> float:
+    _timed(runner, fn, into=(seconds := []))
+    return seconds[0]
+
+
+def time_alternating(runners: Sequence[Any], method: str, warmup: int, reps: int,
+                     pause: float = 0.0, block: int = 5) -> list[list[float]]:
+    """Seconds per call of ``method`` for each runner: ``reps`` timed calls each, after
+    ``warmup`` untimed ones. Several runners take turns in blocks of ``block`` timed calls (the
+    order flips every round), so machine noise hits all of them. Each turn starts with ``pause``
+    idle seconds, as BLAS and OpenMP worker threads busy-wait for a while after their work
+    (OpenBLAS for about 0.1 s) and would slow the next runner's turn, then ``REWARM_SECONDS`` of
+    untimed calls that wake the turn's own workers, caches and CPUs, as in a real training run.
+    """
+    times: list[list[float]] = [[] for _ in runners]
+    for runner in runners:
+        for _ in range(warmup):
+            _clock(runner, getattr(runner, method))
+    rounds = 0
+    while any(len(t) < reps for t in times):
+        order = list(enumerate(runners))
+        for k, runner in (order if rounds % 2 == 0 else order[::-1]):
+            if len(runners) > 1:
+                time.sleep(pause)
+                warm_until = time.perf_counter() + REWARM_SECONDS
+                _clock(runner, getattr(runner, method))
+                while time.perf_counter() < warm_until:
+                    _clock(runner, getattr(runner, method))
+            for _ in range(min(block, reps - len(times[k]))):
+                times[k].append(_clock(runner, getattr(runner, method)))
+        rounds += 1
+    return times
+
+
+def split_count(runner: MinicnnRunner) -> int:
+    """How many replicas the model splits the runner's training batch among (1: none)."""
+    return parallel.split_count(runner.model, runner.x, getattr(runner.model, "workers", None))
+
+
+def layer_breakdown(runner: MinicnnRunner, reps: int) -> list[dict[str, Any]]:
+    """Median milliseconds of each layer's forward and backward (and of the loss and the
+    optimizer) over ``reps`` training steps timed piece by piece, like ``Sequential`` runs them.
+
+    It times one replica's share the way a step runs it: the model's own layers on the first
+    ceil(N / count) rows (count = ``parallel.split_count(model, x, model.workers)``), inside
+    ``blas.single_threaded()`` when count > 1 (what each core does during a step; here the
+    others idle). Forward runs in training mode inside ``modes.inside_model()`` (no NaN scan),
+    layer i's backward is ``layer.backward_step(g, input_grad=(i > 0))``; the loss runs on the
+    share's logits, the optimizer on all parameters. Nothing is set on the model or its layers.
+    """
+    model, loss, opt = runner.model, runner.loss, runner.opt
+    count = split_count(runner)
+    share = -(-runner.x.shape[0] // count)
+    x, y = runner.x[:share], runner.y[:share]
+    layers = model.layers
+    fwd: list[list[float]] = [[] for _ in layers]
+    bwd: list[list[float]] = [[] for _ in layers]
+    loss_t, opt_t = [], []
+    single = blas.single_threaded() if count > 1 else contextlib.nullcontext()
+    with single, modes.training_mode(True):
+        for _ in range(reps):
+            opt_t.append(_clock(runner, opt.zero_grad))
+            h = x
+            with modes.inside_model():
+                for i, layer in enumerate(layers):
+                    h = _timed(runner, layer.forward, h, into=fwd[i])
+            g = _timed(runner, lambda: (loss.forward(h, y), loss.backward())[1], into=loss_t)
+            for i in reversed(range(len(layers))):
+                g = _timed(runner, layers[i].backward_step, g, i > 0, into=bwd[i])
+            opt_t[-1] += _clock(runner, opt.step)
+
+    def ms(seconds: list[float]) -> float:
+        return 1000 * statistics.median(seconds)
+
+    rows = [{"name": layer.name, "type": type(layer).__name__, "forward_ms": ms(f),
+             "backward_ms": ms(b)} for layer, f, b in zip(layers, fwd, bwd)]
+    rows.append({"name": "loss", "type": "SoftmaxCrossEntropy", "forward_ms": ms(loss_t),
+                 "backward_ms": 0.0})
+    rows.append({"name": "optimizer", "type": "SGD zero_grad+step", "forward_ms": 0.0,
+                 "backward_ms": ms(opt_t)})
+    for row in rows:
+        row["total_ms"] = row["forward_ms"] + row["backward_ms"]
+    return rows

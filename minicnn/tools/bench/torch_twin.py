@@ -1,0 +1,86 @@
+"""The same model in PyTorch: ``torch_model_from`` copies a minicnn ``Sequential`` (weights
+included) into a ``torch.nn.Sequential``, and ``TorchRunner`` times its step and inference with
+the same SGD and loss. PyTorch is imported only by the caller (``--compare torch``)."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy
+
+from minicnn.core import backend
+from minicnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from minicnn.models import Sequential
+from minicnn.training.recipe import REFERENCE_RECIPE as RECIPE
+
+
+def torch_model_from(model: Sequential, torch: Any = None) -> Any:
+    """A ``torch.nn.Sequential`` computing exactly what ``model`` computes, weights copied.
+
+    Conv2D weights are (O, C, kh, kw) in both frameworks; a minicnn Dense weight is
+    (in, out) and a torch Linear weight (out, in), so it is transposed.
+    """
+    if torch is None:
+        import torch
+    nn = torch.nn
+
+    def tensor(a: Any) -> Any:
+        return torch.from_numpy(numpy.ascontiguousarray(backend.to_numpy(a)))
+
+    modules = []
+    for layer in model.layers:
+        if isinstance(layer, Conv2D):
+            m = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                          layer.padding, layer.dilation, bias=layer.bias is not None)
+            weights = [(m.weight, layer.weight.data)]
+        elif isinstance(layer, Dense):
+            m = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+            weights = [(m.weight, layer.weight.data.T)]
+        elif isinstance(layer, MaxPool2D):
+            m, weights = nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding), []
+        elif isinstance(layer, (ReLU, Flatten)):
+            m, weights = (nn.ReLU() if isinstance(layer, ReLU) else nn.Flatten()), []
+        else:
+            raise ValueError(f"bench: no PyTorch equivalent for {layer!r}")
+        if getattr(layer, "bias", None) is not None:
+            weights.append((m.bias, layer.bias.data))
+        with torch.no_grad():
+            for target, source in weights:
+                target.copy_(tensor(source))
+        modules.append(m)
+        activation = getattr(layer, "activation", None)
+        if activation is not None:
+            if not isinstance(activation, ReLU):
+                raise ValueError(f"bench: no PyTorch equivalent for activation {activation!r}")
+            modules.append(nn.ReLU())
+    return nn.Sequential(*modules)
+
+
+class TorchRunner:
+    """The same model, data and optimizer in PyTorch on ``device`` ('cpu' or 'cuda')."""
+
+    name = "torch"
+
+    def __init__(self, torch: Any, model: Sequential, device: str, x: Any, y: Any, xi: Any = None):
+        self.torch, self.device = torch, device
+        self.net = torch_model_from(model, torch).to(device)
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=RECIPE.lr,
+                                   momentum=RECIPE.momentum,
+                                   weight_decay=RECIPE.weight_decay)
+        self.loss = torch.nn.CrossEntropyLoss()
+        self.x, self.y, self.xi = (None if a is None else torch.from_numpy(a).to(device)
+                                   for a in (x, y, xi))
+
+    def sync(self) -> None:
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+
+    def train_step(self) -> None:
+        self.net.train()
+        self.opt.zero_grad()
+        self.loss(self.net(self.x), self.y).backward()
+        self.opt.step()
+
+    def infer(self) -> Any:
+        self.net.eval()
+        with self.torch.no_grad():
+            return self.net(self.xi)
