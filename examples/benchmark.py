@@ -11,7 +11,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # checkout
-from minicnn.tools.bench import main  # noqa: E402
+from minicnn.tools.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,8 +17,8 @@ What the base class needs, all of it (see ``minicnn/layers/base.py``):
 * call ``super().__init__()``; the constructor's arguments are recorded, so a checkpoint can
   rebuild the layer (keep them numbers, strings and tuples);
 * hold trainable arrays as ``Parameter`` s, anywhere: attributes, lists, dicts, sub-layers.
-  Make the array with ``minicnn.init`` (``initializers.ones``, ``initializers.zeros``, or a random scheme such
-  as ``initializers.initialize("he", shape, fan_in, fan_out)``), which draws from ``minicnn.manual_seed``
+  Make the array with ``minicnn.layers.initializers`` (``ones``, ``zeros``, or a random scheme
+  such as ``initialize("he", shape, fan_in, fan_out)``), which draws from ``minicnn.manual_seed``
   and puts it on the default backend in float32;
 * in ``forward``, keep what backward needs with ``self.save_for_backward(...)`` (nothing is kept
   inside ``minicnn.no_grad()``); in ``backward``, get it back with ``self.pop_saved()``;

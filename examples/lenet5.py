@@ -13,11 +13,11 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # checkout
-import minicnn  # noqa: E402
-from minicnn import training, zoo  # noqa: E402
-from minicnn.data import DataLoader, Normalize, RandomShift  # noqa: E402
-from minicnn.data.datasets import load_fashion_mnist, load_mnist  # noqa: E402
-from minicnn.training import SGD, CosineLR  # noqa: E402
+import minicnn
+from minicnn import training, zoo
+from minicnn.data import DataLoader, Normalize, RandomShift
+from minicnn.data.datasets import load_fashion_mnist, load_mnist
+from minicnn.training import SGD, CosineLR
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")

@@ -12,11 +12,11 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # checkout
-import minicnn  # noqa: E402
-from minicnn.data import DataLoader, Normalize, RandomShift  # noqa: E402
-from minicnn.data.datasets import load_mnist  # noqa: E402
-from minicnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU  # noqa: E402
-from minicnn.training import SGD, CosineLR  # noqa: E402
+import minicnn
+from minicnn.data import DataLoader, Normalize, RandomShift
+from minicnn.data.datasets import load_mnist
+from minicnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from minicnn.training import SGD, CosineLR
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--epochs", type=int, default=3)

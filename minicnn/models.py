@@ -13,7 +13,8 @@ topological order; in backward, gradients of a tensor used by several layers are
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from minicnn.core import backend, modes
 from minicnn.core.symbolic import Input, SymbolicTensor
@@ -152,7 +153,8 @@ class Network(Layer):
         width = max([len(r[0]) for r in rows] + [20]) + 2
         shape_width = max([len(r[1]) for r in rows] + [16]) + 2
         line = "-" * (width + shape_width + 12)
-        out = [line, f"{'Layer (type)':<{width}}{'Output shape':<{shape_width}}{'Params':>12}", line]
+        header = f"{'Layer (type)':<{width}}{'Output shape':<{shape_width}}{'Params':>12}"
+        out = [line, header, line]
         out += [f"{a:<{width}}{b:<{shape_width}}{c:>12,}" for a, b, c in rows]
         total = sum(p.size for p in self.parameters())
         out += [line, f"Total params: {total:,}", f"Trainable params: {total:,}", line]
@@ -210,7 +212,7 @@ class Sequential(Network):
                 "layers": [layer_config(layer) for layer in self.layers]}
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "Sequential":
+    def from_config(cls, config: dict[str, Any]) -> Sequential:
         return cls([layer_from_config(c) for c in config["layers"]],
                    input_shape=config.get("input_shape"))
 
@@ -296,7 +298,7 @@ class Model(Network):
                           for t in self.order]}
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "Model":
+    def from_config(cls, config: dict[str, Any]) -> Model:
         tensors = [Input(config["input_shape"])]
         for node in config["nodes"]:
             layer = layer_from_config(node)

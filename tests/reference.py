@@ -27,7 +27,8 @@ def zero_pad(x, ph, pw, fill=0.0):
 # --------------------------------------------------------------------------- convolution
 
 def conv2d_forward(x, weight, bias, stride=1, padding=0, dilation=1):
-    """y[n, o, oh, ow] = b[o] + sum over (c, i, j) of W[o, c, i, j] * xpad[n, c, oh*s + i*d, ow*s + j*d].
+    """y[n, o, oh, ow] = b[o] + sum over (c, i, j) of
+    W[o, c, i, j] * xpad[n, c, oh*s + i*d, ow*s + j*d].
 
     Each output value is the sum of the element-wise product of one (dilated) window of the
     zero-padded input with one filter.

@@ -116,7 +116,7 @@ def test_no_numpy_import_outside_the_host_side_modules(module):
                        "take the array module of its arrays (xp = backend.get_array_module(x))")
 
 
-# =========================================================================== CuPy where it cannot run
+# ======================================================================= CuPy where it cannot run
 
 def run_import(env_backend: str, fake_cupy: str | None, tmp_path: Path):
     """``python -c "import minicnn"`` with MINICNN_BACKEND set, optionally with a fake ``cupy``

@@ -88,8 +88,8 @@ def test_torch_model_is_the_same_model():
     minicnn.manual_seed(3)
     model = zoo.build_model("ref-cnn")
     x, y = runners.make_batch(16, seed=1)
-    ours, theirs = runners.MinicnnRunner(model, x, y, x), torch_twin.TorchRunner(torch, model, "cpu",
-                                                                          x, y, x)
+    ours = runners.MinicnnRunner(model, x, y, x)
+    theirs = torch_twin.TorchRunner(torch, model, "cpu", x, y, x)
     np.testing.assert_allclose(ours.infer(), theirs.infer().numpy(), rtol=1e-4, atol=1e-4)
     for _ in range(2):                    # same SGD (momentum, weight decay) and loss
         ours.train_step()

@@ -90,10 +90,12 @@ def _good_idx() -> bytes:
 
 
 BAD_FILES = {
-    "truncated": (_good_idx()[:-2], "truncated: expected 6 data bytes for shape (2, 3) uint8, found 4"),
+    "truncated": (_good_idx()[:-2],
+                  "truncated: expected 6 data bytes for shape (2, 3) uint8, found 4"),
     "trailing": (_good_idx() + b"xyz", "3 trailing bytes: expected 6 data bytes"),
     "header": (_good_idx()[:9], "truncated header: expected 12 bytes for 2 dimensions, found 9"),
-    "magic": (b"\x01\x02" + _good_idx()[2:], "expected magic bytes 00 00 <type> <ndim>, found 01 02 08 02"),
+    "magic": (b"\x01\x02" + _good_idx()[2:],
+              "expected magic bytes 00 00 <type> <ndim>, found 01 02 08 02"),
     "type": (b"\0\0\x07\x02" + _good_idx()[4:], "unsupported IDX type code 0x07"),
     "ndim0": (b"\0\0\x08\x00", "0 dimensions"),
     "empty": (b"", "found nothing"),
@@ -136,7 +138,8 @@ def test_data_root_order(monkeypatch, tmp_path):
 
 def test_an_installed_package_keeps_data_in_the_user_cache(monkeypatch, tmp_path):
     monkeypatch.delenv("MINICNN_DATA", raising=False)
-    installed = tmp_path / "lib" / "python3.11" / "site-packages" / "minicnn" / "data" / "datasets.py"
+    site = tmp_path / "lib" / "python3.11" / "site-packages"
+    installed = site / "minicnn" / "data" / "datasets.py"
     monkeypatch.setattr(ds, "__file__", str(installed))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert ds.data_root() == tmp_path / "cache" / "minicnn"
@@ -159,7 +162,8 @@ def test_load_checks_counts_and_shapes(tmp_path):
     with pytest.raises(DatasetError) as err:
         ds.load_mnist(tmp_path / "a", download=False, verify=False)
     msg = str(err.value)
-    assert "train-images-idx3-ubyte.gz holds 5 images" in msg and "train-labels-idx1-ubyte.gz" in msg
+    assert "train-images-idx3-ubyte.gz holds 5 images" in msg
+    assert "train-labels-idx1-ubyte.gz" in msg
     assert "3 labels" in msg
     with pytest.raises(DatasetError, match="train-images-idx3-ubyte.gz: SHA-256"):
         ds.load_mnist(tmp_path / "a", download=False)  # verify=True by default
@@ -168,7 +172,8 @@ def test_load_checks_counts_and_shapes(tmp_path):
     with pytest.raises(DatasetError, match="expected 60000 images in the train set, found 3"):
         ds.load_mnist(tmp_path / "b", download=False, verify=False)
     _fake_set(tmp_path / "c" / "mnist", dict.fromkeys(NAMES, 3), image_shape=(28, 27))
-    with pytest.raises(DatasetError, match=r"expected uint8 images of shape \(N, 28, 28\), found uint8 \(3, 28, 27\)"):
+    with pytest.raises(DatasetError, match=r"expected uint8 images of shape \(N, 28, 28\), "
+                                           r"found uint8 \(3, 28, 27\)"):
         ds.load_mnist(tmp_path / "c", download=False, verify=False)
 
 

@@ -37,7 +37,8 @@ def custom():
 
 
 def run_script(name: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONPATH=path)
     env.pop("MINICNN_BACKEND", None)
     return subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py")], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
@@ -86,7 +87,8 @@ def test_asymmetric_kernel_convolution_flips(conv):
     np.testing.assert_array_equal(true_conv, [[1, 1, 1], [1, 1, 0], [1, 0, 0]])  # bottom-right
     assert not np.array_equal(xcorr, true_conv)
     np.testing.assert_array_equal(true_conv, conv.cross_correlation_loops(conv.IMAGE, conv.flip(k)))
-    np.testing.assert_array_equal(true_conv, conv.cross_correlation_conv2d(conv.IMAGE, conv.flip(k)))
+    np.testing.assert_array_equal(true_conv,
+                                  conv.cross_correlation_conv2d(conv.IMAGE, conv.flip(k)))
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -480,8 +480,8 @@ def test_sigmoid_and_softmax_are_stable_for_huge_inputs():
         warnings.simplefilter("error")                 # no overflow warnings
         s = Sigmoid().forward(x)
         p = Softmax().forward(x)
-    np.testing.assert_allclose(s, [[0.0, 1 / (1 + np.exp(50.0)), 0.5, 1 / (1 + np.exp(-50.0)), 1.0]],
-                               rtol=1e-12, atol=0)
+    expected = [[0.0, 1 / (1 + np.exp(50.0)), 0.5, 1 / (1 + np.exp(-50.0)), 1.0]]
+    np.testing.assert_allclose(s, expected, rtol=1e-12, atol=0)
     np.testing.assert_allclose(p, [[0, 0, 0, 0, 1]], atol=1e-300)
     assert np.isfinite(p).all() and abs(p.sum() - 1) < 1e-15
 

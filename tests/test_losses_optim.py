@@ -274,7 +274,8 @@ def test_gradients_accumulate_across_backward_calls_until_zero_grad():
         np.testing.assert_allclose(p.grad, g, rtol=1e-14)
 
 
-@pytest.mark.parametrize("settings", SGD_SETTINGS[1:3] + SGD_SETTINGS[4:], ids=SGD_IDS[1:3] + SGD_IDS[4:])
+@pytest.mark.parametrize("settings", SGD_SETTINGS[1:3] + SGD_SETTINGS[4:],
+                         ids=SGD_IDS[1:3] + SGD_IDS[4:])
 def test_sgd_state_dict_round_trip(settings):
     params, grads = sgd_problem()
     _, opt_a, ps_a = run_sgd(params, grads[:3], **settings)
@@ -337,7 +338,8 @@ def test_schedules_optional_parity_with_torch():
     param = torch.zeros(1, requires_grad=True)
     for ours, make in [
         (StepLR(0.1, 3, 0.5), lambda o: torch.optim.lr_scheduler.StepLR(o, 3, 0.5)),
-        (CosineLR(0.1, 10, 0.01), lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 10, 0.01)),
+        (CosineLR(0.1, 10, 0.01),
+         lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 10, 0.01)),
     ]:
         opt = torch.optim.SGD([param], lr=0.1)
         sched = make(opt)

@@ -21,8 +21,8 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy
 
@@ -264,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"SGD momentum (default {r.momentum})")
     t.add_argument("--weight-decay", type=non_negative_float, help=f"weight decay (default "
                    f"{r.weight_decay} for sgd, 0 for adam, 0.01 for adamw)")
-    t.add_argument("--schedule", choices=training.SCHEDULES, help=f"lr schedule (default {r.schedule})")
+    t.add_argument("--schedule", choices=training.SCHEDULES,
+                   help=f"lr schedule (default {r.schedule})")
     t.add_argument("--augment", type=int, metavar="K",
                    help=f"random shifts of up to K pixels (default {r.augment}; 0: none)")
     t.add_argument("--seed", type=int, help="random seed (default 0)")

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 from minicnn.training.distributed import Communicator
 
@@ -28,7 +28,7 @@ def run_rank(main: Callable[[], int], comm: Communicator, prog: str,
         if exc.code in (0, None):
             raise
         error: BaseException = exc
-    except BaseException as exc:          # noqa: BLE001  (KeyboardInterrupt included)
+    except BaseException as exc:
         error = exc
     if debug or os.environ.get("MINICNN_DEBUG"):
         traceback.print_exception(error)

@@ -17,8 +17,9 @@ import glob
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 __all__ = ["atomic_write", "atomic_write_bytes", "remove_leftovers"]
 

@@ -9,9 +9,9 @@ other threads runs it in a copy of its context (``contextvars.copy_context().run
 """
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
-from typing import ContextManager, Iterator
 
 _grad_enabled: ContextVar[bool] = ContextVar("minicnn_grad_enabled", default=True)
 _training: ContextVar[bool | None] = ContextVar("minicnn_training", default=None)
@@ -28,7 +28,7 @@ def setting(var: ContextVar, value: object) -> Iterator[None]:
         var.reset(token)
 
 
-def no_grad() -> ContextManager[None]:
+def no_grad() -> AbstractContextManager[None]:
     """Inside this block (in this thread) layers keep nothing for backward: inference with less
     memory and time (Conv2D then also works through the batch in slices)."""
     return setting(_grad_enabled, False)
@@ -39,7 +39,7 @@ def grad_enabled() -> bool:
     return _grad_enabled.get()
 
 
-def training_mode(mode: bool | None) -> ContextManager[None]:
+def training_mode(mode: bool | None) -> AbstractContextManager[None]:
     """Make every layer's ``training`` read ``mode`` inside this block (in this thread); None
     leaves each layer's own setting (``train()`` / ``eval()``) in force."""
     return nullcontext() if mode is None else setting(_training, bool(mode))
@@ -50,7 +50,7 @@ def training_override() -> bool | None:
     return _training.get()
 
 
-def inside_model() -> ContextManager[None]:
+def inside_model() -> AbstractContextManager[None]:
     """Marks a model's forward: the model checked its input once, so its layers skip the
     NaN/inf scan (every later activation comes from a layer, not from the user)."""
     return setting(_inside_model, True)

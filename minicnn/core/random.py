@@ -10,8 +10,9 @@ replica its own generator, seeded from the global one, so a split step is reprod
 """
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
-from typing import Any, ContextManager
+from typing import Any
 
 import numpy
 
@@ -54,7 +55,7 @@ _device_rngs: dict[str, Any] = {}
 _scoped_rng: ContextVar[numpy.random.Generator | None] = ContextVar("minicnn_rng", default=None)
 
 
-def generator_scope(gen: numpy.random.Generator) -> ContextManager[None]:
+def generator_scope(gen: numpy.random.Generator) -> AbstractContextManager[None]:
     """Layers in this thread draw their NumPy random numbers from ``gen`` inside this block."""
     return setting(_scoped_rng, gen)
 

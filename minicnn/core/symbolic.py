@@ -10,7 +10,8 @@ This module sits below ``Layer``: it needs only a layer's ``output_shape``.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 class SymbolicTensor:
@@ -18,11 +19,11 @@ class SymbolicTensor:
     (the layer that computes it and that layer's input tensors; no layer for an ``Input``)."""
 
     def __init__(self, shape: tuple[int, ...], layer: Any = None,
-                 parents: tuple["SymbolicTensor", ...] = ()):
+                 parents: tuple[SymbolicTensor, ...] = ()):
         self.shape, self.layer, self.parents = tuple(shape), layer, parents
 
     @classmethod
-    def from_layer(cls, layer: Any, parents: Sequence["SymbolicTensor"]) -> "SymbolicTensor":
+    def from_layer(cls, layer: Any, parents: Sequence[SymbolicTensor]) -> SymbolicTensor:
         """The tensor ``layer`` computes from ``parents``; raises ValueError if shapes misfit."""
         shapes = [p.shape for p in parents]
         try:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import http.client
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -50,17 +50,25 @@ class _Spec:
 
 _SPECS = {
     "mnist": _Spec("MNIST", "mnist", {
-        "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-        "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-        "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-        "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        "train-images-idx3-ubyte":
+            "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "train-labels-idx1-ubyte":
+            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        "t10k-images-idx3-ubyte":
+            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "t10k-labels-idx1-ubyte":
+            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
     }, ("https://ossci-datasets.s3.amazonaws.com/mnist/",
         "https://storage.googleapis.com/cvdf-datasets/mnist/")),
     "fashion-mnist": _Spec("Fashion-MNIST", "fashion-mnist", {
-        "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-        "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-        "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-        "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        "train-images-idx3-ubyte":
+            "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "train-labels-idx1-ubyte":
+            "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "t10k-images-idx3-ubyte":
+            "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "t10k-labels-idx1-ubyte":
+            "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
     }, ("https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",),
         # Debian's dataset-fashion-mnist package installs the four .gz files here.
         ("/usr/share/datasets/fashion-mnist",)),
@@ -176,7 +184,8 @@ def _load_split(paths: dict[str, Path], split: str, count: int, spec: _Spec,
         raise DatasetError(f"{ipath} holds {len(images)} images but {lpath} holds "
                            f"{len(labels)} labels; expected equal counts")
     if len(images) != count:
-        raise DatasetError(f"{ipath}: expected {count} images in the {split} set, found {len(images)}")
+        raise DatasetError(f"{ipath}: expected {count} images in the {split} set, "
+                           f"found {len(images)}")
     if labels.max(initial=0) > 9:
         raise DatasetError(f"{lpath}: expected labels 0..9, found {int(labels.max())}")
     return images, labels.astype(np.int64)

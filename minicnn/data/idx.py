@@ -77,8 +77,9 @@ def decompress(raw: bytes, max_bytes: int = MAX_IDX_BYTES) -> bytes:
 def parse_idx(data: bytes, sha256: str | None = None) -> np.ndarray:
     """Check and decode an IDX payload; errors carry no file name (callers add it)."""
     if len(data) < 4 or data[:2] != b"\0\0":
+        found = data[:4].hex(" ") or "nothing"
         raise DatasetError(
-            f"not an IDX file: expected magic bytes 00 00 <type> <ndim>, found {data[:4].hex(' ') or 'nothing'}")
+            f"not an IDX file: expected magic bytes 00 00 <type> <ndim>, found {found}")
     code, ndim = data[2], data[3]
     if code not in _IDX_DTYPES:
         known = ", ".join(f"0x{c:02x}" for c in _IDX_DTYPES)
@@ -105,7 +106,8 @@ def parse_idx(data: bytes, sha256: str | None = None) -> np.ndarray:
 
 
 def idx_payload(path: str | os.PathLike) -> bytes:
-    """Return the file's decompressed IDX bytes (header included); gzip is detected by magic bytes."""
+    """Return the file's decompressed IDX bytes (header included); gzip is detected by its
+    magic bytes."""
     try:
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size > MAX_IDX_BYTES:

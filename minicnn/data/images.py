@@ -7,7 +7,7 @@ look like an MNIST one: white on black (a light background is detected and inver
 with its aspect ratio kept to fit the model's input size, and centred::
 
     grey = read_image("digit.jpg")                     # uint8 (H, W)
-    image, inverted = fit_to_input(grey, (28, 28))     # uint8 (28, 28), True if it was dark-on-light
+    image, inverted = fit_to_input(grey, (28, 28))     # uint8 (28, 28); True if dark-on-light
 """
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ position inside the current epoch, so a resumed run sees exactly the batches it 
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy
 
@@ -159,7 +160,7 @@ class DataLoader:
         self._rng.bit_generator.state = state["rng"]
         self._resume_position = position
 
-    def for_eval(self, batch_size: int = 256) -> "DataLoader":
+    def for_eval(self, batch_size: int = 256) -> DataLoader:
         """A loader over the same data, in order, without augmentation, in batches of
         ``batch_size`` (256 by default: bigger batches are no faster on a CPU, and every extra
         image holds ~200 KB of activations of the reference CNN at once)."""

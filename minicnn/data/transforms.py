@@ -6,7 +6,8 @@ keeps its preprocessing. ``RandomShift`` moves training images by a few pixels.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy
 

@@ -15,8 +15,9 @@ import ctypes
 import functools
 import os
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from minicnn.core import backend  # noqa: F401  (imports NumPy, which loads its OpenBLAS)
 

@@ -33,7 +33,8 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from minicnn.core import backend, modes
 from minicnn.core.modes import grad_enabled, no_grad
@@ -58,8 +59,9 @@ class Parameter:
 
     def __init__(self, data: Any, name: str = ""):
         self.data = data
-        # a placeholder (see minicnn.initializers.placeholders) stays one until real data replaces it
-        self.grad = data if initializers.is_placeholder(data) else backend.module_of(data).zeros_like(data)
+        # a placeholder (see initializers.placeholders) stays one until real data replaces it
+        placeholder = initializers.is_placeholder(data)
+        self.grad = data if placeholder else backend.module_of(data).zeros_like(data)
         self.name = name
 
     @property
@@ -83,7 +85,7 @@ def _record_init_arguments(cls: type) -> None:
     signature = inspect.signature(original)
 
     @functools.wraps(original)
-    def __init__(self: "Layer", *args: Any, **kwargs: Any) -> None:
+    def __init__(self: Layer, *args: Any, **kwargs: Any) -> None:
         if "_init_args" not in self.__dict__:      # the most derived __init__ runs first
             bound = signature.bind(self, *args, **kwargs)
             bound.apply_defaults()
@@ -187,7 +189,7 @@ class Layer:
             child.clear_cache()
 
     # --- sub-layers and parameters ------------------------------------------------------
-    def named_children(self) -> Iterator[tuple[str, "Layer"]]:
+    def named_children(self) -> Iterator[tuple[str, Layer]]:
         """(name, layer) for every layer held in an attribute, or in a list, tuple or dict."""
         for attr, value in vars(self).items():
             if attr not in _BASE_OWNED:
@@ -227,13 +229,13 @@ class Layer:
     def training(self, mode: bool) -> None:
         self._training = bool(mode)
 
-    def train(self, mode: bool = True) -> "Layer":
+    def train(self, mode: bool = True) -> Layer:
         self.training = mode
         for _, child in self.named_children():
             child.train(mode)
         return self
 
-    def eval(self) -> "Layer":
+    def eval(self) -> Layer:
         return self.train(False)
 
     # --- state, devices, dtypes, copies -------------------------------------------------
@@ -245,7 +247,7 @@ class Layer:
         for key, value in arrays.items():
             setattr(self, key, value)
 
-    def _convert(self, fn: Callable[[Any], Any]) -> "Layer":
+    def _convert(self, fn: Callable[[Any], Any]) -> Layer:
         for p in self.parameters():
             p.data, p.grad = fn(p.data), fn(p.grad)
         self._convert_state(fn)
@@ -257,19 +259,19 @@ class Layer:
         for _, child in self.named_children():
             child._convert_state(fn)
 
-    def to(self, backend_name: str) -> "Layer":
+    def to(self, backend_name: str) -> Layer:
         """Move parameters and state to 'numpy' or 'cupy' (the layer then computes there,
         whatever the global backend); drops saved values and buffers."""
         return self._convert(lambda a: backend.to_backend(a, backend_name))
 
-    def astype(self, dtype: Any) -> "Layer":
+    def astype(self, dtype: Any) -> Layer:
         """Convert parameters and state to ``dtype`` (float64 for gradient checks)."""
         return self._convert(lambda a: a.astype(dtype))
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in _TRANSIENT}
 
-    def replica(self) -> "Layer":
+    def replica(self) -> Layer:
         """A copy that shares this layer's parameter arrays (``p.data``) but has its own
         gradients, saved values and buffers: what a thread needs to run a slice of a batch."""
         memo: dict[int, Any] = {id(p.data): p.data for p in self.parameters()}

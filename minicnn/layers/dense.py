@@ -1,4 +1,5 @@
-"""Dense (fully connected): y = f(x @ W + b) for x (N, in_features), W (in_features, out_features)."""
+"""Dense (fully connected): y = f(x @ W + b) for x (N, in_features), W (in_features,
+out_features)."""
 from __future__ import annotations
 
 from typing import Any

@@ -9,8 +9,9 @@ shapes checked before anything is allocated.
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
-from typing import Any, ContextManager
+from typing import Any
 
 import numpy
 
@@ -24,7 +25,7 @@ __all__ = ["placeholders", "is_placeholder", "he_normal", "glorot_uniform", "kai
 _placeholders: ContextVar[bool] = ContextVar("minicnn_placeholders", default=False)
 
 
-def placeholders() -> ContextManager[None]:
+def placeholders() -> AbstractContextManager[None]:
     """Inside this block (in this thread) every initializer here returns a placeholder: an
     array of the right shape and dtype that takes no memory (all strides 0), so a model can be
     built from an untrusted description and its shapes checked before anything is allocated."""

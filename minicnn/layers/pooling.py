@@ -58,7 +58,8 @@ class _Pool2D(Layer):
         if ph == 0 and pw == 0:
             return x_nhwc
         n, h, w, c = x_nhwc.shape
-        out = backend.get_array_module(x_nhwc).full((n, h + 2 * ph, w + 2 * pw, c), fill, dtype=x_nhwc.dtype)
+        xp = backend.get_array_module(x_nhwc)
+        out = xp.full((n, h + 2 * ph, w + 2 * pw, c), fill, dtype=x_nhwc.dtype)
         out[:, ph:ph + h, pw:pw + w] = x_nhwc
         return out
 
@@ -180,4 +181,5 @@ class GlobalAvgPool2D(Layer):
     def backward(self, grad_out: Any) -> Any:
         (n, c, h, w), = self.pop_saved()
         scaled = grad_out * grad_out.dtype.type(1.0 / (h * w))
-        return backend.get_array_module(grad_out).broadcast_to(scaled[:, :, None, None], (n, c, h, w)).copy()
+        xp = backend.get_array_module(grad_out)
+        return xp.broadcast_to(scaled[:, :, None, None], (n, c, h, w)).copy()

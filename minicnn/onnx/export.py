@@ -24,8 +24,9 @@ A layer with neither a built-in mapping nor ``to_onnx`` stops the export with on
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy
 

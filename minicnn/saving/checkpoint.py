@@ -2,9 +2,10 @@
 
 The file is a plain NumPy ``.npz`` archive: one array per parameter (``param/<layer>.<name>``),
 per non-trained state array (``state/<layer>.<name>``, e.g. BatchNorm running statistics) and
-per optimizer buffer (``optim/<buffer>/<i>``, e.g. SGD's velocity, Adam's exp_avg), plus ``__minicnn__``, the UTF-8 bytes of a JSON
-description: the model's ``config()`` (so ``load`` rebuilds it without the user's code), the
-optimizer's hyper-parameters and free-form metadata (epoch, RNG states, metrics...)::
+per optimizer buffer (``optim/<buffer>/<i>``, e.g. SGD's velocity, Adam's exp_avg), plus
+``__minicnn__``, the UTF-8 bytes of a JSON description: the model's ``config()`` (so ``load``
+rebuilds it without the user's code), the optimizer's hyper-parameters and free-form metadata
+(epoch, RNG states, metrics...)::
 
     minicnn.save(model, "model.npz", optimizer=opt, epoch=3)
     model = minicnn.load("model.npz")

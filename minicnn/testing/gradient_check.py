@@ -13,7 +13,8 @@ is (nearly) zero do not divide by zero.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from minicnn.core import backend, random
 from minicnn.layers.base import Layer

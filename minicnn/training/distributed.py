@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from minicnn.core import backend
 

@@ -31,8 +31,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from tqdm import tqdm
 
@@ -60,7 +61,7 @@ class TrainingError(RuntimeError):
     """Training stopped because it diverged: a loss became NaN or inf, or rose past
     ``DIVERGENCE_FACTOR`` times the first step's; ``history`` holds the finished epochs."""
 
-    def __init__(self, message: str, history: "History"):
+    def __init__(self, message: str, history: History):
         super().__init__(message)
         self.history = history
 
@@ -156,7 +157,7 @@ class _Window:
 class _StopRequest:
     """While active, the first Ctrl-C only sets ``requested``; a second one interrupts."""
 
-    def __enter__(self) -> "_StopRequest":
+    def __enter__(self) -> _StopRequest:
         self.requested, self._installed = False, False
         if threading.current_thread() is threading.main_thread():   # signals reach only it
             self._previous = signal.signal(signal.SIGINT, self._handle)
@@ -272,7 +273,7 @@ class _Run:
             return stop.requested
         return self.sync is not None and self.sync.stopped
 
-    def train_epoch(self, stop: "_StopRequest", on_step: list) -> _Tally:
+    def train_epoch(self, stop: _StopRequest, on_step: list) -> _Tally:
         """Run the current epoch's remaining steps, or until a stop request (then save a
         mid-epoch checkpoint); return the epoch's tally."""
         tally, self.tally = self.tally or _Tally(), None

@@ -74,7 +74,8 @@ class SoftmaxCrossEntropy:
 
 
 class MSELoss:
-    """Mean over all elements of (prediction - target)^2; backward 2 (prediction - target) / size."""
+    """Mean over all elements of (prediction - target)^2; backward 2 (prediction - target) /
+    size."""
 
     def __init__(self) -> None:
         self._cache = None

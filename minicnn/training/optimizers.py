@@ -20,7 +20,8 @@ Learning-rate schedules are in ``minicnn.training.schedules``.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from minicnn.core import backend
 from minicnn.layers.base import Parameter

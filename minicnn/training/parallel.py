@@ -22,8 +22,9 @@ from __future__ import annotations
 import contextvars
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 from minicnn.core import backend, random
 from minicnn.kernels import blas

@@ -7,7 +7,7 @@ the command line and the recipes.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["ConstantLR", "StepLR", "CosineLR", "SCHEDULES", "make_schedule"]
 

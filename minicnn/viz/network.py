@@ -18,8 +18,9 @@ is imported only to draw, and without it drawing raises ``minicnn.plots.PlotUnav
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy
 
@@ -342,7 +343,8 @@ def im2col_window(model: Layer, x: Any, row: int | None = None, filter: int = 0)
     ax.add_patch(patches.Rectangle((left - 0.5, top - 0.5), span_w, span_h, fill=False,
                                    edgecolor="red", linewidth=2))
     pad = f", zero-padded by {conv.padding[0]}" if any(conv.padding) else ""
-    ax.set_title(f"input{pad}{' (channel 0 of %d)' % c if c > 1 else ''}\n"
+    channel = f" (channel 0 of {c})" if c > 1 else ""
+    ax.set_title(f"input{pad}{channel}\n"
                  f"the {kh}x{kw} window for output ({oh}, {ow})", fontsize=10)
 
     ax = figure.add_subplot(spec[0, 1])
@@ -362,7 +364,7 @@ def im2col_window(model: Layer, x: Any, row: int | None = None, filter: int = 0)
     ax.set_title(f"{conv.name or 'conv2d'} output, filter {f}\n"
                  f"y[{oh}, {ow}] = {ex['output']:.4f}", fontsize=10)
 
-    strips = (("the window as row %d of the im2col matrix (x), in (i, j, c) order" % r,
+    strips = ((f"the window as row {r} of the im2col matrix (x), in (i, j, c) order",
                ex["cols_row"], ".2f"),
               (f"filter {f} flattened the same way (w)", ex["filter_vector"], ".2f"),
               ("element-wise products x * w", ex["products"], ".3f"))

@@ -7,8 +7,9 @@ functions raise ``PlotUnavailable`` otherwise. Figures are drawn with the Agg ca
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy
 

@@ -6,7 +6,8 @@ the global generator (``minicnn.manual_seed``). The recipe they train with by de
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from minicnn.models import Sequential
 from minicnn.training.recipe import (

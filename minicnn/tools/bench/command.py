@@ -32,7 +32,8 @@ import os
 import platform
 import statistics
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from minicnn.core import modes
 from minicnn.kernels import blas
@@ -90,7 +91,10 @@ def layer_breakdown(runner: MinicnnRunner, reps: int) -> list[dict[str, Any]]:
             with modes.inside_model():
                 for i, layer in enumerate(layers):
                     h = _timed(runner, layer.forward, h, into=fwd[i])
-            g = _timed(runner, lambda: (loss.forward(h, y), loss.backward())[1], into=loss_t)
+            def loss_step(h: Any = h) -> Any:
+                loss.forward(h, y)
+                return loss.backward()
+            g = _timed(runner, loss_step, into=loss_t)
             for i in reversed(range(len(layers))):
                 g = _timed(runner, layers[i].backward_step, g, i > 0, into=bwd[i])
             opt_t[-1] += _clock(runner, opt.step)
