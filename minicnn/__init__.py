@@ -41,7 +41,7 @@ from minicnn.training import schedules as _schedules
 from minicnn.viz import network as visualize
 from minicnn.viz import plots
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 __all__ = ["layers", "losses", "optim", "set_backend", "get_backend", "BackendError",
            "gradcheck", "GradientCheckError", "manual_seed", "Input", "Model", "Sequential",

@@ -68,6 +68,7 @@ def test_adam_matches_the_documented_update(name):
 
 
 @pytest.mark.parametrize("name", list(SETTINGS))
+@pytest.mark.slow
 def test_adam_optional_parity_with_torch(name):
     torch = pytest.importorskip("torch")
     cls, kw = SETTINGS[name]

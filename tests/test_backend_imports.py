@@ -17,7 +17,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from gpu_check import gpu_unavailable_reason
+from conftest import gpu_unavailable_reason
 
 import minicnn
 from minicnn.core import backend
@@ -147,6 +147,7 @@ def assert_one_backend_error(result, *needles):
     assert result.stderr.count("Traceback (most recent call last)") == 1
 
 
+@pytest.mark.slow
 def test_env_cupy_with_the_real_cupy_or_without_it(tmp_path):
     """The machine as it is: CuPy may or may not be installed; without a GPU it must fail."""
     if gpu_unavailable_reason() is None:

@@ -33,6 +33,7 @@ def _run(tmp_path, *extra):
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_report_and_json_minicnn_alone_without_torch(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)     # import torch raises ImportError
     report = _run(tmp_path, "--compare", "torch")
@@ -64,6 +65,7 @@ def test_report_and_json_minicnn_alone_without_torch(tmp_path, capsys, monkeypat
     assert backend.get_backend() == "numpy"
 
 
+@pytest.mark.slow
 def test_compare_torch_reports_ratios(tmp_path, capsys):
     pytest.importorskip("torch")
     report = _run(tmp_path, "--compare", "torch", "--width-mult", "2")

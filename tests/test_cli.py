@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import mnist_root
 
 import minicnn
 from minicnn.cli import commands as cli
@@ -23,10 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def data_root() -> Path:
-    root = os.environ.get("MINICNN_DATA")
-    if not root or not (Path(root) / "mnist").is_dir():
-        pytest.skip("MINICNN_DATA is not set or has no mnist/: real MNIST not available")
-    return Path(root)
+    return Path(mnist_root())
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -67,6 +65,7 @@ def run_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_train_writes_the_run_directory(run_dir):
     files = {p.name for p in run_dir.iterdir()}
     assert {"model.npz", "last.npz", "best.npz", "metrics.jsonl"} <= files
@@ -88,6 +87,7 @@ def test_train_writes_the_run_directory(run_dir):
     assert best.meta["best_epoch"] == 1
 
 
+@pytest.mark.slow
 def test_evaluate(run_dir, capsys, monkeypatch):
     assert cli.main(["evaluate", str(run_dir / "model.npz"), "--limit", "500"]) == 0
     out = capsys.readouterr().out
@@ -100,6 +100,7 @@ def test_evaluate(run_dir, capsys, monkeypatch):
     assert not (run_dir / "confusion.png").exists()
 
 
+@pytest.mark.slow
 def test_predict_files_and_indices(run_dir, tmp_path, capsys):
     from minicnn.data.datasets import load_mnist
     _, (xt, yt) = load_mnist(data_root(), download=False, verify=False)
@@ -134,6 +135,7 @@ def test_summary(capsys):
     assert "Total params: 421,642" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_ctrl_c_then_resume_matches_an_uninterrupted_run(tmp_path):
     root = str(data_root())
     args = ["--model", "lenet5", "--limit", "512", "--batch-size", "32", "--epochs", "3",

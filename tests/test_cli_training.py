@@ -30,6 +30,7 @@ def test_bad_learning_rates_are_usage_errors(tmp_path, capsys, lr):
     assert "--lr: expected a finite number > 0" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_adam_with_its_own_defaults_and_a_line_per_epoch(tmp_path, capsys):
     status, out = _train(tmp_path, "--optimizer", "adam", "--epochs", "2")
     assert status == 0
@@ -43,6 +44,7 @@ def test_adam_with_its_own_defaults_and_a_line_per_epoch(tmp_path, capsys):
     assert "test_acc" in records[-1] and "test_acc" not in records[0]
 
 
+@pytest.mark.slow
 def test_resume_refuses_to_bend_a_cosine_schedule(tmp_path, capsys):
     status, out = _train(tmp_path)
     assert status == 0
@@ -54,6 +56,7 @@ def test_resume_refuses_to_bend_a_cosine_schedule(tmp_path, capsys):
     assert cli.main(["train", "--out", str(out), "--resume", "--epochs", "2", "--quiet"]) == 0
 
 
+@pytest.mark.slow
 def test_early_stop_when_validation_stops_improving(tmp_path, capsys):
     status, out = _train(tmp_path, "--epochs", "6", "--lr", "1e-30", "--momentum", "0",
                          "--early-stop", "2")
@@ -64,6 +67,7 @@ def test_early_stop_when_validation_stops_improving(tmp_path, capsys):
     assert len(records) == 3
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_in_one_line_and_leaves_nothing(tmp_path, capsys):
     status, out = _train(tmp_path, "--lr", "10")
     assert status == 1
@@ -107,7 +111,10 @@ def test_custom_layers_load_through_import(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "unknown layer class 'Gain'" in err and "--import MODULE" in err
     assert cli.main(["evaluate", "custom.npz", "--limit", "50", "--import", "my_layers"]) == 0
-    assert "50 images" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "50 images" in out
+    # saved without fit, so without a transform: said once, in one line
+    assert err.count("minicnn evaluate: warning: Sequential has no input transform") == 1
     assert (tmp_path / "evaluate_confusion.png").exists() or not minicnn.plots.available()
     assert cli.main(["summary", "custom.npz", "--import", "my_layers"]) == 0
     assert "gain_1 (Gain)" in capsys.readouterr().out

@@ -3,11 +3,10 @@ and augmentation."""
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import mnist_root
 
 from minicnn import data
 from minicnn.data import DataLoader, Normalize, RandomShift, ToFloat
@@ -153,10 +152,9 @@ def test_loader_applies_normalize():
     assert np.allclose(xb[:, 0], (x / 255.0 - 0.2) / 0.5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_normalize_mnist_statistics():
-    root = os.environ.get("MINICNN_DATA")
-    if not root or not (Path(root) / "mnist").is_dir():
-        pytest.skip("MINICNN_DATA/mnist not available")
+    root = mnist_root()
     from minicnn.data.datasets import load_mnist
     (x, _), _ = load_mnist(root, download=False, verify=False)
     out = Normalize(mean=0.1307, std=0.3081)(x)

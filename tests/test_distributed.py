@@ -3,7 +3,6 @@ all-reduce per step, and, under ``mpiexec -n 2`` (each run under a subprocess ti
 equivalence with one process, bit-identical resume, and faults that end every rank."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gpu_check import gpu_unavailable_reason
+from conftest import find_mpiexec, gpu_unavailable_reason, mnist_root
 
 import minicnn
 from minicnn import data
@@ -26,31 +25,6 @@ from minicnn.training import distributed, evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
 MPI_TIMEOUT = 240          # seconds for one mpiexec run; a hang fails the test instead
-
-
-def find_mpiexec() -> str | None:
-    """mpiexec beside this interpreter (the pip ``mpich`` wheel puts it there), else on PATH."""
-    beside = Path(sys.executable).parent / "mpiexec"
-    return str(beside) if beside.is_file() else shutil.which("mpiexec")
-
-
-def mpi_unavailable_reason() -> str | None:
-    if importlib.util.find_spec("mpi4py") is None:
-        return "mpi4py is not installed (pip install 'minicnn[distributed]')"
-    if find_mpiexec() is None:
-        return "no mpiexec beside the interpreter or on PATH (pip install mpich)"
-    return None
-
-
-needs_mpi = pytest.mark.skipif(mpi_unavailable_reason() is not None,
-                               reason=str(mpi_unavailable_reason()))
-
-
-def mnist_root() -> str:
-    root = os.environ.get("MINICNN_DATA")
-    if not root or not (Path(root) / "mnist").is_dir():
-        pytest.skip("MINICNN_DATA is not set or has no mnist/: real MNIST not available")
-    return root
 
 
 def run_env(**extra: str) -> dict[str, str]:
@@ -238,7 +212,8 @@ def test_evaluate_sums_over_ranks():
     the twin 'rank' holds an identical half, so the figures are this half's)."""
     model = tiny_model()
     x, y = toy_images(40)
-    half = evaluation.evaluate(model, (x[:20], y[:20]))
+    with pytest.warns(UserWarning, match="no input transform"):     # uint8, never fitted
+        half = evaluation.evaluate(model, (x[:20], y[:20]))
     both = evaluation.evaluate(model, (x, y), comm=TwinComm())
     assert both.loss == pytest.approx(half.loss, rel=1e-6) and both.accuracy == half.accuracy
 
@@ -335,8 +310,8 @@ def test_nccl_needs_cupy_and_a_gpu():
         distributed.NCCLComm(mpi)
 
 
-@pytest.mark.skipif(gpu_unavailable_reason() is not None, reason="no GPU")
-@needs_mpi
+@pytest.mark.gpu
+@pytest.mark.mpi
 def test_nccl_on_gpus(tmp_path):
     script = tmp_path / "nccl.py"
     script.write_text(textwrap.dedent("""
@@ -395,7 +370,8 @@ if comm.rank == 0:
 """
 
 
-@needs_mpi
+@pytest.mark.mpi
+@pytest.mark.slow
 def test_two_ranks_train_like_one_process_with_the_global_batch(tmp_path):
     script = tmp_path / "equivalence.py"
     script.write_text(EQUIVALENCE)
@@ -447,7 +423,8 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-@needs_mpi
+@pytest.mark.mpi
+@pytest.mark.slow
 def test_cli_two_ranks_resume_is_bit_identical(tmp_path):
     """An uninterrupted 2-epoch run, against 1 epoch then --resume, and against a Ctrl-C
     that reached rank 1 alone mid-epoch (every rank stops at the same step) then --resume
@@ -494,8 +471,9 @@ def test_cli_two_ranks_resume_is_bit_identical(tmp_path):
         [json.loads(a)["val_acc"] for a in lines]
 
 
-@needs_mpi
+@pytest.mark.mpi
 @pytest.mark.parametrize("fault", ["raise", "kill"])
+@pytest.mark.slow
 def test_a_failing_rank_ends_every_rank(tmp_path, fault):
     mnist_root()
     script = tmp_path / "faults.py"
@@ -515,7 +493,7 @@ def test_a_failing_rank_ends_every_rank(tmp_path, fault):
     assert ckpt.meta["training"]["epoch"] == 1 and ckpt.meta["ranks"] == 2
 
 
-@needs_mpi
+@pytest.mark.mpi
 def test_a_batch_that_does_not_split_is_refused_in_one_line(tmp_path):
     mnist_root()
     out = train_cli(2, tmp_path / "run", "--batch-size", "63")

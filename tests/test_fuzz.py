@@ -230,6 +230,7 @@ def results(tmp_path_factory):
     return expect, seen
 
 
+@pytest.mark.slow
 def test_every_case_ran(results):
     expect, seen = results
     assert set(seen) == set(expect)

@@ -2,7 +2,6 @@
 float32 tolerance. Skipped, with the reason, where no GPU is usable."""
 import numpy as np
 import pytest
-from gpu_check import gpu_unavailable_reason
 
 import minicnn
 from minicnn.core import backend
@@ -20,8 +19,7 @@ from minicnn.layers import (
 )
 from minicnn.training import SGD, SoftmaxCrossEntropy
 
-_REASON = gpu_unavailable_reason()
-pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"no GPU: {_REASON}")
+pytestmark = pytest.mark.gpu
 
 
 def _ref_cnn():

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import reference as ref
+from conftest import randn
 
 import minicnn
 from minicnn.layers import (
@@ -62,13 +63,7 @@ def x_shape(cfg):
     return (cfg["n"], cfg["c"], cfg["h"], cfg["w"])
 
 
-def randn(*shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape)
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    minicnn.manual_seed(0)
+pytestmark = pytest.mark.usefixtures("seeded")
 
 
 # =========================================================================== gradient checks

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import reference as ref
+from conftest import randn
 
 import minicnn
 from minicnn.core import random
@@ -22,10 +23,6 @@ from minicnn.training import (
 )
 
 TOL = 1e-6
-
-
-def randn(*shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape)
 
 
 def labels_for(n, k, seed=0):

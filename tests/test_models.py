@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from gpu_check import gpu_unavailable_reason
+from conftest import gpu_unavailable_reason, randn
 
 import minicnn
 from minicnn import models
@@ -34,13 +34,7 @@ TOL = 1e-6
 EPS = 1e-5     # see tests/test_layers.py: central differences are exact up to rounding here
 
 
-def randn(*shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape)
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    minicnn.manual_seed(0)
+pytestmark = pytest.mark.usefixtures("seeded")
 
 
 def build_graph():
@@ -80,6 +74,7 @@ def copy_parameters(src, dst):
 
 # =========================================================================== gradients
 
+@pytest.mark.slow
 def test_graph_model_gradcheck_end_to_end():
     model = build_graph()
     errors = gradcheck(model, (2, 2, 8, 8), eps=EPS, tol=TOL)
@@ -88,6 +83,7 @@ def test_graph_model_gradcheck_end_to_end():
                            "conv2d_2.bias", "dense_1.weight", "dense_1.bias"}
 
 
+@pytest.mark.slow
 def test_sequential_gradcheck_end_to_end():
     model = build_sequential()
     for k in range(2):      # some running statistics; the check runs in training mode anyway
@@ -399,9 +395,8 @@ def test_to_cupy_without_gpu_raises_backend_error_and_leaves_model_usable():
     assert model.forward(randn(1, 2, 7, 8).astype(np.float32)).shape == (1, 3)
 
 
+@pytest.mark.gpu
 def test_to_cupy_and_back_on_gpu():
-    if gpu_unavailable_reason() is not None:
-        pytest.skip("no CuPy or no GPU here")
     import cupy
     model = build_sequential()
     model.eval()

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import mnist_root
 
 from minicnn.viz import plots
 
@@ -15,13 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "examples" / "understanding_convolution.ipynb"
 
 
+@pytest.mark.slow
 def test_understanding_convolution_notebook_runs(tmp_path, monkeypatch):
     nbclient = pytest.importorskip("nbclient", reason="nbclient is not installed")
     nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed")
     pytest.importorskip("ipykernel", reason="ipykernel is not installed")
-    root = os.environ.get("MINICNN_DATA")
-    if not root or not (Path(root) / "mnist").is_dir():
-        pytest.skip("MINICNN_DATA is not set or has no mnist/: real MNIST not available")
+    root = mnist_root()
     if not plots.available():
         pytest.skip("matplotlib is not installed")
     notebook = nbformat.read(NOTEBOOK, as_version=4)

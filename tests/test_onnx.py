@@ -207,6 +207,7 @@ def _walk(model: Layer):
             yield layer.activation
 
 
+@pytest.mark.slow
 def test_random_models_match_onnxruntime(tmp_path):
     """A seeded loop over random Sequential and graph models covering every mapped layer."""
     _ort()
@@ -405,14 +406,11 @@ def test_without_onnx_installed_says_how_to_install(monkeypatch, tmp_path):
     assert cli_main(["export", str(tmp_path / "m.npz"), str(tmp_path / "a.onnx")]) == 1
 
 
+@pytest.mark.gpu
 def test_a_gpu_model_exports_the_same_file(tmp_path):
     """Weights are copied from the device to the host: the file does not depend on where the
     model lives."""
     _onnx()
-    from gpu_check import gpu_unavailable_reason
-    reason = gpu_unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"no GPU: {reason}")
     minicnn.manual_seed(0)
     model = residual_model()
     host = export_onnx(model, tmp_path / "host.onnx").read_bytes()

@@ -98,3 +98,14 @@ def test_old_paths_import_in_a_fresh_process():
             "from minicnn.datasets import load_mnist, DatasetError; import minicnn.visualize; "
             "import minicnn.train as t; assert t.fit")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_one_source_for_the_version():
+    """pyproject.toml reads the version from minicnn.__version__; the installed metadata agrees
+    (skipped when minicnn runs from a checkout that is not installed)."""
+    import importlib.metadata
+    try:
+        installed = importlib.metadata.version("minicnn")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("minicnn is not installed")
+    assert installed == minicnn.__version__

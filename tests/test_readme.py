@@ -27,6 +27,7 @@ def test_the_readme_has_its_blocks():
                     "fit block loads the real MNIST)")
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="the ONNX block "
                     "needs onnxruntime (pip install onnxruntime)")
+@pytest.mark.slow
 def test_the_readme_python_blocks_run_in_order(tmp_path):
     code = "\n".join(python_blocks(README.read_text()))
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
@@ -34,3 +35,30 @@ def test_the_readme_python_blocks_run_in_order(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Total params: 421,642" in run.stdout and "Evaluation(loss=" in run.stdout
     assert (tmp_path / "ref-cnn.npz").is_file() and (tmp_path / "model.onnx").is_file()
+
+
+def file_map(text: str) -> list[str]:
+    """The first column of the table under '## Where things are', backticks removed."""
+    section = text.split("## Where things are", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `([^`]+)` \|", section, flags=re.M)
+
+
+def test_the_file_map_matches_the_tree():
+    """Every subpackage (and module at the top besides __init__/__main__) is in the README's
+    file map, and every entry there exists."""
+    package = README.parent / "minicnn"
+    listed = file_map(README.read_text())
+    tree = sorted(p.name + "/" for p in package.iterdir()
+                  if p.is_dir() and (p / "__init__.py").is_file()) + \
+        sorted(p.name for p in package.glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+    tree = [t for t in tree if t != "tools/"] + ["tools/bench/"]
+    assert sorted(listed) == sorted(tree)
+    for entry in listed:
+        for module in re.findall(r"`([a-z_0-9]+)`", README.read_text().split(
+                f"| `{entry}` |", 1)[1].split("\n", 1)[0]):
+            folder = package / entry.rstrip("/")
+            if folder.is_dir() and module != "minicnn":
+                names = {p.stem for p in folder.glob("*.py")} | \
+                    {p.name for p in folder.iterdir() if p.is_dir()}
+                assert module in names or module in {"build_model", "fit", "base"}, \
+                    f"README file map: {entry} has no module {module!r}"

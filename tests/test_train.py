@@ -3,13 +3,12 @@ evaluate/predict; NaN losses and Ctrl-C stop training cleanly."""
 from __future__ import annotations
 
 import math
-import os
 import signal
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import mnist_root
 
 import minicnn
 from minicnn import data, training, zoo
@@ -24,9 +23,7 @@ SHORT_RUN_ACCURACY = 0.85
 
 @pytest.fixture(scope="module")
 def mnist():
-    root = os.environ.get("MINICNN_DATA")
-    if not root or not (Path(root) / "mnist").is_dir():
-        pytest.skip("MINICNN_DATA is not set or has no mnist/: real MNIST not available")
+    root = mnist_root()
     from minicnn.data.datasets import load_mnist
     return load_mnist(root, download=False)
 
@@ -44,6 +41,7 @@ def toy_data(n: int = 160, seed: int = 0):
     return x, y
 
 
+@pytest.mark.slow
 def test_short_mnist_run_reaches_accuracy(mnist):
     (x, y), (xt, yt) = mnist
     minicnn.manual_seed(0)
@@ -105,7 +103,8 @@ def test_evaluate_and_predict():
     model = small_model()
     x, y = toy_data(50)
     model.train(True)
-    out = evaluation.predict(model, x, batch_size=16)
+    with pytest.warns(UserWarning, match="Sequential has no input transform"):
+        out = evaluation.predict(model, x, batch_size=16)      # uint8 pixels, never fitted
     assert out.shape == (50, 3) and out.dtype == np.float32
     assert model.training                                   # mode restored
     full = model.forward(data.ToFloat()(x[:, None]), training=False)

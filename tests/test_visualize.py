@@ -4,13 +4,13 @@ convolution), and every PNG written from a tiny checkpoint through the command l
 from __future__ import annotations
 
 import importlib.util
-import os
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import mnist_root
 
 import minicnn
 from minicnn.cli import commands as cli
@@ -243,6 +243,7 @@ def digit_png(tmp_path) -> Path:
 
 
 @needs_matplotlib
+@pytest.mark.slow
 def test_cli_writes_every_png(run_dir, digit_png, capsys):
     assert cli.main(["visualize", str(run_dir), "--image", str(digit_png)]) == 0
     assert f"wrote {run_dir}/" in capsys.readouterr().out       # default: the model's folder
@@ -274,9 +275,7 @@ def test_cli_preprocesses_a_file_as_trained(run_dir, digit_png, tmp_path, record
 
 
 def test_cli_test_set_index(run_dir, recorded):
-    root = os.environ.get("MINICNN_DATA")
-    if not root or not (Path(root) / "mnist").is_dir():
-        pytest.skip("MINICNN_DATA is not set: real MNIST not available")
+    mnist_root()
     assert cli.main(["visualize", str(run_dir), "--image", "7"]) == 0
     (x, where, _, label), = recorded
     _, (xt, yt) = datasets.load_mnist()

@@ -21,8 +21,10 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy
 
@@ -341,6 +343,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warnings_in_one_line(prog: str) -> None:
+    """Inside ``warnings.catch_warnings()``: each warning is one line ``<prog>: warning: ...``
+    on stderr, shown once (not Python's file:line and source excerpt)."""
+    warnings.simplefilter("default")
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        say(f"{prog}: warning: {' '.join(str(message).split())}")
+
+    warnings.showwarning = show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default sys.argv[1:]); return the exit status."""
     parser = build_parser()
@@ -361,8 +375,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in RUNS_MODELS:
         allocator.keep_freed_memory()      # once per process; see minicnn/kernels/allocator.py
     try:
-        _import_modules(getattr(args, "imports", []))
-        return args.func(args)
+        with warnings.catch_warnings():
+            _warnings_in_one_line(f"minicnn {args.command}")
+            _import_modules(getattr(args, "imports", []))
+            return args.func(args)
     except KeyboardInterrupt:
         say("minicnn: interrupted")
         return 130
