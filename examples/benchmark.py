@@ -5,7 +5,7 @@
     python examples/benchmark.py --backends numpy,cupy    # CPU and GPU, with the GPU speedup
     python examples/benchmark.py --width-mult 2 --json bench.json
 
-Same options as ``minicnn bench``; see ``minicnn/tools/bench.py`` for what each figure measures.
+Same options as ``minicnn bench``; see ``minicnn/tools/bench/`` for what each figure measures.
 """
 import os
 import sys

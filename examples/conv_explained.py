@@ -92,7 +92,7 @@ def cross_correlation_dot(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 def im2col_matrix(image: np.ndarray, kernel_shape: tuple[int, int]) -> np.ndarray:
     """One row per window position, each row the flattened window: (Ho*Wo, kh*kw).
 
-    ``minicnn.im2col.im2col`` takes a batch of multi-channel images (N, C, H, W) and returns
+    ``minicnn.kernels.im2col.im2col`` takes a batch of multi-channel images (N, C, H, W) and returns
     (N, Ho, Wo, kh, kw, C); with N = C = 1 that reshapes to this matrix.
     """
     x = image.astype(np.float64)[None, None]             # (1, 1, 5, 5): batch and channel axes
@@ -165,7 +165,7 @@ def grid(a: np.ndarray, indent: str = "    ") -> str:
 
 def draw(out_dir: str | Path) -> Path:
     """Write out_dir/correlation_vs_convolution.png: IMAGE, ASYMMETRIC, the kernel flipped, and
-    their cross-correlation beside their true convolution (minicnn.visualize draws it)."""
+    their cross-correlation beside their true convolution (minicnn.viz.network draws it)."""
     from minicnn.viz import network as visualize
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -52,7 +52,7 @@ def _union(name: str, *modules: _types.ModuleType) -> _types.ModuleType:
     ``optim`` each held what is now two modules)."""
     union = _types.ModuleType(f"{__name__}.{name}", f"minicnn 0.1's {name}: the names of "
                               + " and ".join(m.__name__ for m in modules) + ".")
-    union.__all__ = [n for m in modules for n in m.__all__]
+    union.__dict__["__all__"] = [n for m in modules for n in m.__all__]   # ModuleType declares none
     for m in modules:
         for n in m.__all__:
             setattr(union, n, getattr(m, n))

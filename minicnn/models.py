@@ -31,8 +31,9 @@ class Network(Layer):
     Subclasses implement ``forward_layers(x)`` and ``backward_layers(grad, input_grad)``, which
     run the layers on one (slice of a) batch. ``forward`` checks the input, moves it to the
     parameters' array module, and on the NumPy backend splits a batch among replicas of the
-    model in threads when that is faster and exact (``minicnn.parallel``); ``backward`` follows
-    the same split. ``workers`` caps the replicas (None: one per core; 1: never split).
+    model in threads when that is faster and exact (``minicnn.training.parallel``);
+    ``backward`` follows the same split. ``workers`` caps the replicas (None: one per core;
+    1: never split).
     """
 
     workers: int | None = None
@@ -121,24 +122,24 @@ class Network(Layer):
         return x
 
     @property
-    def per_sample(self) -> bool:
+    def per_sample(self) -> bool:  # type: ignore[override]  # computed: from the layers
         return all(layer.per_sample for layer in self.layers)
 
     def declared_input_shape(self) -> tuple[int, ...] | None:
         """The per-sample input shape the model was built for, or None if not declared."""
         raise NotImplementedError
 
-    # --- training and inference (minicnn.train and minicnn.evaluation run the loops) ------
+    # --- training and inference (minicnn.training.loop and .evaluation run the loops) --------
     def fit(self, *args: Any, **kwargs: Any) -> train.History:
-        """Train the model; see ``minicnn.train.fit`` for the arguments."""
+        """Train the model; see ``minicnn.training.fit`` for the arguments."""
         return train.fit(self, *args, **kwargs)
 
     def evaluate(self, *args: Any, **kwargs: Any) -> evaluation.Evaluation:
-        """Loss and accuracy on a data set; see ``minicnn.evaluation.evaluate``."""
+        """Loss and accuracy on a data set; see ``minicnn.training.evaluation.evaluate``."""
         return evaluation.evaluate(self, *args, **kwargs)
 
     def predict(self, *args: Any, **kwargs: Any) -> Any:
-        """Model outputs for inputs, in batches; see ``minicnn.evaluation.predict``."""
+        """Model outputs for inputs, in batches; see ``minicnn.training.evaluation.predict``."""
         return evaluation.predict(self, *args, **kwargs)
 
     # --- summary --------------------------------------------------------------------------

@@ -224,3 +224,32 @@ def test_fit_with_workers_matches_fit_without():
     for a, b in zip(results[1][1], results[0][1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
+
+
+class _BatchCentre(minicnn.layers.Layer):
+    """x - mean over the batch: mixes samples, as a user's layer may."""
+
+    def __init__(self, in_init: bool):
+        super().__init__()
+        if in_init:
+            self.per_sample = False
+
+    def forward(self, x):
+        return x - x.mean(axis=0, keepdims=True)
+
+    def backward(self, grad_out):
+        return grad_out - grad_out.mean(axis=0, keepdims=True)
+
+
+class _BatchCentreInClass(_BatchCentre):
+    per_sample = False
+
+
+@pytest.mark.parametrize("layer", [_BatchCentre(in_init=True), _BatchCentreInClass(False)],
+                         ids=["in __init__", "in the class body"])
+def test_a_layer_that_mixes_samples_is_not_split(small_slices, layer):
+    x = np.zeros((8, 2, 8, 8), np.float32)
+    model = minicnn.Sequential([layer, Flatten(), Dense(128, 3)], input_shape=(2, 8, 8))
+    plain = minicnn.Sequential([Flatten(), Dense(128, 3)], input_shape=(2, 8, 8))
+    assert parallel.split_count(plain, x, 2) == 2 or not parallel.blas.can_set_threads()
+    assert parallel.split_count(model, x, 2) == 1

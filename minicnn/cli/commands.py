@@ -3,7 +3,7 @@
 
     minicnn train --dataset mnist --model ref-cnn --epochs 3 --out runs/ref-cnn-mnist
     minicnn train --out runs/ref-cnn-mnist --resume
-    mpiexec -n 2 minicnn train            # data-parallel over 2 processes (minicnn.distributed)
+    mpiexec -n 2 minicnn train            # data-parallel over 2 processes
     minicnn evaluate runs/ref-cnn-mnist/model.npz
     minicnn predict runs/ref-cnn-mnist/model.npz digit.png 0 1 2
     minicnn summary --model lenet5
@@ -24,7 +24,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy
 
@@ -53,6 +53,7 @@ from minicnn.data import transform_from_config
 from minicnn.data.datasets import DatasetError
 from minicnn.data.images import fit_to_input, read_image
 from minicnn.kernels import allocator
+from minicnn.layers.base import Layer
 from minicnn.saving.checkpoint import CheckpointError, load_checkpoint
 from minicnn.training.evaluation import confusion_matrix, predict
 from minicnn.training.loop import TrainingError
@@ -85,7 +86,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.limit:
         xt, yt = xt[:args.limit], yt[:args.limit]
     logits = predict(ckpt.model, xt, batch_size=args.batch_size)   # the model's transform
-    loss = float(minicnn.losses.SoftmaxCrossEntropy().forward(logits, yt))
+    loss = float(minicnn.training.losses.SoftmaxCrossEntropy().forward(logits, yt))
     pred = backend.to_numpy(logits.argmax(axis=1))
     k = int(logits.shape[1])
     matrix = backend.to_numpy(confusion_matrix(yt, pred, k))
@@ -116,7 +117,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(checkpoint_path(args.checkpoint))
     model = ckpt.model
     in_shape = tuple(getattr(model, "input_shape", None) or (1, 28, 28))
-    images, labels, test = [], [], None
+    images: list[Any] = []
+    labels: list[int | None] = []             # None: an image file, whose label is unknown
+    test = None
     for item in args.images:
         if not Path(item).exists() and item.lstrip("-").isdigit():
             if test is None:
@@ -165,7 +168,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Write a checkpoint's model as an ONNX file (see minicnn.onnx_export)."""
+    """Write a checkpoint's model as an ONNX file (see minicnn.onnx.export)."""
     from minicnn.onnx.export import DEFAULT_OPSET, export_onnx
     ckpt = load_checkpoint(checkpoint_path(args.checkpoint))
     path = export_onnx(ckpt, args.out, opset=args.opset,
@@ -225,7 +228,8 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     x = transform_from_config(ckpt.meta.get("transform"))(image.reshape((1,) + in_shape))
     names = class_names(ckpt.meta, int(ckpt.model.output_shape(in_shape)[-1]), dataset)
     out = Path(args.out) if args.out else path.parent
-    written = visualize.write_pictures(ckpt.model, x, out, names, label)
+    model = cast(Layer, ckpt.model)            # a LoadedModel is a Network, so a Layer
+    written = visualize.write_pictures(model, x, out, names, label)
     print(f"wrote {out}/ ({', '.join(p.name for p in written)})")
     return 0
 
@@ -322,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     imports(x)
     x.add_argument("out", metavar="OUT", help="the .onnx file to write")
     x.add_argument("--opset", type=positive, metavar="N", help="ONNX opset (default "
-                   f"{minicnn.onnx_export.DEFAULT_OPSET})")
+                   f"{minicnn.onnx.export.DEFAULT_OPSET})")
     x.add_argument("--include-preprocessing", action="store_true",
                    help="take uint8 pixels and apply the checkpoint's input transform inside")
     x.set_defaults(func=cmd_export)

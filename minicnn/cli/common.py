@@ -120,7 +120,8 @@ def test_set(meta: dict[str, Any], args: argparse.Namespace):
 
 def class_names(meta: dict[str, Any], k: int, dataset: str | None = None) -> list[str]:
     """Names for k classes: the dataset's, else the checkpoint's, else 0..k-1."""
-    names = DATASETS[dataset][1] if dataset in DATASETS else \
-        meta.get("classes") or DATASETS.get(meta.get("dataset"), (None, None))[1]
+    saved = meta.get("dataset")                  # any JSON value: a name only if a string
+    known = DATASETS[saved][1] if isinstance(saved, str) and saved in DATASETS else None
+    names = DATASETS[dataset][1] if dataset in DATASETS else meta.get("classes") or known
     return list(names) if isinstance(names, list) and len(names) == k else \
         [str(i) for i in range(k)]

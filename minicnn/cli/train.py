@@ -75,7 +75,7 @@ def _write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train alone, or as one rank of ``mpiexec -n N minicnn train`` (data-parallel, see
-    minicnn.distributed): a rank that fails prints one line and aborts every rank."""
+    minicnn.training.distributed): a rank that fails prints one line and aborts every rank."""
     set_backend(args.backend)
     try:
         comm = distributed.init(args.distributed or "auto")
@@ -130,8 +130,9 @@ def _train(args: argparse.Namespace, comm: distributed.Communicator) -> int:
     model = zoo.build_model(s["model"])
     optimizer = training.make_optimizer(model, s["optimizer"], s["lr"], s["momentum"],
                                         s["weight_decay"])
+    transform = Normalize(s["mean"], s["std"])
     loader = DataLoader(x, y, batch_size=s["batch_size"], shuffle=True, seed=s["seed"],
-                        transform=Normalize(s["mean"], s["std"]),
+                        transform=transform,
                         augment=RandomShift(s["augment"]) if s["augment"] else None)
     schedule = training.make_schedule(s["schedule"], s["lr"], s["epochs"] * len(loader))
 
@@ -147,7 +148,7 @@ def _train(args: argparse.Namespace, comm: distributed.Communicator) -> int:
         _write_metrics(metrics, records)
 
     meta = {"run": s, "dataset": s["dataset"], "model_name": s["model"], "classes": classes,
-            "transform": loader.transform.config(), "ranks": comm.size}
+            "transform": transform.config(), "ranks": comm.size}
     ranks = f", {comm.size} ranks ({comm.name})" if comm.size > 1 else ""
     if root:
         say(f"training {s['model']} on {s['dataset']} with {s['optimizer']} ({len(x)} train / "
@@ -185,7 +186,9 @@ def _train(args: argparse.Namespace, comm: distributed.Communicator) -> int:
                              title=f"{s['model']} on {s['dataset']} test set")
         written += [CURVES, CONFUSION]
     epochs = history.records[-1]["epoch"] if history.records else 0
-    print(f"test accuracy {100 * test.accuracy:.2f}% (loss {test.loss:.4f}) after {epochs} "
+    # accuracy is None only for outputs that are not class scores (never a zoo model's)
+    accuracy = "-" if test.accuracy is None else f"{100 * test.accuracy:.2f}%"
+    print(f"test accuracy {accuracy} (loss {test.loss:.4f}) after {epochs} "
           f"epoch{'s' * (epochs != 1)}"
           + (" (early stop)" if history.stopped == "early stop" else ""))
     print(f"wrote {out}/ ({', '.join(written)})")

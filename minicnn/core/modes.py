@@ -5,7 +5,7 @@ that set it: ``no_grad()`` in an inference thread leaves a training thread alone
 overlapping ``no_grad`` blocks in two threads each restore their own thread's mode. A new
 thread starts with the defaults (gradients recorded, no override); code that hands work to
 other threads runs it in a copy of its context (``contextvars.copy_context().run``), as
-``minicnn.parallel`` does, so the modes travel with the work.
+``minicnn.training.parallel`` does, so the modes travel with the work.
 """
 from __future__ import annotations
 

@@ -41,12 +41,13 @@ def host_rng() -> numpy.random.Generator:
     return _host_rng
 
 
-def get_rng_state() -> dict:
+def get_rng_state() -> dict[str, Any]:
     """The global generator's state, as a JSON-serialisable dict (for checkpoints)."""
-    return _host_rng.bit_generator.state
+    # NumPy builds a new dict on every read; its stubs type it only as a Mapping.
+    return dict(_host_rng.bit_generator.state)
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     """Restore a state returned by ``get_rng_state``."""
     _host_rng.bit_generator.state = state
 

@@ -14,6 +14,7 @@ import math
 import os
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ MAX_IDX_BYTES = 1 << 30
 """Largest IDX payload accepted, decompressed (MNIST's biggest is 47 MB)."""
 
 
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype[Any]] = {
     0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),
     0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8"),
 }
@@ -77,9 +78,9 @@ def decompress(raw: bytes, max_bytes: int = MAX_IDX_BYTES) -> bytes:
 def parse_idx(data: bytes, sha256: str | None = None) -> np.ndarray:
     """Check and decode an IDX payload; errors carry no file name (callers add it)."""
     if len(data) < 4 or data[:2] != b"\0\0":
-        found = data[:4].hex(" ") or "nothing"
+        magic = data[:4].hex(" ") or "nothing"
         raise DatasetError(
-            f"not an IDX file: expected magic bytes 00 00 <type> <ndim>, found {found}")
+            f"not an IDX file: expected magic bytes 00 00 <type> <ndim>, found {magic}")
     code, ndim = data[2], data[3]
     if code not in _IDX_DTYPES:
         known = ", ".join(f"0x{c:02x}" for c in _IDX_DTYPES)

@@ -125,7 +125,8 @@ def _decode_pgm(data: bytes) -> numpy.ndarray:
     """The uint8 (H, W) pixels of a P5 or P2 file, rescaled from 0..maxval to 0..255."""
     binary = data[:2] == b"P5"
     # Header: magic, width, height, maxval, separated by whitespace; '#' starts a comment.
-    fields, pos = [], 2
+    fields: list[int] = []
+    pos = 2
     while len(fields) < 3:
         while data[pos:pos + 1].isspace():
             pos += 1

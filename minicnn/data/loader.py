@@ -15,7 +15,7 @@ position inside the current epoch, so a resumed run sees exactly the batches it 
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
 import numpy
@@ -74,10 +74,11 @@ class DataLoader:
             seed = int(random.host_rng().integers(2**63))
         self.seed = seed
         self._rng = numpy.random.default_rng(seed)
-        self._epoch_state: dict | None = None   # generator state when the current epoch began
+        # generator state when the current epoch began
+        self._epoch_state: Mapping[str, Any] | None = None
         self._position = 0                      # batches already yielded in the current epoch
         self._resume_position = 0
-        self._device: tuple[str, Any, Any] | None = None
+        self._device: tuple[str, Any, Any, Any] | None = None   # (backend, module, x, y)
         self.shard: tuple[int, int] | None = None
         if shard is not None:
             self.set_shard(*shard)
@@ -109,13 +110,14 @@ class DataLoader:
     def _on_device(self) -> tuple[Any, Any, Any]:
         """The array module batches go to and the data set on it, uploaded once per module."""
         name = self.backend_name or backend.get_backend()
-        if self._device is None or self._device[0] != name:
+        device = self._device
+        if device is None or device[0] != name:
             xp = backend.get_module(name)
             y = None if self.y is None else xp.asarray(self.y)
-            self._device = (name, xp, xp.asarray(self.x), y)
-        return self._device[1:]
+            device = self._device = (name, xp, xp.asarray(self.x), y)
+        return device[1:]
 
-    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+    def __iter__(self) -> Generator[tuple[Any, Any], None, None]:
         start, self._resume_position = self._resume_position, 0
         self._epoch_state = self._rng.bit_generator.state
         n, bs = len(self.x), self.batch_size

@@ -12,7 +12,7 @@ command line applies it for the commands that run models (train, evaluate, predi
 and a script gets the same speed by calling it once at its start::
 
     import minicnn.kernels.allocator
-    minicnn.allocator.keep_freed_memory()
+    minicnn.kernels.allocator.keep_freed_memory()
 
 Only glibc (Linux) is touched, through ``mallopt``; elsewhere this does nothing. Set the
 environment variable ``MINICNN_KEEP_FREED_MEMORY=0`` to leave the allocator alone, even when

@@ -22,7 +22,7 @@ product: one small matrix multiply per kernel tap, added straight into the image
 On NumPy, im2col is one copy out of a strided 6-D view of the padded image (or, for one
 channel, one strided slice per kernel tap), and col2im adds one strided slice per tap: no
 Python loop over the batch or output positions. The CuPy path runs the CUDA kernels in
-``minicnn.cuda_kernels``.
+``minicnn.kernels.cuda``.
 """
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ import copy
 import functools
 import inspect
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 from minicnn.core import backend, modes
 from minicnn.core.modes import grad_enabled, no_grad
@@ -44,7 +44,7 @@ from minicnn.layers import initializers
 __all__ = ["Layer", "Parameter", "LAYER_REGISTRY", "no_grad", "grad_enabled", "column_sums",
            "layer_config", "layer_from_config"]
 
-LAYER_REGISTRY: dict[str, type] = {}
+LAYER_REGISTRY: dict[str, type[Layer]] = {}
 """Every Layer subclass by class name, so a checkpoint can rebuild a model from its JSON."""
 
 
@@ -79,7 +79,7 @@ class Parameter:
         return f"Parameter({self.name or '?'}, shape={self.shape}, dtype={self.data.dtype})"
 
 
-def _record_init_arguments(cls: type) -> None:
+def _record_init_arguments(cls: type[Layer]) -> None:
     """Wrap ``cls.__init__`` so the outermost call records its bound arguments (for config)."""
     original = cls.__dict__["__init__"]
     signature = inspect.signature(original)
@@ -94,10 +94,11 @@ def _record_init_arguments(cls: type) -> None:
             self.__dict__["_init_args"] = arguments
         original(self, *args, **kwargs)
 
-    cls.__init__ = __init__
+    # Replacing __init__ on the class is the point here (mypy forbids assigning to methods).
+    cls.__init__ = __init__  # type: ignore[method-assign]
 
 
-def _takes_input_grad(cls: type) -> bool:
+def _takes_input_grad(cls: type[Layer]) -> bool:
     try:
         return "input_grad" in inspect.signature(cls.backward).parameters
     except (TypeError, ValueError):
@@ -116,8 +117,14 @@ class Layer:
     See the module docstring for the whole protocol, in one example.
     """
 
-    per_sample = True
-    """Whether each sample's output depends on that sample alone (so a batch may be split)."""
+    per_sample: bool = True
+    """Whether each sample's output depends on that sample alone (so a batch may be split); a
+    layer that mixes samples sets it False (in its class body or its ``__init__``), or computes
+    it with a property."""
+
+    _backward_takes_input_grad: ClassVar[bool] = False
+    """Whether this class's ``backward`` takes ``input_grad`` (set for each subclass)."""
+    _saved: tuple[Any, ...] | None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -147,7 +154,8 @@ class Layer:
         """Call ``backward``, passing ``input_grad`` when the layer's backward takes it (models
         call this; a layer's own code never needs to)."""
         if self._backward_takes_input_grad:
-            return self.backward(grad_out, input_grad=input_grad)
+            backward: Callable[..., Any] = self.backward    # this subclass's takes input_grad
+            return backward(grad_out, input_grad=input_grad)
         grad = self.backward(grad_out)
         return grad if input_grad else None
 
@@ -355,7 +363,7 @@ def layer_from_config(entry: dict[str, Any]) -> Layer:
     """Rebuild a layer (or a model) from ``{"class": name, "config": {...}, "name": ...}``;
     the class must be in ``LAYER_REGISTRY`` (defining a Layer subclass registers it)."""
     name = entry.get("class")
-    cls = LAYER_REGISTRY.get(name)
+    cls = LAYER_REGISTRY.get(name) if isinstance(name, str) else None
     if cls is None:
         raise ValueError(f"unknown layer class {name!r}: import the module that defines it "
                          "before loading (on the command line: --import MODULE)")

@@ -11,7 +11,7 @@ Backward is two more matrix multiplies and col2im::
 
     [dW'; db] = cols.T @ dy                dx = col2im(dy @ W'.T)
 
-(``col2im_matmul`` forms ``dy @ W'.T`` one kernel tap at a time, see ``minicnn.im2col``).
+(``col2im_matmul`` forms ``dy @ W'.T`` one kernel tap at a time, see ``minicnn.kernels.im2col``).
 The output is logically (N, O, Ho, Wo) and channels-last in memory, which is the layout the
 next im2col reads fastest.
 """
@@ -39,7 +39,7 @@ class Conv2D(Layer):
 
     weight: (out_channels, in_channels, kh, kw); bias: (out_channels,).
     ``padding="same"`` keeps H and W (stride 1, odd dilated kernel). ``init`` is
-    'kaiming_uniform' (PyTorch's default), 'he' or 'glorot' (see ``minicnn.init``).
+    'kaiming_uniform' (PyTorch's default), 'he' or 'glorot' (see ``minicnn.layers.initializers``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntPair,
@@ -65,8 +65,11 @@ class Conv2D(Layer):
                               "bias") if bias else None
 
     def _resolve_padding(self, padding: IntPair | str) -> tuple[int, int]:
-        if padding != "same":
+        if not isinstance(padding, str):
             return pair(padding, "Conv2D padding")
+        if padding != "same":
+            raise TypeError("Conv2D padding must be an int, a pair of ints or 'same', "
+                            f"got {padding!r}")
         if self.stride != (1, 1):
             raise ValueError(f"Conv2D: padding='same' needs stride 1, got stride {self.stride}")
         total = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]

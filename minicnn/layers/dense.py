@@ -13,7 +13,8 @@ from minicnn.layers.base import Layer, Parameter, column_sums
 class Dense(Layer):
     """Fully connected layer with an optional fused activation (a name or a layer object).
 
-    ``init`` is 'kaiming_uniform' (PyTorch's default), 'he' or 'glorot' (see ``minicnn.init``).
+    ``init`` is 'kaiming_uniform' (PyTorch's default), 'he' or 'glorot'
+    (see ``minicnn.layers.initializers``).
 
     weight: (in_features, out_features); bias: (out_features,). Backward::
 
@@ -35,9 +36,10 @@ class Dense(Layer):
 
     def config(self) -> dict[str, Any]:
         config = super().config()
-        if isinstance(config.get("activation"), Layer):  # stored by name and arguments
-            config["activation"] = {"class": type(self.activation).__name__,
-                                    "config": self.activation.config()}
+        activation = config.get("activation")
+        if isinstance(activation, Layer):              # stored by name and arguments
+            config["activation"] = {"class": type(activation).__name__,
+                                    "config": activation.config()}
         return config
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:

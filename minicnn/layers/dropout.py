@@ -4,7 +4,7 @@
 Masks are drawn from minicnn's random generator for the input's array module
 (``minicnn.random.rng_for``, seeded by ``minicnn.manual_seed``), so a seeded run is reproducible;
 in a batch split among threads each replica draws from its own generator, seeded from the
-global one (see ``minicnn.parallel``).
+global one (see ``minicnn.training.parallel``).
 """
 from __future__ import annotations
 

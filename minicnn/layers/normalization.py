@@ -26,7 +26,7 @@ class BatchNorm2D(Layer):
         self.running_var = initializers.ones((num_features,))
 
     @property
-    def per_sample(self) -> bool:
+    def per_sample(self) -> bool:  # type: ignore[override]  # computed: only in training
         return not self.training                    # batch statistics mix the samples
 
     def state_arrays(self) -> dict[str, Any]:

@@ -52,7 +52,7 @@ from minicnn.layers import (
 )
 from minicnn.layers.base import Layer
 from minicnn.models import Model, Sequential
-from minicnn.saving.checkpoint import Checkpoint, load_checkpoint
+from minicnn.saving.checkpoint import Checkpoint, LoadedModel, load_checkpoint
 
 __all__ = ["ExportError", "ExportContext", "export_onnx", "DEFAULT_OPSET", "MIN_OPSET"]
 
@@ -212,7 +212,7 @@ def export_layer(ctx: ExportContext, layer: Layer, inputs: Sequence[str], name: 
         else:
             raise ExportError(f"export_onnx: layer {layer.label()} has no ONNX mapping; give "
                               f"{type(layer).__name__} a to_onnx(ctx, inputs) method (see "
-                              "minicnn.onnx_export)")
+                              "minicnn.onnx.export)")
     finally:
         ctx.name = outer
     outputs = [outputs] if isinstance(outputs, str) else list(outputs or [])
@@ -222,7 +222,7 @@ def export_layer(ctx: ExportContext, layer: Layer, inputs: Sequence[str], name: 
     return outputs[0]
 
 
-def _export_network(ctx: ExportContext, model: Layer, x: str, prefix: str) -> str:
+def _export_network(ctx: ExportContext, model: Sequential | Model, x: str, prefix: str) -> str:
     """The layers of a Sequential in order, or of a Model in topological order."""
     if isinstance(model, Sequential):
         for layer in model.layers:
@@ -241,23 +241,25 @@ def _preprocess(ctx: ExportContext, transform: dict[str, Any] | None, x: str) ->
     """uint8 pixels -> the model's float32 input, with minicnn's own arithmetic (so the values
     are bit-identical): ToFloat is x * (1/255); Normalize(mean, std) is (x/255 - mean) / std,
     computed as x * (1/255/std) - mean/std."""
-    kind = (transform or {}).get("class", "ToFloat")
+    spec = transform or {}
+    kind = spec.get("class", "ToFloat")
     if kind not in ("ToFloat", "Normalize"):
         raise ExportError(f"export_onnx: cannot export the input transform {transform!r} "
                           "(expected ToFloat or Normalize)")
     x = ctx.add_node("Cast", [x], ["preprocess.cast"], to=ctx.onnx.TensorProto.FLOAT)[0]
-    std = float(transform["std"]) if kind == "Normalize" else 1.0
+    std = float(spec["std"]) if kind == "Normalize" else 1.0
     scale = ctx.add_initializer("preprocess.scale", numpy.float32(1.0 / 255.0 / std))
     x = ctx.add_node("Mul", [x, scale], ["preprocess.scaled"])[0]
     if kind == "Normalize":
-        shift = ctx.add_initializer("preprocess.shift", numpy.float32(transform["mean"] / std))
+        shift = ctx.add_initializer("preprocess.shift", numpy.float32(spec["mean"] / std))
         x = ctx.add_node("Sub", [x, shift], ["preprocess.normalized"])[0]
     return x
 
 
 # --------------------------------------------------------------------------- the entry point
 
-def _resolve(model: Any, include_preprocessing: Any) -> tuple[Layer, dict[str, Any] | None]:
+def _resolve(model: Any, include_preprocessing: Any
+             ) -> tuple[Sequential | Model, dict[str, Any] | None]:
     """(the model, the transform config to build in, or None)."""
     meta = None
     if isinstance(model, (str, os.PathLike)):
@@ -283,7 +285,8 @@ def _resolve(model: Any, include_preprocessing: Any) -> tuple[Layer, dict[str, A
                       f"config dict, got {include_preprocessing!r}")
 
 
-def export_onnx(model: Layer | Checkpoint | str | os.PathLike, path: str | os.PathLike,
+def export_onnx(model: Layer | LoadedModel | Checkpoint | str | os.PathLike,
+                path: str | os.PathLike,
                 opset: int | None = None, include_preprocessing: Any = False, *,
                 input_shape: Sequence[int] | None = None) -> Path:
     """Write ``model`` (a Sequential or Model, a ``Checkpoint``, or a checkpoint's path) to the

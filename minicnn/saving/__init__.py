@@ -3,10 +3,12 @@ and the checks on a model description before anything is built from it."""
 from minicnn.saving.checkpoint import (
                                        Checkpoint,
                                        CheckpointError,
+                                       LoadedModel,
                                        load,
                                        load_checkpoint,
                                        load_weights,
                                        save,
 )
 
-__all__ = ["CheckpointError", "Checkpoint", "save", "load", "load_checkpoint", "load_weights"]
+__all__ = ["CheckpointError", "Checkpoint", "LoadedModel", "save", "load", "load_checkpoint",
+           "load_weights"]

@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import numpy
 
@@ -30,14 +31,15 @@ from minicnn.core import backend
 from minicnn.core.atomic import atomic_write
 from minicnn.data import transform_from_config
 from minicnn.layers import initializers
-from minicnn.layers.base import Layer, layer_config, layer_from_config
+from minicnn.layers.base import Layer, Parameter, layer_config, layer_from_config
 from minicnn.saving.description import check_model_description
 from minicnn.saving.npz_reader import NpzError, read_npz
 
 MAX_CHECKPOINT_BYTES = 2 << 30
 """Most bytes a checkpoint's arrays may inflate to (2 GiB: 500 M float32 weights)."""
 
-__all__ = ["CheckpointError", "Checkpoint", "save", "load", "load_checkpoint", "load_weights"]
+__all__ = ["CheckpointError", "Checkpoint", "LoadedModel", "save", "load", "load_checkpoint",
+           "load_weights"]
 
 FORMAT = "minicnn-checkpoint"
 VERSION = 1
@@ -49,12 +51,49 @@ class CheckpointError(ValueError):
     message names the file."""
 
 
+class LoadedModel(Protocol):
+    """What ``load`` rebuilds: a ``Sequential`` or a ``Model`` (``minicnn.models.Network``),
+    described by what it offers, as this package sits below ``minicnn.models`` and may not
+    import it. Every ``Network`` is one."""
+
+    name: str
+    layers: list[Layer]
+    input_transform: Any
+    workers: int | None
+
+    def __call__(self, *inputs: Any, **kwargs: Any) -> Any: ...
+    def forward(self, x: Any, training: bool | None = None, check: bool = True) -> Any: ...
+    def backward(self, grad_out: Any, input_grad: bool = False) -> Any: ...
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]: ...
+    def declared_input_shape(self) -> tuple[int, ...] | None: ...
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]: ...
+    def parameters(self) -> list[Parameter]: ...
+    def zero_grad(self) -> None: ...
+    def state_arrays(self) -> dict[str, Any]: ...
+    def clear_cache(self) -> None: ...
+    def train(self, mode: bool = True) -> Layer: ...
+    def eval(self) -> Layer: ...
+    def to(self, backend_name: str) -> Layer: ...
+    def astype(self, dtype: Any) -> Layer: ...
+    def config(self) -> dict[str, Any]: ...
+    def fit(self, *args: Any, **kwargs: Any) -> Any: ...
+    def evaluate(self, *args: Any, **kwargs: Any) -> Any: ...
+    def predict(self, *args: Any, **kwargs: Any) -> Any: ...
+    def summary(self, print_fn: Any = print) -> str: ...
+
+
+ModelT = TypeVar("ModelT")
+"""The model a Checkpoint holds: a LoadedModel from ``load_checkpoint``, the caller's own
+model from ``load_weights``."""
+LayerT = TypeVar("LayerT", bound=Layer)
+
+
 @dataclass
-class Checkpoint:
+class Checkpoint(Generic[ModelT]):
     """What ``load_checkpoint`` returns: the rebuilt model and everything saved beside it."""
 
     path: Path
-    model: Layer
+    model: ModelT
     meta: dict[str, Any] = field(default_factory=dict)
     optimizer_state: dict[str, Any] | None = None
     """``SGD.load_state_dict`` input (velocity on the active backend), or None if not saved."""
@@ -74,7 +113,9 @@ def _state_items(model: Layer, prefix: str = ""):
 def _transform_config(model: Layer) -> dict[str, Any] | None:
     """The model's input transform as JSON (see ``Network.input_transform``), or None."""
     transform = getattr(model, "input_transform", None)
-    return transform.config() if hasattr(transform, "config") else None
+    if transform is None or not hasattr(transform, "config"):
+        return None
+    return transform.config()
 
 
 def _json_default(value: Any) -> Any:
@@ -123,7 +164,8 @@ def save(model: Layer, path: str | os.PathLike, optimizer: Any = None,
         raise CheckpointError(f"{path}: cannot describe the model and metadata as JSON "
                               f"({exc})") from None
     arrays[_DESCRIPTION] = numpy.frombuffer(text.encode("utf-8"), dtype=numpy.uint8)
-    atomic_write(path, lambda f: numpy.savez(f, **arrays))
+    # numpy's stub lets **kwds reach savez's allow_pickle (a bool); these keys are array names
+    atomic_write(path, lambda f: numpy.savez(f, **arrays))  # type: ignore[arg-type]
     return path
 
 
@@ -131,7 +173,7 @@ def save(model: Layer, path: str | os.PathLike, optimizer: Any = None,
 
 def _read(path: Path) -> tuple[dict[str, Any], dict[str, numpy.ndarray]]:
     """The checked JSON description and all arrays of a checkpoint file (within the budgets
-    of ``minicnn.npz_reader``); every problem is a CheckpointError naming the file."""
+    of ``minicnn.saving.npz_reader``); every problem is a CheckpointError naming the file."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
@@ -258,16 +300,18 @@ def _build(path: Path, description: dict[str, Any]) -> Layer:
                               f"({type(exc).__name__}: {message})") from None
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint[LoadedModel]:
     """Read a checkpoint: rebuild its model on the active backend with the saved weights, and
     return it with the metadata and the optimizer state. Any problem with the file, whatever
     its content, raises CheckpointError (checked within budgets before anything large is
-    allocated: see ``minicnn.npz_reader`` and ``minicnn.model_description``)."""
+    allocated: see ``minicnn.saving.npz_reader`` and ``minicnn.saving.description``)."""
     path = Path(path)
     try:
         description, arrays = _read(path)
-        model = _build(path, description)
-        _restore(model, path, arrays)
+        layer = _build(path, description)
+        _restore(layer, path, arrays)
+        # a Sequential or a Model: the only classes check_model_description lets _build make
+        model = cast(LoadedModel, layer)
         meta = description.get("meta") or {}
         transform = description.get("transform") or meta.get("transform")
         if transform is not None:
@@ -284,12 +328,12 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
                               f"{str(exc)[:200]})") from None
 
 
-def load(path: str | os.PathLike) -> Layer:
+def load(path: str | os.PathLike) -> LoadedModel:
     """The model saved in ``path`` (architecture and weights), rebuilt on the active backend."""
     return load_checkpoint(path).model
 
 
-def load_weights(model: Layer, path: str | os.PathLike) -> Checkpoint:
+def load_weights(model: LayerT, path: str | os.PathLike) -> Checkpoint[LayerT]:
     """Copy the weights of checkpoint ``path`` into an existing ``model`` (which must have the
     same architecture) and return the checkpoint's metadata and optimizer state.
 

@@ -14,7 +14,7 @@ is (nearly) zero do not divide by zero.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from minicnn.core import backend, random
 from minicnn.layers.base import Layer
@@ -73,7 +73,9 @@ def gradcheck(layer: Layer, input_shape: Sequence[int] | Sequence[Sequence[int]]
         return xp.asarray(gen.standard_normal(shape))
 
     if inputs is None:
-        shapes = [input_shape] if isinstance(input_shape[0], int) else list(input_shape)
+        # one shape, or one per input (mypy cannot narrow the union from its first item)
+        shapes = [cast("Sequence[int]", input_shape)] if isinstance(input_shape[0], int) \
+            else list(cast("Sequence[Sequence[int]]", input_shape))
         inputs = [draw(tuple(s)) for s in shapes]
     xs = [xp.asarray(x, dtype=xp.float64).copy() for x in inputs]
     original_dtype = layer.dtype

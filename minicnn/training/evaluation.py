@@ -3,8 +3,8 @@
 
 Both run the model in eval mode under ``no_grad`` in batches of ``EVAL_BATCH_SIZE``; raw arrays
 get the model's own ``input_transform`` (what ``fit`` trained it with) and go where its
-parameters are. With a communicator of several ranks (``minicnn.distributed``), ``evaluate``
-scores each rank's contiguous part of the data and sums the figures over the ranks.
+parameters are. With a communicator of several ranks (``minicnn.training.distributed``),
+``evaluate`` scores each rank's contiguous part of the data and sums the figures over the ranks.
 """
 from __future__ import annotations
 
@@ -69,8 +69,8 @@ def evaluate(model: Any, data: Any, loss: Any = None, batch_size: int = EVAL_BAT
     """Mean loss and accuracy of ``model`` (in eval mode) on ``data``: a DataLoader (its
     transform is used) or an (x, y) pair (``transform``, default ToFloat). Batches of
     ``batch_size`` (default ``EVAL_BATCH_SIZE``, 256). With a communicator ``comm`` of several
-    ranks (``minicnn.distributed``), each rank evaluates its contiguous part of the data and
-    the sums are all-reduced, so every rank returns the whole data set's figures."""
+    ranks (``minicnn.training.distributed``), each rank evaluates its contiguous part of the
+    data and the sums are all-reduced, so every rank returns the whole data set's figures."""
     loader = eval_loader(data, batch_size, model, transform)
     if loader.y is None:
         raise ValueError("evaluate: the data has no labels")

@@ -1,5 +1,5 @@
 """The training loop: ``fit`` and its one step, ``train_step`` (evaluation lives in
-``minicnn.evaluation``).
+``minicnn.training.evaluation``).
 
 One training step (``train_step``) is::
 
@@ -9,10 +9,10 @@ One training step (``train_step``) is::
     model.backward(loss.backward())        # adds dL/dparam; dL/dx of the input is skipped
     optimizer.step()
 
-The model splits the batch among cores by itself (``minicnn.parallel``), so this loop and one
-written by hand run at the same speed. Across processes (``mpiexec -n N``), ``fit(...,
-comm=minicnn.distributed.init())`` trains data-parallel: one all-reduce per step, between
-backward and the update (``minicnn.distributed``). This module never imports
+The model splits the batch among cores by itself (``minicnn.training.parallel``), so this loop
+and one written by hand run at the same speed. Across processes (``mpiexec -n N``), ``fit(...,
+comm=minicnn.training.distributed.init())`` trains data-parallel: one all-reduce per step, between
+backward and the update (``minicnn.training.distributed``). This module never imports
 ``minicnn.models``: it works with any object that has forward, backward, train and parameters.
 
 Losses and correct counts stay on the device in a small window and are read back to the host
@@ -123,7 +123,9 @@ class _Window:
 
     def __init__(self, size: int):
         self.size = size
-        self.loss = self.correct = None
+        # arrays on the device the loss lives on, made by the first add
+        self.loss: Any = None
+        self.correct: Any = None
         self.sizes: list[int] = []
         self.has_correct = True
 
@@ -379,16 +381,17 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
     continue from. Losses are read back every ``log_every`` steps. Raises TrainingError if the
     loss becomes NaN or inf, or a step's loss exceeds ``DIVERGENCE_FACTOR`` times the first
     step's (see ``TrainingError``). workers: caps the replicas the model splits each NumPy step
-    among during this call (default: the model's own ``workers``; see ``minicnn.parallel``).
+    among during this call (default: the model's own ``workers``; see
+    ``minicnn.training.parallel``).
     progress: progress bars, shown only on a terminal; verbose: one summary line per epoch.
     early_stop: stop when the validation loss has not improved for this many epochs;
     best_checkpoint: a path that keeps the model of the best validation loss so far. The
     training loader's transform is kept as ``model.input_transform`` (checkpoints save it, and
     ``predict``/``evaluate`` apply it to raw images).
 
-    comm: a communicator (``minicnn.distributed.init()``); with several ranks every rank calls
-    ``fit`` alike and they train data-parallel: the loader's batches are the global batches,
-    each rank takes its shard (``DataLoader.set_shard``), rank 0's weights are broadcast
+    comm: a communicator (``minicnn.training.distributed.init()``); with several ranks every
+    rank calls ``fit`` alike and they train data-parallel: the loader's batches are the global
+    batches, each rank takes its shard (``DataLoader.set_shard``), rank 0's weights are broadcast
     first, gradients, losses and metrics are summed over the ranks, and only rank 0 shows
     progress and writes ``checkpoint``; workers default to the cores per rank (BLAS
     single-threaded when that is 1). Callbacks run on every rank, with the global figures.

@@ -34,7 +34,7 @@ class SoftmaxCrossEntropy:
     """
 
     def __init__(self) -> None:
-        self._cache = None
+        self._cache: tuple[Any, Any] | None = None
 
     def forward(self, logits: Any, labels: Any) -> Any:
         _check_prediction("SoftmaxCrossEntropy", logits, ndim=2)

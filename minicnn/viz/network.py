@@ -12,7 +12,7 @@ numbers, not pixels), and a function that draws them as a matplotlib ``Figure``:
 ``save(figure, path)`` writes one figure, ``write_pictures(model, x, out_dir)`` all four as PNGs
 (``minicnn visualize``). The numbers are computed with the array module of the model's
 parameters (NumPy or CuPy) and copied to the host only for drawing. matplotlib is optional: it
-is imported only to draw, and without it drawing raises ``minicnn.plots.PlotUnavailable``
+is imported only to draw, and without it drawing raises ``minicnn.viz.plots.PlotUnavailable``
 (``pip install -e ".[plot]"``).
 """
 from __future__ import annotations

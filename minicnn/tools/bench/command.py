@@ -3,10 +3,10 @@
 What is measured, for each backend (``--backend numpy``, ``--backend cupy``, or both):
 
 * **training**: on one fixed batch, ``--steps`` timed steps after ``--warmup``, of fit's step
-  (``minicnn.train.train_step``) and of the README's hand-written loop (``HAND_LOOP``) on the
+  (``minicnn.training.train_step``) and of the README's hand-written loop (``HAND_LOOP``) on the
   same model, which should be as fast (the model splits each batch among replicas by itself,
-  ``minicnn.parallel``); the figure is the **median** seconds per step, from which seconds per
-  epoch (ceil(60,000 / batch) steps) and training images/s follow;
+  ``minicnn.training.parallel``); the figure is the **median** seconds per step, from which
+  seconds per epoch (ceil(60,000 / batch) steps) and training images/s follow;
 * **inference**: forward only in eval mode on a batch of ``--infer-batch-size`` (1000) images,
   median of ``--infer-steps`` passes after one warm-up pass;
 * **per layer**: each layer's forward and backward timed on its own, in sequence, on one
@@ -21,7 +21,7 @@ SGD and loss). The runners alternate in blocks of 5 steps in one run, so machine
 training. GPU timings synchronize before reading the clock. Inputs are random N(0, 1) images
 with random labels, from a fixed seed. PyTorch is optional: imported only for ``--compare
 torch``. Like the ``minicnn`` command, ``main`` and ``run`` call
-``minicnn.allocator.keep_freed_memory()`` first.
+``minicnn.kernels.allocator.keep_freed_memory()`` first.
 """
 from __future__ import annotations
 
@@ -241,13 +241,14 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, minicnn.BackendError) as exc:
         print(f"minicnn bench: {exc}", file=sys.stderr)
         return 2
-    torch = None
+    torch: Any = None
     if args.compare == "torch":
         try:
-            import torch
+            import torch as torch_module
         except ImportError:
             print("PyTorch is not installed here: reporting minicnn alone.")
         else:
+            torch = torch_module
             if args.torch_threads:
                 torch.set_num_threads(args.torch_threads)
     previous = backend.get_backend()
@@ -265,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
                    "data": DATA_NOTE,
                    "optimizer": {"lr": RECIPE.lr, "momentum": RECIPE.momentum,
                                  "weight_decay": RECIPE.weight_decay},
-                   "steps_timed": {MinicnnRunner.name: "fit's step: minicnn.train.train_step",
+                   "steps_timed": {MinicnnRunner.name: "fit's step: minicnn.training.train_step",
                                    HandLoopRunner.name: HAND_LOOP},
                    "memory": "peak resident set (Linux VmHWM) of a child process per framework; "
                              "rss_increase = peak minus RSS after imports; gpu_pool = bytes held "

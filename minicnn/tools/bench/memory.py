@@ -43,9 +43,10 @@ def peak_rss_mib() -> float:
 
 def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     """Run in a fresh process: import one framework, run a few steps, report peak memory."""
-    torch = None
+    torch: Any = None
     if spec["framework"] == "torch":
-        import torch
+        import torch as torch_module
+        torch = torch_module
         if spec.get("torch_threads"):
             torch.set_num_threads(spec["torch_threads"])
     elif spec["backend"] != "numpy":

@@ -70,7 +70,7 @@ def format_report(report: dict[str, Any]) -> str:
            "imports are done"]
     hand = [b for b, res in results.items() if HAND_LOOP_KEY in res]
     torch_too = report.get("compare") == "torch"
-    out += ["minicnn = fit's step (minicnn.train.train_step); hand loop = the README's loop on "
+    out += ["minicnn = fit's step (minicnn.training.train_step); hand loop = the README's loop on "
             "the same model (zero_grad; forward; loss; backward; step)",
             f"fit step, hand loop{' and PyTorch' * torch_too} alternate in blocks of 5 timed "
             f"steps in one process, each block after {cfg['pause_s']} s idle and {REWARM_SECONDS}"
@@ -78,7 +78,8 @@ def format_report(report: dict[str, Any]) -> str:
             "weights, SGD and loss" * torch_too] if hand else []
     if mach.get("blas_note"):
         out.append(mach["blas_note"])
-    header, columns = ["figure"], []
+    header = ["figure"]
+    columns: list[tuple[dict[str, Any], str | None]] = []
     for b, res in results.items():
         header.append(f"minicnn {b}")
         columns.append((res["minicnn"], None))

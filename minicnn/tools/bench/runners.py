@@ -40,7 +40,10 @@ class MinicnnRunner:
         self.loss = losses.SoftmaxCrossEntropy()
         self.opt = optim.SGD(model.parameters(), RECIPE.lr, momentum=RECIPE.momentum,
                              weight_decay=RECIPE.weight_decay)
-        self.x, self.y, self.xi = (None if a is None else backend.to_backend(a) for a in (x, y, xi))
+        # arrays on the active backend; None where not given (x, y: a runner that only infers)
+        self.x: Any = None if x is None else backend.to_backend(x)
+        self.y: Any = None if y is None else backend.to_backend(y)
+        self.xi: Any = None if xi is None else backend.to_backend(xi)
 
     def sync(self) -> None:
         backend.synchronize()

@@ -26,7 +26,8 @@ def _timed(runner: Any, fn: Callable[..., Any], *args: Any, into: list[float]) -
 
 
 def _clock(runner: Any, fn: Callable[[], Any]) -> float:
-    _timed(runner, fn, into=(seconds := []))
+    seconds: list[float] = []
+    _timed(runner, fn, into=seconds)
     return seconds[0]
 
 
@@ -82,7 +83,8 @@ def layer_breakdown(runner: MinicnnRunner, reps: int) -> list[dict[str, Any]]:
     layers = model.layers
     fwd: list[list[float]] = [[] for _ in layers]
     bwd: list[list[float]] = [[] for _ in layers]
-    loss_t, opt_t = [], []
+    loss_t: list[float] = []
+    opt_t: list[float] = []
     single = blas.single_threaded() if count > 1 else contextlib.nullcontext()
     with single, modes.training_mode(True):
         for _ in range(reps):
@@ -102,8 +104,9 @@ def layer_breakdown(runner: MinicnnRunner, reps: int) -> list[dict[str, Any]]:
     def ms(seconds: list[float]) -> float:
         return 1000 * statistics.median(seconds)
 
-    rows = [{"name": layer.name, "type": type(layer).__name__, "forward_ms": ms(f),
-             "backward_ms": ms(b)} for layer, f, b in zip(layers, fwd, bwd)]
+    rows: list[dict[str, Any]] = [
+        {"name": layer.name, "type": type(layer).__name__, "forward_ms": ms(f),
+         "backward_ms": ms(b)} for layer, f, b in zip(layers, fwd, bwd)]
     rows.append({"name": "loss", "type": "SoftmaxCrossEntropy", "forward_ms": ms(loss_t),
                  "backward_ms": 0.0})
     rows.append({"name": "optimizer", "type": "SGD zero_grad+step", "forward_ms": 0.0,

@@ -20,7 +20,8 @@ def torch_model_from(model: Sequential, torch: Any = None) -> Any:
     (in, out) and a torch Linear weight (out, in), so it is transposed.
     """
     if torch is None:
-        import torch
+        import torch as torch_module
+        torch = torch_module
     nn = torch.nn
 
     def tensor(a: Any) -> Any:
@@ -41,8 +42,9 @@ def torch_model_from(model: Sequential, torch: Any = None) -> Any:
             m, weights = (nn.ReLU() if isinstance(layer, ReLU) else nn.Flatten()), []
         else:
             raise ValueError(f"bench: no PyTorch equivalent for {layer!r}")
-        if getattr(layer, "bias", None) is not None:
-            weights.append((m.bias, layer.bias.data))
+        bias = getattr(layer, "bias", None)
+        if bias is not None:
+            weights.append((m.bias, bias.data))
         with torch.no_grad():
             for target, source in weights:
                 target.copy_(tensor(source))
