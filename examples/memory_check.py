@@ -8,9 +8,10 @@ its peak, optionally side by side with the same run in PyTorch.
 The run is the reference recipe (``minicnn.training.REFERENCE_RECIPE``):
 ``minicnn.training.fit`` with SGD lr 0.05, momentum 0.9, weight decay 5e-4, cosine decay per
 step, batch 128, inputs normalised with mean 0.1307 and std 0.3081 (and the recipe's random
-shifts, if it has them), evaluated on the 10,000 test images after every epoch. PyTorch trains the same model with the
-same settings the way a typical user script does: the whole set as one normalised float32
-tensor, a plain loop over shuffled index batches, evaluation under ``torch.no_grad()``.
+shifts, if it has them), evaluated on the 10,000 test images after every epoch. PyTorch trains
+the same model with the same settings the way a typical user script does: the whole set as one
+normalised float32 tensor, a plain loop over shuffled index batches, evaluation under
+``torch.no_grad()``.
 
 Each framework runs in its own child process that imports only what it needs, so the peaks do
 not mix. Figures are MiB read from the child's ``/proc/self/status``: ``VmRSS`` (resident set)
