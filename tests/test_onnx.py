@@ -329,10 +329,11 @@ def test_preprocessing_from_a_checkpoint(tmp_path):
     assert_parity(ort_output(path, pixels), ref)
     nodes = [n.op_type for n in _onnx().load(str(path)).graph.node][:3]
     assert nodes == ["Cast", "Mul", "Sub"]
-    # a transform object works too; without a checkpoint, True has nothing to read
+    # a transform object works too; a model that has none, True has nothing to read
     export_onnx(model, tmp_path / "pre2.onnx", include_preprocessing=Normalize(0.1307, 0.3081))
     assert (tmp_path / "pre2.onnx").read_bytes() == path.read_bytes()
-    with pytest.raises(ExportError, match="include_preprocessing=True reads the transform"):
+    with pytest.raises(ExportError, match="include_preprocessing=True: the Sequential has no "
+                                          "input transform"):
         export_onnx(model, tmp_path / "x.onnx", include_preprocessing=True)
 
 

@@ -59,3 +59,65 @@ def test_a_corrupt_stored_transform_is_a_checkpoint_error(tmp_path):
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(minicnn.CheckpointError, match="bad.npz: corrupt input transform"):
         minicnn.load(tmp_path / "bad.npz")
+
+
+# --------------------------------------------------------------------------- every consumer
+# A model trained from Python as the README shows (fit with a Normalize loader, then
+# minicnn.save(model, path, optimizer=opt)): the transform lives on the model and in the
+# checkpoint's "transform", never in meta. Export and visualize must read it from there.
+
+def _trained_the_readme_way(tmp_path):
+    x, y = _data()
+    model = _model()
+    norm = Normalize(0.4, 0.2)
+    opt = minicnn.optim.SGD(model.parameters(), 0.1)
+    model.fit(DataLoader(x, y, batch_size=32, seed=0, transform=norm), epochs=1, optimizer=opt,
+              progress=False, verbose=False)
+    path = minicnn.save(model, tmp_path / "model.npz", optimizer=opt)
+    return model, norm, path, x
+
+
+def test_one_function_gives_a_models_transform(tmp_path):
+    from minicnn.data import model_transform
+    model, norm, path, _ = _trained_the_readme_way(tmp_path)
+    assert model_transform(model) is norm
+    assert model_transform(minicnn.load(path)).config() == norm.config()
+    assert model_transform(_model()) is None
+
+
+def test_export_with_preprocessing_reads_the_models_transform(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from minicnn.cli.commands import main as cli_main
+    model, norm, path, x = _trained_the_readme_way(tmp_path)
+    out = tmp_path / "m.onnx"
+    assert cli_main(["export", str(path), str(out), "--include-preprocessing"]) == 0
+    pixels = x[:8, None]
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
+        None, {"input": pixels})[0]
+    np.testing.assert_allclose(got, model.predict(pixels), rtol=1e-5, atol=1e-5)
+    assert "Normalize(mean=0.4, std=0.2)" in capsys.readouterr().out     # says which
+    # from Python: the model itself (its input_transform is set) exports the same file
+    minicnn.export_onnx(model, tmp_path / "py.onnx", include_preprocessing=True)
+    assert (tmp_path / "py.onnx").read_bytes() == out.read_bytes()
+
+
+def test_export_with_preprocessing_refuses_a_model_without_a_transform(tmp_path):
+    pytest.importorskip("onnx")
+    with pytest.raises(ValueError, match="has no input transform"):
+        minicnn.export_onnx(_model(), tmp_path / "m.onnx", include_preprocessing=True)
+
+
+def test_visualize_preprocesses_with_the_models_transform(tmp_path, monkeypatch):
+    from minicnn.cli import commands as cli
+    from minicnn.viz import network, plots
+    _, norm, path, x = _trained_the_readme_way(tmp_path)
+    calls = []
+    monkeypatch.setattr(plots, "available", lambda: True)
+    monkeypatch.setattr(network, "write_pictures", lambda model, xb, out, names, label:
+                        calls.append(xb) or [])
+    image = tmp_path / "digit.pgm"
+    image.write_bytes(b"P5 4 4 255\n" + x[0].tobytes())
+    assert cli.main(["visualize", str(path), "--image", str(image)]) == 0
+    (xb,) = calls
+    np.testing.assert_allclose(xb, norm(x[:1, None]), rtol=1e-6)

@@ -49,7 +49,7 @@ from minicnn.cli.common import (
 )
 from minicnn.cli.train import cmd_train
 from minicnn.core import backend
-from minicnn.data import transform_from_config
+from minicnn.data import model_transform, raw_input_transform
 from minicnn.data.datasets import DatasetError
 from minicnn.data.images import fit_to_input, read_image
 from minicnn.kernels import allocator
@@ -173,7 +173,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(checkpoint_path(args.checkpoint))
     path = export_onnx(ckpt, args.out, opset=args.opset,
                        include_preprocessing=args.include_preprocessing)
-    pixels = "uint8 pixels, preprocessed inside" if args.include_preprocessing else "float32"
+    pixels = f"uint8 pixels, {model_transform(ckpt.model)!r} inside" \
+        if args.include_preprocessing else "float32"
     print(f"wrote {path} ({path.stat().st_size:,} bytes, ONNX opset "
           f"{args.opset or DEFAULT_OPSET}, input {pixels})")
     return 0
@@ -225,7 +226,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         if not 0 <= index < len(xt):
             raise CLIError(f"test-set index {index} is out of range 0..{len(xt) - 1}")
         image, label = xt[index], int(yt[index])
-    x = transform_from_config(ckpt.meta.get("transform"))(image.reshape((1,) + in_shape))
+    x = raw_input_transform(ckpt.model)(image.reshape((1,) + in_shape))   # as predict does
     names = class_names(ckpt.meta, int(ckpt.model.output_shape(in_shape)[-1]), dataset)
     out = Path(args.out) if args.out else path.parent
     model = cast(Layer, ckpt.model)            # a LoadedModel is a Network, so a Layer

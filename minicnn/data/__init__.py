@@ -17,9 +17,12 @@ from minicnn.data.transforms import (
            Normalize,
            RandomShift,
            ToFloat,
+           model_transform,
+           raw_input_transform,
            transform_from_config,
 )
 
 __all__ = ["DataLoader", "ToFloat", "Normalize", "RandomShift", "transform_from_config",
            "load_mnist", "load_fashion_mnist", "data_root", "dataset_files", "DatasetError",
-           "read_idx", "write_idx", "read_image", "fit_to_input"]
+           "read_idx", "write_idx", "read_image", "fit_to_input", "model_transform",
+           "raw_input_transform"]

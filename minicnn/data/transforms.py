@@ -6,6 +6,7 @@ keeps its preprocessing. ``RandomShift`` moves training images by a few pixels.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,8 @@ import numpy
 
 from minicnn.core import backend
 
-__all__ = ["ToFloat", "Normalize", "RandomShift", "transform_from_config"]
+__all__ = ["ToFloat", "Normalize", "RandomShift", "transform_from_config", "model_transform",
+           "raw_input_transform"]
 
 
 def _is_uint8(x: Any) -> bool:
@@ -76,6 +78,28 @@ def transform_from_config(config: dict[str, Any] | None) -> Callable[[Any], Any]
     if config.get("class") == "Normalize":
         return Normalize(config["mean"], config["std"])
     raise ValueError(f"unknown transform {config!r}")
+
+
+def model_transform(model: Any) -> Any:
+    """The transform raw images go through before ``model``: its ``input_transform`` (set by
+    ``fit`` from its loader, saved in checkpoints and restored by ``load``), or None. The one
+    place every consumer (predict, evaluate, export, visualize, the command line) reads it."""
+    return getattr(model, "input_transform", None)
+
+
+def raw_input_transform(model: Any, x: Any = None, stacklevel: int = 2) -> Callable[[Any], Any]:
+    """``model_transform(model)``, or ToFloat for a model without one, warning once per model
+    when uint8 pixels ``x`` (None: any input) meet a model that never learned its transform."""
+    transform = model_transform(model)
+    if transform is not None:
+        return transform
+    pixels = x is None or (getattr(x, "dtype", None) is not None and x.dtype.kind == "u")
+    if pixels and not getattr(model, "_warned_transform", False):
+        warnings.warn(f"{type(model).__name__} has no input transform (train it with fit, or "
+                      "load a checkpoint that has one): uint8 pixels are only scaled to [0, 1]",
+                      stacklevel=stacklevel + 1)
+        model._warned_transform = True
+    return ToFloat()
 
 
 class RandomShift:

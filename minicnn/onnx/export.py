@@ -32,6 +32,7 @@ import numpy
 
 from minicnn.core import backend
 from minicnn.core.atomic import atomic_write_bytes
+from minicnn.data import model_transform
 from minicnn.layers import (
     Add,
     AvgPool2D,
@@ -260,23 +261,25 @@ def _preprocess(ctx: ExportContext, transform: dict[str, Any] | None, x: str) ->
 
 def _resolve(model: Any, include_preprocessing: Any
              ) -> tuple[Sequential | Model, dict[str, Any] | None]:
-    """(the model, the transform config to build in, or None)."""
-    meta = None
+    """(the model, the transform config to build in, or None). True takes the model's own
+    transform (``minicnn.data.model_transform``: set by fit, restored by load)."""
     if isinstance(model, (str, os.PathLike)):
         model = load_checkpoint(model)
     if isinstance(model, Checkpoint):
-        model, meta = model.model, model.meta
+        model = model.model
     if not isinstance(model, (Sequential, Model)):
         raise ExportError(f"export_onnx: expected a Sequential, a Model, a Checkpoint or a "
                           f"checkpoint path, got {type(model).__name__}")
     if include_preprocessing is False or include_preprocessing is None:
         return model, None
     if include_preprocessing is True:
-        if meta is None:
-            raise ExportError("export_onnx: include_preprocessing=True reads the transform from "
-                              "a checkpoint's metadata; pass the Checkpoint (or its path), or "
-                              "the transform itself (e.g. Normalize(0.1307, 0.3081))")
-        return model, meta.get("transform") or {"class": "ToFloat"}
+        transform = model_transform(model)
+        if transform is None or not hasattr(transform, "config"):
+            raise ExportError(f"export_onnx: include_preprocessing=True: the {type(model).__name__}"
+                              " has no input transform (fit sets it from its loader, load "
+                              "restores it); pass the transform itself (e.g. "
+                              "include_preprocessing=Normalize(0.1307, 0.3081))")
+        return model, transform.config()
     if hasattr(include_preprocessing, "config"):
         return model, include_preprocessing.config()
     if isinstance(include_preprocessing, dict):
@@ -293,8 +296,9 @@ def export_onnx(model: Layer | LoadedModel | Checkpoint | str | os.PathLike,
     ONNX file ``path``, atomically, and return the path.
 
     The input is float32 (N, *input_shape), or with ``include_preprocessing`` uint8 pixels that
-    the graph converts as the training transform did: True takes it from the checkpoint's
-    metadata (``meta["transform"]``), or pass a transform (``Normalize``) or its config.
+    the graph converts as the training transform did: True takes the model's own
+    (``model.input_transform``, set by fit and restored by load; ExportError without one), or
+    pass a transform (``Normalize``) or its config.
     ``opset`` defaults to ``DEFAULT_OPSET``; ``input_shape`` (per sample) is needed only for a
     Sequential built without one. The graph is checked with ``onnx.checker`` before writing.
     Raises ExportError (a ValueError) with one line naming the layer or the setting.

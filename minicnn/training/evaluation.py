@@ -8,12 +8,11 @@ parameters are. With a communicator of several ranks (``minicnn.training.distrib
 """
 from __future__ import annotations
 
-import warnings
 from typing import Any, NamedTuple
 
 from minicnn.core import backend
 from minicnn.core.modes import no_grad
-from minicnn.data import DataLoader
+from minicnn.data import DataLoader, raw_input_transform
 from minicnn.training import distributed
 from minicnn.training.losses import SoftmaxCrossEntropy
 
@@ -41,18 +40,13 @@ def model_backend(model: Any) -> str | None:
 
 def eval_loader(data: Any, batch_size: int, model: Any, transform: Any = None) -> DataLoader:
     """Data in order, unaugmented, in batches of ``batch_size``; raw arrays get ``transform``,
-    else the model's own ``input_transform``, and go where the model's parameters are."""
+    else the model's own (``minicnn.data.model_transform``), and go where the model's
+    parameters are."""
     if isinstance(data, DataLoader):
         return data.for_eval(batch_size)
     x, y = data if isinstance(data, (tuple, list)) and len(data) == 2 else (data, None)
     if transform is None:
-        transform = getattr(model, "input_transform", None)
-        if transform is None and getattr(x, "dtype", None) is not None and x.dtype.kind == "u" \
-                and not getattr(model, "_warned_transform", False):
-            warnings.warn(f"{type(model).__name__} has no input transform (train it with fit, "
-                          "or load a checkpoint that has one): uint8 pixels are only scaled to "
-                          "[0, 1]", stacklevel=4)
-            model._warned_transform = True
+        transform = raw_input_transform(model, x, stacklevel=4)
     return DataLoader(x, y, batch_size=batch_size, shuffle=False, seed=0, transform=transform,
                       backend_name=model_backend(model))
 
