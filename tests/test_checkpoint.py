@@ -252,3 +252,16 @@ def test_meta_must_be_json(tmp_path):
     with pytest.raises(CheckpointError, match="JSON"):
         minicnn.save(small_model(), tmp_path / "m.npz", bad=object())
     assert not os.listdir(tmp_path)
+
+
+def test_load_accepts_a_run_folder_as_the_command_line_does(tmp_path):
+    model = minicnn.Sequential([minicnn.layers.Dense(3, 2)], input_shape=(3,))
+    run = tmp_path / "runs" / "ref-cnn-mnist"
+    run.mkdir(parents=True)
+    minicnn.save(model, run / "model.npz", epoch=3)
+    assert minicnn.load(run).config() == model.config()
+    ckpt = minicnn.checkpoint.load_checkpoint(run)
+    assert ckpt.path == run / "model.npz" and ckpt.meta["epoch"] == 3
+    assert minicnn.checkpoint.load_weights(model, run).meta["epoch"] == 3
+    with pytest.raises(minicnn.CheckpointError, match="runs: a folder without model.npz"):
+        minicnn.load(tmp_path / "runs")

@@ -120,3 +120,20 @@ def test_custom_layers_load_through_import(tmp_path, capsys, monkeypatch):
     assert "gain_1 (Gain)" in capsys.readouterr().out
     assert cli.main(["evaluate", "custom.npz", "--import", "no_such_module"]) == 1
     assert "--import no_such_module: cannot import it" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_second_run_into_the_same_folder_is_refused_unless_overwrite(tmp_path, capsys):
+    status, out = _train(tmp_path, "--limit", "300", "--val-split", "0")
+    assert status == 0
+    first = (out / "model.npz").read_bytes()
+    capsys.readouterr()
+    assert _train(tmp_path, "--limit", "300", "--val-split", "0")[0] == 1   # the default
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "already holds a run" in err and "--overwrite" in err
+    assert (out / "model.npz").read_bytes() == first
+    assert _train(tmp_path, "--limit", "300", "--val-split", "0", "--seed", "1",
+                  "--overwrite")[0] == 0
+    assert (out / "model.npz").read_bytes() != first
+    records = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(records) == 1                                  # the new run's only

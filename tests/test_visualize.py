@@ -288,7 +288,7 @@ def test_cli_errors_are_one_line(run_dir, tmp_path, capsys, monkeypatch):
     assert cli.main(["visualize", str(run_dir), "--image", str(small)]) == 1
     assert "small.png: image is 7x5 pixels, the model expects 28x28" in capsys.readouterr().err
     assert cli.main(["visualize", str(tmp_path)]) == 1
-    assert "holds no model.npz" in capsys.readouterr().err
+    assert "a folder without model.npz" in capsys.readouterr().err
     monkeypatch.setattr(plots, "available", lambda: False)
     assert cli.main(["visualize", str(run_dir), "--image", str(small)]) == 1
     err = capsys.readouterr().err.strip()

@@ -33,7 +33,6 @@ from minicnn import training, zoo
 from minicnn.cli.common import (
     DATASETS,
     EVAL_CONFUSION,
-    FINAL,
     CLIError,
     Parser,
     can_plot,
@@ -201,11 +200,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     one image (a file, or a test-set index), preprocessed as the model was trained."""
     from minicnn.viz import network as visualize
     set_backend(args.backend)
-    path = Path(args.checkpoint)
-    if path.is_dir():
-        path = path / FINAL
-        if not path.is_file():
-            raise CLIError(f"{args.checkpoint}: the folder holds no {FINAL}")
+    path = checkpoint_path(args.checkpoint)
     if not plots.available():
         raise CLIError('matplotlib is not installed: pip install -e ".[plot]"')
     ckpt = load_checkpoint(path)
@@ -278,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="random seed (default 0)")
     t.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/MODEL-DATASET)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--overwrite", action="store_true", help="replace a finished or stopped run "
+                   "in --out (by default train refuses a folder that holds one)")
     t.add_argument("--limit", type=positive, metavar="N", help="train on the first N images")
     t.add_argument("--test-limit", type=positive, metavar="N",
                    help="evaluate on the first N test images")

@@ -11,9 +11,10 @@ from typing import Any
 
 import minicnn
 from minicnn.data.datasets import load_fashion_mnist, load_mnist
+from minicnn.saving.checkpoint import RUN_MODEL, checkpoint_file
 from minicnn.viz import plots
 
-LAST, FINAL, BEST, METRICS = "last.npz", "model.npz", "best.npz", "metrics.jsonl"
+LAST, FINAL, BEST, METRICS = "last.npz", RUN_MODEL, "best.npz", "metrics.jsonl"
 CURVES, CONFUSION, EVAL_CONFUSION = "curves.png", "confusion.png", "evaluate_confusion.png"
 
 DATASETS = {
@@ -72,13 +73,8 @@ def non_negative(text: str) -> int:
 
 
 def checkpoint_path(arg: str) -> Path:
-    """A checkpoint file, or a run folder's model.npz."""
-    path = Path(arg)
-    if path.is_dir():
-        if not (path / FINAL).is_file():
-            raise CLIError(f"{arg}: a folder without {FINAL}; give a checkpoint file")
-        return path / FINAL
-    return path
+    """A checkpoint file, or a run folder's model.npz (as ``minicnn.load`` reads them)."""
+    return checkpoint_file(arg)
 
 
 def say(message: str) -> None:

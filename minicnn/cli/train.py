@@ -18,6 +18,7 @@ from minicnn.cli.common import (
     CONFUSION,
     CURVES,
     DATASETS,
+    EVAL_CONFUSION,
     FINAL,
     LAST,
     METRICS,
@@ -104,9 +105,12 @@ def _train(args: argparse.Namespace, comm: distributed.Communicator) -> int:
         if saved is None:
             raise CLIError(f"{last}: not a checkpoint written by 'minicnn train'")
         records = list(meta.get("training", {}).get("history", []))
-    elif last.exists():
-        raise CLIError(f"{out} already holds a run ({last}); pass --resume to continue it, or "
-                       "choose another --out")
+    elif last.exists() and not getattr(args, "overwrite", False):
+        raise CLIError(f"{out} already holds a run ({last}); pass --resume to continue it, "
+                       "--overwrite to replace it, or choose another --out")
+    elif last.exists() and root:                      # --overwrite: the old run's files go
+        for name in (LAST, FINAL, BEST, METRICS, CURVES, CONFUSION, EVAL_CONFUSION):
+            (out / name).unlink(missing_ok=True)
     s = _resolve(args, saved)
     if s["batch_size"] % comm.size:
         raise CLIError(f"--batch-size {s['batch_size']} does not split evenly among "

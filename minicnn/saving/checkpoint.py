@@ -39,7 +39,10 @@ MAX_CHECKPOINT_BYTES = 2 << 30
 """Most bytes a checkpoint's arrays may inflate to (2 GiB: 500 M float32 weights)."""
 
 __all__ = ["CheckpointError", "Checkpoint", "LoadedModel", "save", "load", "load_checkpoint",
-           "load_weights"]
+           "load_weights", "checkpoint_file", "RUN_MODEL"]
+
+RUN_MODEL = "model.npz"
+"""A run folder's finished model: ``load("runs/ref-cnn-mnist")`` reads this file in it."""
 
 FORMAT = "minicnn-checkpoint"
 VERSION = 1
@@ -300,12 +303,25 @@ def _build(path: Path, description: dict[str, Any]) -> Layer:
                               f"({type(exc).__name__}: {message})") from None
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint[LoadedModel]:
-    """Read a checkpoint: rebuild its model on the active backend with the saved weights, and
-    return it with the metadata and the optimizer state. Any problem with the file, whatever
-    its content, raises CheckpointError (checked within budgets before anything large is
-    allocated: see ``minicnn.saving.npz_reader`` and ``minicnn.saving.description``)."""
+def checkpoint_file(path: str | os.PathLike) -> Path:
+    """``path`` itself, or for a run folder (what ``minicnn train`` writes) its ``model.npz``;
+    a folder without one is a CheckpointError."""
     path = Path(path)
+    if path.is_dir():
+        if not (path / RUN_MODEL).is_file():
+            raise CheckpointError(f"{path}: a folder without {RUN_MODEL}; give a checkpoint "
+                                  "file or a run folder")
+        return path / RUN_MODEL
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint[LoadedModel]:
+    """Read a checkpoint (a ``.npz`` file, or a run folder: its ``model.npz``): rebuild its
+    model on the active backend with the saved weights, and return it with the metadata and
+    the optimizer state. Any problem with the file, whatever its content, raises
+    CheckpointError (checked within budgets before anything large is allocated: see
+    ``minicnn.saving.npz_reader`` and ``minicnn.saving.description``)."""
+    path = checkpoint_file(path)
     try:
         description, arrays = _read(path)
         layer = _build(path, description)
@@ -329,7 +345,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint[LoadedModel]:
 
 
 def load(path: str | os.PathLike) -> LoadedModel:
-    """The model saved in ``path`` (architecture and weights), rebuilt on the active backend."""
+    """The model saved in ``path`` (architecture and weights), rebuilt on the active backend;
+    ``path`` is a checkpoint file or a run folder (its ``model.npz``), as on the command line."""
     return load_checkpoint(path).model
 
 
@@ -337,9 +354,9 @@ def load_weights(model: LayerT, path: str | os.PathLike) -> Checkpoint[LayerT]:
     """Copy the weights of checkpoint ``path`` into an existing ``model`` (which must have the
     same architecture) and return the checkpoint's metadata and optimizer state.
 
-    The returned ``Checkpoint.model`` is ``model`` itself.
+    The returned ``Checkpoint.model`` is ``model`` itself. ``path`` may be a run folder.
     """
-    path = Path(path)
+    path = checkpoint_file(path)
     description, arrays = _read(path)
     _restore(model, path, arrays)
     return Checkpoint(path, model, description.get("meta") or {},
