@@ -285,6 +285,7 @@ def test_cli_test_set_index(run_dir, recorded):
 
 def test_cli_errors_are_one_line(run_dir, tmp_path, capsys, monkeypatch):
     small = write_png(tmp_path / "small.png", np.zeros((5, 7), np.uint8))
+    monkeypatch.setattr(plots, "available", lambda: True)     # these come before drawing
     assert cli.main(["visualize", str(run_dir), "--image", str(small)]) == 1
     assert "small.png: image is 7x5 pixels, the model expects 28x28" in capsys.readouterr().err
     assert cli.main(["visualize", str(tmp_path)]) == 1
