@@ -13,6 +13,7 @@ topological order; in backward, gradients of a tensor used by several layers are
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -37,6 +38,9 @@ class Network(Layer):
     """
 
     workers: int | None = None
+    seen_input_shape: tuple[int, ...] | None = None
+    """The per-sample shape of the first batch the model ran (as Keras builds on first call):
+    what export and predict use for a Sequential built without ``input_shape``."""
     input_transform: Any = None
     """How raw images become this model's input (e.g. ``Normalize``): set by ``fit`` from its
     loader, saved in checkpoints, applied by ``predict``/``evaluate`` to raw arrays."""
@@ -67,6 +71,8 @@ class Network(Layer):
         """The model's output for a batch x; ``training`` sets the mode for this call only
         (None: each layer's ``train()``/``eval()`` setting); ``check`` scans x for NaN/inf."""
         x = self._accept(x, check)
+        if self.__dict__.get("seen_input_shape") is None and not modes.is_inside_model():
+            self.seen_input_shape = tuple(int(s) for s in x.shape[1:])
         with modes.training_mode(training):
             count = 1 if modes.is_inside_model() else parallel.split_count(self, x, self.workers)
             if count < 2:
@@ -130,17 +136,26 @@ class Network(Layer):
         raise NotImplementedError
 
     # --- training and inference (minicnn.training.loop and .evaluation run the loops) --------
+    # functools.wraps: help(model.fit) shows fit's real signature and documentation
+    @functools.wraps(train.fit)
     def fit(self, *args: Any, **kwargs: Any) -> train.History:
-        """Train the model; see ``minicnn.training.fit`` for the arguments."""
         return train.fit(self, *args, **kwargs)
 
+    @functools.wraps(evaluation.evaluate)
     def evaluate(self, *args: Any, **kwargs: Any) -> evaluation.Evaluation:
-        """Loss and accuracy on a data set; see ``minicnn.training.evaluation.evaluate``."""
         return evaluation.evaluate(self, *args, **kwargs)
 
+    @functools.wraps(evaluation.predict)
     def predict(self, *args: Any, **kwargs: Any) -> Any:
-        """Model outputs for inputs, in batches; see ``minicnn.training.evaluation.predict``."""
         return evaluation.predict(self, *args, **kwargs)
+
+    @functools.wraps(evaluation.predict_proba)
+    def predict_proba(self, *args: Any, **kwargs: Any) -> Any:
+        return evaluation.predict_proba(self, *args, **kwargs)
+
+    @functools.wraps(evaluation.predict_classes)
+    def predict_classes(self, *args: Any, **kwargs: Any) -> Any:
+        return evaluation.predict_classes(self, *args, **kwargs)
 
     # --- summary --------------------------------------------------------------------------
     def _summary_rows(self) -> list[tuple[Layer, tuple[int, ...]]]:

@@ -121,3 +121,54 @@ def test_visualize_preprocesses_with_the_models_transform(tmp_path, monkeypatch)
     assert cli.main(["visualize", str(path), "--image", str(image)]) == 0
     (xb,) = calls
     np.testing.assert_allclose(xb, norm(x[:1, None]), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- predict's forms
+
+def test_predict_takes_one_image_and_gives_a_batch_of_one():
+    x, _ = _data(4)
+    model = _model()
+    model.input_transform = Normalize(0.4, 0.2)
+    batch = model.predict(x)
+    np.testing.assert_allclose(model.predict(x[0]), batch[:1], rtol=1e-6)        # (H, W)
+    np.testing.assert_allclose(model.predict(x[0][None]), batch[:1], rtol=1e-6)  # (1, H, W)
+    np.testing.assert_allclose(model.predict(x[:1, None][0]), batch[:1], rtol=1e-6)  # (C, H, W)
+    proba = model.predict_proba(x)
+    assert proba.shape == (4, 3) and np.allclose(proba.sum(axis=1), 1)
+    np.testing.assert_array_equal(proba.argmax(axis=1), batch.argmax(axis=1))
+    np.testing.assert_array_equal(model.predict_classes(x), batch.argmax(axis=1))
+    assert model.predict_classes(x[0]).shape == (1,)
+
+
+def test_fit_predict_evaluate_show_their_real_signatures():
+    import inspect
+    model = _model()
+    assert list(inspect.signature(model.fit).parameters)[:3] == ["train_data", "epochs",
+                                                                 "optimizer"]
+    assert list(inspect.signature(model.predict).parameters) == ["x", "batch_size", "transform"]
+    assert "data" in inspect.signature(model.evaluate).parameters
+    assert "raw images" in model.predict.__doc__ and "epochs" in model.fit.__doc__
+
+
+def test_predict_warns_when_float_input_looks_already_normalised():
+    x, _ = _data(4)
+    model = _model()
+    norm = Normalize(0.4, 0.2)
+    model.input_transform = norm
+    raw = model.predict(x.astype(np.float32) / 255)          # floats in [0, 1]: no warning
+    np.testing.assert_allclose(raw, model.predict(x), rtol=1e-5, atol=1e-6)
+    with pytest.warns(UserWarning, match="looks already normalised"):
+        model.predict(norm(x))
+    np.testing.assert_allclose(model.predict(norm(x), transform=lambda a: a), raw,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_a_sequential_without_input_shape_knows_it_after_a_batch(tmp_path):
+    pytest.importorskip("onnx")
+    minicnn.manual_seed(0)
+    model = minicnn.Sequential([Flatten(), Dense(16, 3)])
+    x, _ = _data(4)
+    model.predict(x / np.float32(255))                        # (N, 4, 4) -> (N, 1, 4, 4)
+    assert model.seen_input_shape == (1, 4, 4)
+    path = minicnn.export_onnx(model, tmp_path / "m.onnx")
+    assert path.stat().st_size > 0

@@ -300,7 +300,8 @@ def export_onnx(model: Layer | LoadedModel | Checkpoint | str | os.PathLike,
     (``model.input_transform``, set by fit and restored by load; ExportError without one), or
     pass a transform (``Normalize``) or its config.
     ``opset`` defaults to ``DEFAULT_OPSET``; ``input_shape`` (per sample) is needed only for a
-    Sequential built without one. The graph is checked with ``onnx.checker`` before writing.
+    Sequential built without one that has not run a batch yet. The graph is checked with
+    ``onnx.checker`` before writing.
     Raises ExportError (a ValueError) with one line naming the layer or the setting.
     """
     model, transform = _resolve(model, include_preprocessing)
@@ -311,10 +312,12 @@ def export_onnx(model: Layer | LoadedModel | Checkpoint | str | os.PathLike,
         raise ExportError(f"export_onnx: opset must be an int from {MIN_OPSET} to {newest} "
                           f"(this onnx package's newest), got {opset!r}")
     shape = input_shape or getattr(model, "input_shape", None) or \
-        getattr(getattr(model, "input_tensor", None), "shape", None)
+        getattr(getattr(model, "input_tensor", None), "shape", None) or \
+        getattr(model, "seen_input_shape", None)          # the shape of the first batch it ran
     if shape is None:
-        raise ExportError("export_onnx: the Sequential has no input_shape; build it with "
-                          "input_shape=(C, H, W) or pass input_shape=")
+        raise ExportError("export_onnx: the Sequential has no input_shape and has not run a "
+                          "batch yet; build it with input_shape=(C, H, W), run it once, or "
+                          "pass input_shape=")
     shape = tuple(int(s) for s in shape)
     out_shape = model.output_shape(shape)
 

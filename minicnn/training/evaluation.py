@@ -8,15 +8,17 @@ parameters are. With a communicator of several ranks (``minicnn.training.distrib
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 from minicnn.core import backend
 from minicnn.core.modes import no_grad
-from minicnn.data import DataLoader, raw_input_transform
+from minicnn.data import DataLoader, ToFloat, raw_input_transform
 from minicnn.training import distributed
 from minicnn.training.losses import SoftmaxCrossEntropy
 
-__all__ = ["evaluate", "predict", "confusion_matrix", "Evaluation", "EVAL_BATCH_SIZE"]
+__all__ = ["evaluate", "predict", "predict_proba", "predict_classes", "confusion_matrix",
+           "Evaluation", "EVAL_BATCH_SIZE"]
 
 EVAL_BATCH_SIZE = 256
 """Default batch for evaluation and prediction. Inference keeps nothing for backward, but each
@@ -47,6 +49,13 @@ def eval_loader(data: Any, batch_size: int, model: Any, transform: Any = None) -
     x, y = data if isinstance(data, (tuple, list)) and len(data) == 2 else (data, None)
     if transform is None:
         transform = raw_input_transform(model, x, stacklevel=4)
+        if not isinstance(transform, ToFloat) and getattr(x, "dtype", None) is not None and \
+                x.dtype.kind == "f" and x.size and float(x.min()) < 0:
+            warnings.warn(f"{type(model).__name__}: float input with negative values looks "
+                          f"already normalised, and the model's {transform!r} is applied to it "
+                          "again; pass raw images (uint8 0..255 or floats in [0, 1]), or "
+                          "transform=lambda x: x for input that is already transformed",
+                          stacklevel=4)
     return DataLoader(x, y, batch_size=batch_size, shuffle=False, seed=0, transform=transform,
                       backend_name=model_backend(model))
 
@@ -61,7 +70,8 @@ def correct_count(out: Any, y: Any) -> Any:
 def evaluate(model: Any, data: Any, loss: Any = None, batch_size: int = EVAL_BATCH_SIZE,
              transform: Any = None, comm: Any = None) -> Evaluation:
     """Mean loss and accuracy of ``model`` (in eval mode) on ``data``: a DataLoader (its
-    transform is used) or an (x, y) pair (``transform``, default ToFloat). Batches of
+    transform is used) or an (x, y) pair of raw images and labels (``transform``, default the
+    model's own, ``model.input_transform``; see ``predict`` for what x holds). Batches of
     ``batch_size`` (default ``EVAL_BATCH_SIZE``, 256). With a communicator ``comm`` of several
     ranks (``minicnn.training.distributed``), each rank evaluates its contiguous part of the
     data and the sums are all-reduced, so every rank returns the whole data set's figures."""
@@ -93,15 +103,53 @@ def evaluate(model: Any, data: Any, loss: Any = None, batch_size: int = EVAL_BAT
     return Evaluation(float(loss_sum) / seen, accuracy)
 
 
+def one_image_as_batch(model: Any, x: Any) -> Any:
+    """x itself, or a batch of one (1, ...) when x is one image of the model's input shape:
+    (C, H, W), or (H, W) for a model of one channel (as PyTorch and Keras users expect)."""
+    if not hasattr(x, "shape") or isinstance(x, DataLoader):
+        return x
+    shape = model.declared_input_shape() if hasattr(model, "declared_input_shape") else None
+    shape = shape or getattr(model, "seen_input_shape", None)
+    if shape is None:
+        return x[None] if x.ndim == 2 else x            # (H, W): one grey image
+    shape = tuple(shape)
+    if tuple(x.shape) == shape:
+        return x[None]
+    if len(shape) == 3 and shape[0] == 1 and tuple(x.shape) == shape[1:]:
+        return x[None, None]
+    return x
+
+
 def predict(model: Any, x: Any, batch_size: int = EVAL_BATCH_SIZE,
             transform: Any = None) -> Any:
-    """Model outputs (N, ...), on the model's array module, for inputs x (N, H, W) or
-    (N, C, H, W), in eval mode and batches of ``batch_size``. x may be a DataLoader (its
-    transform is used)."""
-    loader = eval_loader(x, batch_size, model, transform)
+    """Model outputs (N, ...) (class scores, i.e. logits, for a classifier), on the model's
+    array module, in eval mode and batches of ``batch_size``.
+
+    x: raw images as ``fit``'s loader held them, uint8 0..255 or floats in [0, 1], (N, H, W)
+    or (N, C, H, W); or one image (C, H, W) or (H, W), which gives a batch of one (1, ...).
+    The model's own transform (``model.input_transform``, e.g. Normalize) is applied; a
+    warning says so when float input looks already normalised (negative values). x may also
+    be a DataLoader (its transform is used). ``transform`` overrides the model's. Classes are
+    ``predict(x).argmax(1)`` (``predict_classes``); probabilities ``predict_proba``."""
+    loader = eval_loader(one_image_as_batch(model, x), batch_size, model, transform)
     with no_grad():
         outs = [model.forward(xb, training=False, check=False) for xb, _ in loader]
     return backend.get_array_module(*outs).concatenate(outs, axis=0)
+
+
+def predict_proba(model: Any, x: Any, batch_size: int = EVAL_BATCH_SIZE,
+                  transform: Any = None) -> Any:
+    """Class probabilities (N, K): the softmax of ``predict``'s scores (same arguments)."""
+    out = predict(model, x, batch_size, transform)
+    xp = backend.get_array_module(out)
+    e = xp.exp(out - out.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def predict_classes(model: Any, x: Any, batch_size: int = EVAL_BATCH_SIZE,
+                    transform: Any = None) -> Any:
+    """The likeliest class of each input (N,) int: ``predict(x).argmax(1)`` (same arguments)."""
+    return predict(model, x, batch_size, transform).argmax(axis=1)
 
 
 def confusion_matrix(labels: Any, predictions: Any, num_classes: int) -> Any:
