@@ -274,6 +274,20 @@ def test_cli_preprocesses_a_file_as_trained(run_dir, digit_png, tmp_path, record
     np.testing.assert_allclose(x[0, 0], expected, rtol=1e-5, atol=1e-5)
 
 
+def test_cli_fits_a_file_as_predict_does(run_dir, tmp_path, recorded, capsys):
+    """A photo of any size, dark on light: visualize fits it as predict does (one function)."""
+    paper = np.full((40, 30), 250, np.uint8)
+    paper[8:32, 13:17] = 20                                      # a dark "1" on white paper
+    photo = write_png(tmp_path / "photo.png", paper)
+    assert cli.main(["visualize", str(run_dir), "--image", str(photo)]) == 0
+    assert "light background; inverted" in capsys.readouterr().err
+    (x, _, _, _), = recorded
+    fitted, inverted = images.image_for_model(photo, (1, 28, 28))
+    assert inverted and fitted.shape == (28, 28)
+    np.testing.assert_allclose(x[0, 0], Normalize(0.1307, 0.3081)(fitted), rtol=1e-6)
+    assert cli.main(["predict", str(run_dir), str(photo)]) == 0     # predict takes it too
+
+
 def test_cli_test_set_index(run_dir, recorded):
     mnist_root()
     assert cli.main(["visualize", str(run_dir), "--image", "7"]) == 0
@@ -286,8 +300,10 @@ def test_cli_test_set_index(run_dir, recorded):
 def test_cli_errors_are_one_line(run_dir, tmp_path, capsys, monkeypatch):
     small = write_png(tmp_path / "small.png", np.zeros((5, 7), np.uint8))
     monkeypatch.setattr(plots, "available", lambda: True)     # these come before drawing
-    assert cli.main(["visualize", str(run_dir), "--image", str(small)]) == 1
-    assert "small.png: image is 7x5 pixels, the model expects 28x28" in capsys.readouterr().err
+    (tmp_path / "bad.png").write_text("not an image")
+    assert cli.main(["visualize", str(run_dir), "--image", str(tmp_path / "bad.png")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "bad.png: not a" in err
     assert cli.main(["visualize", str(tmp_path)]) == 1
     assert "a folder without model.npz" in capsys.readouterr().err
     monkeypatch.setattr(plots, "available", lambda: False)

@@ -50,7 +50,7 @@ from minicnn.cli.train import cmd_train
 from minicnn.core import backend
 from minicnn.data import model_transform, raw_input_transform
 from minicnn.data.datasets import DatasetError
-from minicnn.data.images import fit_to_input, read_image
+from minicnn.data.images import image_for_model
 from minicnn.kernels import allocator
 from minicnn.layers.base import Layer
 from minicnn.saving.checkpoint import CheckpointError, load_checkpoint
@@ -111,11 +111,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _image_file(item: str, in_shape: tuple[int, ...], invert: bool) -> numpy.ndarray:
+    """An image file fitted to the model's input, as predict and visualize both read one
+    (``minicnn.data.images.image_for_model``); a light background is inverted, saying so."""
+    try:
+        fitted, inverted = image_for_model(item, in_shape, True if invert else None)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    if inverted and not invert:
+        say(f"note: {item} has a light background; inverted to white on black, as the model "
+             "was trained")
+    return fitted
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     set_backend(args.backend)
     ckpt = load_checkpoint(checkpoint_path(args.checkpoint))
     model = ckpt.model
-    in_shape = tuple(getattr(model, "input_shape", None) or (1, 28, 28))
+    in_shape = tuple(model.declared_input_shape() or (1, 28, 28))
     images: list[Any] = []
     labels: list[int | None] = []             # None: an image file, whose label is unknown
     test = None
@@ -130,18 +143,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             images.append(xt[index])
             labels.append(int(yt[index]))
             continue
-        try:
-            image = read_image(item)
-        except ValueError as exc:
-            raise CLIError(str(exc)) from None
-        if in_shape[0] != 1:
-            raise CLIError(f"{item}: the model expects {in_shape[0]}-channel images; predict "
-                           "reads grey images only")
-        fitted, inverted = fit_to_input(image, in_shape[1:], True if args.invert else None)
-        if inverted and not args.invert:
-            say(f"note: {item} has a light background; inverted to white on black, as the "
-                 "model was trained")
-        images.append(fitted)
+        images.append(_image_file(item, in_shape, args.invert))
         labels.append(None)
     logits = backend.to_numpy(predict(model, numpy.stack(images)))    # the model's transform
     shifted = logits - logits.max(axis=1, keepdims=True)
@@ -204,16 +206,10 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     if not plots.available():
         raise CLIError('matplotlib is not installed: pip install -e ".[plot]"')
     ckpt = load_checkpoint(path)
-    in_shape = tuple(getattr(ckpt.model, "input_shape", None) or (1, 28, 28))
+    in_shape = tuple(ckpt.model.declared_input_shape() or (1, 28, 28))
     label, dataset = None, None
     if Path(args.image).exists() or not args.image.lstrip("-").isdigit():
-        try:
-            image = read_image(args.image)
-        except ValueError as exc:
-            raise CLIError(str(exc)) from None
-        if (1,) + image.shape != in_shape:
-            raise CLIError(f"{args.image}: image is {image.shape[1]}x{image.shape[0]} pixels, "
-                           f"the model expects {in_shape[2]}x{in_shape[1]} grey images")
+        image = _image_file(args.image, in_shape, getattr(args, "invert", False))
     else:
         meta = dict(ckpt.meta, dataset=ckpt.meta.get("dataset") or "mnist")
         dataset, xt, yt = test_set(meta, args)
@@ -332,7 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("visualize", help="filters, feature maps and im2col as PNG pictures")
     v.add_argument("checkpoint", metavar="MODEL", help="a .npz checkpoint or a run folder")
     v.add_argument("--image", default="0", metavar="INDEX|FILE",
-                   help="a test-set index (default 0) or a PNG/PGM file")
+                   help="a test-set index (default 0) or an image file, fitted to the model's "
+                   "input as predict does (PNG/PGM, or any format with Pillow)")
+    v.add_argument("--invert", action="store_true", help="invert the file (black on white); "
+                   "by default a light background is detected and inverted")
     v.add_argument("--out", metavar="DIR", help="where to write (default: the model's folder)")
     v.add_argument("--dataset", choices=DATASETS, help="test set for an index (default: the "
                    "checkpoint's)")

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy
 
-__all__ = ["read_image", "fit_to_input", "resize", "MAX_IMAGE_PIXELS", "MAX_IMAGE_BYTES"]
+__all__ = ["read_image", "fit_to_input", "image_for_model", "resize", "MAX_IMAGE_PIXELS",
+           "MAX_IMAGE_BYTES"]
 
 MAX_IMAGE_PIXELS = 4096 * 4096
 """Largest image (width x height) decoded; checked from the header, before any pixel data."""
@@ -57,6 +58,18 @@ def _read_with_pillow(path: Path, Image: Any) -> numpy.ndarray:
         raise ValueError(f"{path}: not an image file Pillow can read ({exc})") from None
     except (ValueError, Image.DecompressionBombError) as exc:
         raise ValueError(f"{path}: bad image file ({exc})") from None
+
+
+def image_for_model(path: str | Path, input_shape: tuple[int, ...],
+                    invert: bool | None = None) -> tuple[numpy.ndarray, bool]:
+    """An image file as a model of per-sample ``input_shape`` (1, H, W) takes it: read
+    (``read_image``) and fitted (``fit_to_input``), uint8 (H, W), and whether it was inverted.
+    The one way ``minicnn predict`` and ``minicnn visualize`` read image files. ValueError
+    names the file when the model takes other than one grey channel."""
+    if len(input_shape) != 3 or input_shape[0] != 1:
+        raise ValueError(f"{path}: the model expects inputs of shape {tuple(input_shape)}; image "
+                         "files are read as grey images (1, H, W) only")
+    return fit_to_input(read_image(path), (int(input_shape[1]), int(input_shape[2])), invert)
 
 
 def fit_to_input(grey: numpy.ndarray, size: tuple[int, int] = (28, 28),
