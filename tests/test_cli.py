@@ -228,3 +228,36 @@ def test_bench_is_wired(capsys):
     pytest.importorskip("minicnn.tools.bench")
     assert cli.main(["bench", "--help"]) == 0
     assert "minicnn bench" in capsys.readouterr().out
+
+
+GAIN = '''
+from minicnn.layers import Layer, Parameter, initializers
+
+class FileGain(Layer):
+    def __init__(self, features: int):
+        super().__init__()
+        self.g = Parameter(initializers.ones((features,)), "g")
+    def forward(self, x):
+        return x * self.g.data
+'''
+
+
+def test_import_takes_a_file_path_as_well_as_a_module_name(tmp_path, capsys, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "mylayers.py").write_text(GAIN)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(work))
+    import mylayers
+    model = minicnn.Sequential([minicnn.layers.Dense(3, 2), mylayers.FileGain(2)],
+                               input_shape=(3,))
+    minicnn.save(model, tmp_path / "custom.npz")
+    minicnn.layers.LAYER_REGISTRY.pop("FileGain")          # a fresh process would not know it
+    monkeypatch.delitem(sys.modules, "mylayers")
+    assert cli.main(["summary", "custom.npz", "--import", "work/mylayers.py"]) == 0
+    assert "filegain_1 (FileGain)" in capsys.readouterr().out
+    monkeypatch.delitem(sys.modules, "mylayers")
+    assert cli.main(["summary", "custom.npz", "--import", "work/nothere.py"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--import work/nothere.py: no such file" in err
+    minicnn.layers.LAYER_REGISTRY.pop("FileGain", None)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import sys
 import warnings
@@ -63,16 +64,39 @@ RUNS_MODELS = ("train", "evaluate", "predict", "bench")
 
 
 def _import_modules(names: Sequence[str]) -> None:
-    """Import the modules that define a checkpoint's custom layers (``--import``); the current
-    folder is searched first, as ``python -m`` does."""
+    """Import the modules that define a checkpoint's custom layers (``--import``): a module
+    name (the current folder searched first, as ``python -m`` does) or a file path
+    (``work/mylayers.py``, imported as module ``mylayers``)."""
     if names and "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     for name in names:
         try:
-            importlib.import_module(name)
+            if name.endswith(".py") or os.sep in name or "/" in name:
+                _import_file(Path(name))
+            else:
+                importlib.import_module(name)
+        except CLIError:
+            raise
         except Exception as exc:
             raise CLIError(f"--import {name}: cannot import it ({type(exc).__name__}: "
                            f"{exc})") from None
+
+
+def _import_file(path: Path) -> None:
+    """Run the Python file ``path`` as the module named after its stem."""
+    if not path.is_file():
+        raise CLIError(f"--import {path}: no such file (give a module name, or the path of a "
+                       ".py file)")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    if spec is None or spec.loader is None:
+        raise CLIError(f"--import {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(path.stem, None)
+        raise
 
 
 # --------------------------------------------------------------------------- evaluate, predict
@@ -240,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     def imports(p: argparse.ArgumentParser) -> None:
         p.add_argument("--import", dest="imports", action="append", default=[],
                        metavar="MODULE", help="import MODULE first (the module defining a "
-                       "checkpoint's custom layers); repeatable")
+                       "checkpoint's custom layers: a name, or a .py file's path); repeatable")
 
     def common(p: argparse.ArgumentParser) -> None:
         imports(p)
