@@ -137,3 +137,23 @@ def test_a_second_run_into_the_same_folder_is_refused_unless_overwrite(tmp_path,
     assert (out / "model.npz").read_bytes() != first
     records = (out / "metrics.jsonl").read_text().splitlines()
     assert len(records) == 1                                  # the new run's only
+
+
+def test_a_batch_larger_than_the_data_is_refused_in_one_line(tmp_path, capsys):
+    assert _train(tmp_path, "--batch-size", "1000000")[0] == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--batch-size 1000000 is larger than the 900 training images" \
+        in err
+
+
+def test_a_batch_that_does_not_fit_in_memory_names_what_it_needs(tmp_path, capsys,
+                                                                monkeypatch):
+    from minicnn.cli import train as cli_train
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+    monkeypatch.setattr(cli_train, "fit", no_memory)
+    assert _train(tmp_path, "--batch-size", "512")[0] == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]          # after "training ..."
+    assert err.startswith("minicnn train: error: out of memory") and "internal error" not in err
+    assert "batches of 512 images needs about 0.5 GiB" in err

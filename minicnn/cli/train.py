@@ -74,6 +74,13 @@ def _write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
     atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode("utf-8"))
 
 
+def _batch_bytes(model: Any, batch_size: int) -> int:
+    """About the memory a training step takes for ``batch_size`` images: every layer's
+    float32 output, kept for backward and matched by its gradient (x 3 with temporaries)."""
+    per_image = sum(int(numpy.prod(shape)) for _, shape in model._summary_rows())
+    return 3 * 4 * per_image * batch_size
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train alone, or as one rank of ``mpiexec -n N minicnn train`` (data-parallel, see
     minicnn.training.distributed): a rank that fails prints one line and aborts every rank."""
@@ -124,6 +131,9 @@ def _train(args: argparse.Namespace, comm: distributed.Communicator) -> int:
         s["val_split"] = min(s["val_split"], len(x) // 10)
     if s["val_split"] >= len(x):
         raise CLIError(f"--val-split {s['val_split']} leaves no training images out of {len(x)}")
+    if s["batch_size"] > len(x) - s["val_split"]:
+        raise CLIError(f"--batch-size {s['batch_size']} is larger than the "
+                       f"{len(x) - s['val_split']:,} training images; use at most that many")
     held_out = numpy.random.default_rng(s["seed"]).permutation(len(x))[:s["val_split"]]
     keep = numpy.ones(len(x), bool)
     keep[held_out] = False
@@ -169,6 +179,11 @@ def _train(args: argparse.Namespace, comm: distributed.Communicator) -> int:
         if root and out.is_dir() and not any(out.iterdir()):
             out.rmdir()                           # a run that wrote nothing leaves nothing
         raise
+    except MemoryError:
+        need = _batch_bytes(model, s["batch_size"])
+        raise CLIError(f"out of memory: a training step on batches of {s['batch_size']} images "
+                       f"needs about {need / 2**30:.1f} GiB for this model's activations and "
+                       "gradients; use a smaller --batch-size") from None
     if history.stopped == "interrupted":
         if root:
             say(f"resume with: minicnn train --out {out} --resume")
