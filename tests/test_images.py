@@ -151,3 +151,20 @@ def test_resize_averages_areas():
     np.testing.assert_array_equal(half, [[25, 45], [105, 125]])     # 2x2 block means
     np.testing.assert_array_equal(resize(grey, (4, 4)), grey)
     assert resize(grey, (8, 8))[::2, ::2].tolist() == grey.tolist()
+
+
+def test_transparency_is_composited_over_white_by_either_reader(tmp_path):
+    """A black digit on a transparent background (RGBA and grey+alpha) reads as a dark digit
+    on white, with or without Pillow (the built-in reader used to drop alpha: all black)."""
+    alpha = np.zeros((6, 5), np.uint8)
+    alpha[1:5, 2] = 255                                           # an opaque stroke
+    alpha[0, 0] = 128                                             # and one half-transparent
+    rgba = np.zeros((6, 5, 4), np.uint8)
+    rgba[..., 3] = alpha
+    expected = np.round(255.0 * (1 - alpha / 255.0))
+    (tmp_path / "rgba.png").write_bytes(png(rgba, colour=6))
+    (tmp_path / "la.png").write_bytes(png(rgba[..., 2:], colour=4))
+    for name in ("rgba.png", "la.png"):
+        got = read_image(tmp_path / name)
+        np.testing.assert_allclose(got, expected, atol=1)        # Pillow rounds its own way
+        assert got[2, 2] == 0 and got[2, 0] == 255, name

@@ -171,7 +171,8 @@ _PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}   # colour type -> samples per pixel
 
 
 def _decode_png(data: bytes) -> numpy.ndarray:
-    """The uint8 (H, W) grey levels of a PNG file (chunks -> inflate -> unfilter -> grey)."""
+    """The uint8 (H, W) grey levels of a PNG file (chunks -> inflate -> unfilter -> grey; an
+    alpha channel composited over white)."""
     pos, header, idat = 8, None, []
     while pos < len(data):
         length, kind = struct.unpack(">I4s", data[pos:pos + 8])
@@ -204,6 +205,9 @@ def _decode_png(data: bytes) -> numpy.ndarray:
         grey = image[..., 0] * 0.299 + image[..., 1] * 0.587 + image[..., 2] * 0.114
     else:
         grey = image[..., 0]
+    if channels in (2, 4):                # transparency: composited over white, as with Pillow
+        alpha = image[..., -1] / 255.0
+        grey = grey * alpha + 255.0 * (1.0 - alpha)
     return numpy.round(grey).astype(numpy.uint8)
 
 
