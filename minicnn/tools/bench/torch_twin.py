@@ -1,6 +1,12 @@
 """The same model in PyTorch: ``torch_model_from`` copies a minicnn ``Sequential`` (weights
 included) into a ``torch.nn.Sequential``, and ``TorchRunner`` times its step and inference with
-the same SGD and loss. PyTorch is imported only by the caller (``--compare torch``)."""
+the same SGD and loss. PyTorch is imported only by the caller (``--compare torch``).
+
+On CUDA, building a ``TorchRunner`` applies ``cuda_settings``: TF32 off for matrix multiplies
+and cuDNN convolutions (so both frameworks compute in full float32, as CuPy does unless
+``CUPY_TF32=1``) and ``cudnn.benchmark`` on (cuDNN picks its fastest algorithm per shape during
+the bench's warm-up steps). These are PyTorch's process-wide flags; importing this module sets
+nothing."""
 from __future__ import annotations
 
 from typing import Any
@@ -57,13 +63,39 @@ def torch_model_from(model: Sequential, torch: Any = None) -> Any:
     return nn.Sequential(*modules)
 
 
+CUDA_SETTINGS = {"torch.backends.cuda.matmul.allow_tf32": False,
+                 "torch.backends.cudnn.allow_tf32": False,
+                 "torch.backends.cudnn.benchmark": True}
+"""What ``cuda_settings`` sets before PyTorch runs on a GPU."""
+
+
+def cuda_settings(torch: Any) -> dict[str, Any]:
+    """Set ``CUDA_SETTINGS`` in ``torch`` (process-wide flags) and return them as read back,
+    with PyTorch's newer ``fp32_precision`` fields where it has them, for the bench's JSON."""
+    torch.backends.cuda.matmul.allow_tf32 = CUDA_SETTINGS["torch.backends.cuda.matmul.allow_tf32"]
+    torch.backends.cudnn.allow_tf32 = CUDA_SETTINGS["torch.backends.cudnn.allow_tf32"]
+    torch.backends.cudnn.benchmark = CUDA_SETTINGS["torch.backends.cudnn.benchmark"]
+    read = {"torch.backends.cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "torch.backends.cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+            "torch.backends.cudnn.benchmark": torch.backends.cudnn.benchmark}
+    for name, obj in (("torch.backends.cuda.matmul.fp32_precision", torch.backends.cuda.matmul),
+                      ("torch.backends.cudnn.conv.fp32_precision",
+                       getattr(torch.backends.cudnn, "conv", None))):
+        value = getattr(obj, "fp32_precision", None)
+        if isinstance(value, str):
+            read[name] = value
+    return read
+
+
 class TorchRunner:
-    """The same model, data and optimizer in PyTorch on ``device`` ('cpu' or 'cuda')."""
+    """The same model, data and optimizer in PyTorch on ``device`` ('cpu' or 'cuda'); on
+    'cuda' it applies ``cuda_settings`` first (``settings`` holds them; {} on the CPU)."""
 
     name = "torch"
 
     def __init__(self, torch: Any, model: Sequential, device: str, x: Any, y: Any, xi: Any = None):
         self.torch, self.device = torch, device
+        self.settings = cuda_settings(torch) if device == "cuda" else {}
         self.net = torch_model_from(model, torch).to(device)
         self.opt = torch.optim.SGD(self.net.parameters(), lr=RECIPE.lr,
                                    momentum=RECIPE.momentum,
