@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import minicnn
 from minicnn import zoo
 from minicnn.core import backend
 from minicnn.layers.base import Layer
-from minicnn.tools.bench import command, runners, timing, torch_twin
+from minicnn.tools.bench import command, runners, sweep, timing, torch_twin
 from minicnn.tools.bench import report as bench_report
 from minicnn.training import parallel
 
@@ -28,8 +29,11 @@ LAYERS = ["conv2d_1", "relu_1", "maxpool2d_1", "conv2d_2", "relu_2", "maxpool2d_
 
 
 def _run(tmp_path, *extra):
-    path = tmp_path / "bench.json"
+    """The bench's JSON for TINY settings and ``extra``; it leaves the global backend as it was
+    (numpy, or cupy under MINICNN_BACKEND=cupy)."""
+    path, before = tmp_path / "bench.json", backend.get_backend()
     assert command.main(TINY + ["--json", str(path), *extra]) == 0
+    assert backend.get_backend() == before
     return json.loads(path.read_text())
 
 
@@ -62,7 +66,6 @@ def test_report_and_json_minicnn_alone_without_torch(tmp_path, capsys, monkeypat
     assert report["config"]["steps_timed"]["minicnn_hand_loop"] == runners.HAND_LOOP
     assert [row["name"] for row in res["layers"]] == LAYERS
     assert all(row["total_ms"] > 0 for row in res["layers"])
-    assert backend.get_backend() == "numpy"
 
 
 @pytest.mark.slow
@@ -152,17 +155,82 @@ def test_layer_breakdown_leaves_the_model_as_it_was(workers, monkeypatch):
     runner.train_step()                   # the model still trains as before
 
 
-def test_cupy_without_a_gpu_is_one_clear_line(capsys):
-    try:
-        backend.get_module("cupy")
-    except minicnn.BackendError:
-        pass
-    else:
-        pytest.skip("a GPU is available here")
-    assert command.main(TINY + ["--backend", "numpy", "--backend", "cupy"]) == 2
+def _no_gpu(monkeypatch):
+    """CuPy cannot run, whatever this machine has (the reason a machine without a GPU gives);
+    the global backend is numpy meanwhile."""
+    backend.get_backend()                     # MINICNN_BACKEND applied, then set aside
+    monkeypatch.setattr(backend, "name", "numpy")
+    monkeypatch.setattr(backend, "xp", np)
+
+    def no_cupy():
+        raise minicnn.BackendError("backend 'cupy': CuPy is installed but no GPU is visible "
+                                   "(made up by the test); use --backend numpy")
+    monkeypatch.setattr(backend, "_import_cupy", no_cupy)
+
+
+def test_cupy_alone_without_a_gpu_is_one_clear_line(capsys, monkeypatch):
+    _no_gpu(monkeypatch)
+    assert command.main(TINY + ["--backend", "cupy"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("minicnn bench: backend 'cupy'")
     assert backend.get_backend() == "numpy"
+
+
+@pytest.mark.slow
+def test_numpy_and_cupy_without_a_gpu_measures_numpy_and_says_why_not_cupy(
+        tmp_path, capsys, monkeypatch):
+    """What it can (NumPy, and PyTorch when installed) runs; the GPU column reads n/a."""
+    _no_gpu(monkeypatch)
+    report = _run(tmp_path, "--backends", "numpy,cupy", "--compare", "torch")
+    out = capsys.readouterr().out
+    reason = report["unavailable"]["cupy"]
+    assert reason.startswith("backend 'cupy': CuPy is installed but no GPU is visible")
+    assert report["config"]["backends"] == ["numpy", "cupy"]
+    assert report["config"]["backends_measured"] == ["numpy"]
+    assert set(report["results"]) == {"numpy"} and report["speedup"] is None
+    assert report["results"]["numpy"]["minicnn"]["step_s_median"] > 0
+    if report["compare"] == "torch":
+        assert report["results"]["numpy"]["torch"]["step_s_median"] > 0
+    step_row = next(line for line in out.splitlines() if line.startswith("| time per step"))
+    header = next(line for line in out.splitlines() if line.startswith("| figure"))
+    assert header.rstrip(" |").endswith("minicnn cupy") and step_row.rstrip(" |").endswith("n/a")
+    assert f"minicnn cupy: not measured (n/a): {reason}" in out
+
+
+def test_report_with_an_unavailable_backend():
+    """A backend that could not run is a column of n/a with its reason (made-up figures)."""
+    figures = {"step_s_median": 0.05, "epoch_s": 23.0, "train_img_s": 2560.0}
+    layers = [{"name": "conv2d_1", "type": "Conv2D", "forward_ms": 1.0, "backward_ms": 2.0,
+               "total_ms": 3.0}]
+    report = {"config": {"model": "ref-cnn", "width_mult": 1, "params": 1, "batch_size": 128,
+                         "steps": 2, "warmup": 1, "infer_batch_size": 10, "infer_steps": 1,
+                         "seed": 0, "pause_s": 0.2, "data": "d", "backends": ["numpy", "cupy"]},
+              "machine": {"cpu_model": "CPU", "cpu_count": 2, "python": "3", "numpy": "2",
+                          "numpy_blas": None, "minicnn": "0"},
+              "results": {"numpy": {"minicnn": figures, "layers": layers}}, "compare": None,
+              "unavailable": {"cupy": "no GPU here"}, "speedup": None}
+    lines = bench_report.format_report(report).splitlines()
+    header = next(line for line in lines if line.startswith("| figure"))
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        "figure", "minicnn numpy", "minicnn cupy"]
+    rows = [line for line in lines if line.startswith("| t")]
+    assert rows and all(row.rstrip(" |").endswith("n/a") for row in rows)
+    assert "minicnn cupy: not measured (n/a): no GPU here" in lines
+
+
+def test_torch_cuda_settings_turn_tf32_off_and_cudnn_benchmark_on():
+    ns = SimpleNamespace
+    torch = ns(backends=ns(cuda=ns(matmul=ns(allow_tf32=True, fp32_precision="tf32")),
+                           cudnn=ns(allow_tf32=True, benchmark=False,
+                                    conv=ns(fp32_precision="tf32"))))
+    settings = torch_twin.cuda_settings(torch)
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+            torch.backends.cudnn.benchmark) == (False, False, True)
+    assert settings == {"torch.backends.cuda.matmul.allow_tf32": False,
+                        "torch.backends.cudnn.allow_tf32": False,
+                        "torch.backends.cudnn.benchmark": True,
+                        "torch.backends.cuda.matmul.fp32_precision": "tf32",
+                        "torch.backends.cudnn.conv.fp32_precision": "tf32"}
 
 
 def test_backend_options_and_cli_wiring(capsys):
@@ -174,6 +242,11 @@ def test_backend_options_and_cli_wiring(capsys):
     assert command._backend_list(parser.parse_args(["bench"])) == ["numpy"]
     assert command.run(parser.parse_args(["bench", "--backends", "numpy,tpu"])) == 2
     assert "unknown backend 'tpu'" in capsys.readouterr().err
+    args = parser.parse_args(["bench", "--sweep", "batch=1,8", "--compare", "torch"])
+    assert args.sweep == "batch=1,8" and command.run(args) == 2
+    assert "--sweep times minicnn alone: drop --compare" in capsys.readouterr().err
+    assert command.run(parser.parse_args(["bench", "--sweep", "size=1,8"])) == 2
+    assert "expected batch=B1,B2,..." in capsys.readouterr().err
 
 
 def test_report_with_numpy_and_cupy_shows_the_gpu_speedup():
@@ -204,3 +277,126 @@ def test_report_with_numpy_and_cupy_shows_the_gpu_speedup():
     assert step_row.rstrip(" |").endswith("20.00x")
     assert "GPU pool peak, training (MiB)" in text and "cupy 13 on GPU" in text
     assert report["speedup"]["minicnn"]["infer_img_s"] == pytest.approx(50.0)
+
+
+# --- the batch-size sweep (--sweep) --------------------------------------------------------------
+def test_parse_sweep():
+    assert sweep.parse_sweep("batch=32,1,8,8") == [1, 8, 32]
+    assert sweep.parse_sweep(" batch = 512 ") == [512]
+    for bad in ("size=1,8", "batch", "batch=", "batch=0,8", "batch=a,8", "batch=1.5"):
+        with pytest.raises(ValueError, match="--sweep"):
+            sweep.parse_sweep(bad)
+
+
+def test_crossover_on_made_up_figures():
+    numpy = {1: 1.0, 8: 2.0, 32: 4.0, 128: 10.0, 512: 40.0}
+    assert sweep.crossover(numpy, {1: 5.0, 8: 5.0, 32: 5.0, 128: 5.0, 512: 5.0}) == 128
+    assert sweep.crossover(numpy, {1: 0.5, 8: 1.0, 32: 1.0, 128: 1.0, 512: 1.0}) == 1
+    assert sweep.crossover(numpy, {1: 0.5, 8: 3.0, 32: 1.0, 128: 1.0, 512: 1.0}) == 32
+    assert sweep.crossover(numpy, {b: 2 * t for b, t in numpy.items()}) is None
+    assert sweep.crossover(numpy, {1: 0.5, 8: 1.0, 32: 1.0, 128: 1.0, 512: 40.0}) is None  # tie
+    assert sweep.crossover(numpy, {8: 1.0, 32: 1.0, 64: 0.1}) == 8    # batches both have
+
+
+def _made_up(steps):
+    return {"batches": [{"batch_size": b, "step_s_median": t, "train_img_s": b / t}
+                        for b, t in steps.items()]}
+
+
+def test_crossover_line_on_made_up_figures():
+    cpu = _made_up({1: 1.0, 8: 2.0, 32: 4.0})
+    line = sweep.crossover_line
+    assert line({"numpy": cpu, "cupy": _made_up({1: 3.0, 8: 1.0, 32: 1.0})}, {}) == \
+        "CuPy is faster than NumPy from batch 8"
+    assert line({"numpy": cpu, "cupy": _made_up({1: 3.0, 8: 3.0, 32: 5.0})}, {}) == \
+        "CuPy is faster than NumPy at no batch tried"
+    assert line({"numpy": cpu, "cupy": _made_up({1: 0.5, 8: 3.0, 32: 5.0})}, {}) == \
+        "CuPy is faster than NumPy at batch 1 only, not at the largest batch tried (32)"
+    assert line({"numpy": cpu}, {"cupy": "no GPU here"}) == "CuPy was not measured: no GPU here"
+    assert line({"numpy": cpu}, {}).startswith("CuPy was not measured: not requested")
+    assert line({"cupy": cpu}, {}).startswith("NumPy was not measured: not requested")
+
+
+class _FakeEvent:
+    """cupy.cuda.Event's record/synchronize, recording the order of calls."""
+
+    def __init__(self, calls):
+        self.calls, self.recorded = calls, False
+
+    def record(self):
+        self.recorded = True
+        self.calls.append("record")
+
+    def synchronize(self):
+        assert self.recorded
+        self.calls.append("synchronize")
+
+
+def test_event_timer_splits_each_layer_into_host_and_device_time():
+    """The CuPy split on NumPy arrays, with stand-in CUDA events that always say 2.5 ms."""
+    calls = []
+
+    def elapsed(start, end):
+        assert start.recorded and end.recorded and calls[-1] == "synchronize"
+        return 2.5
+    fake_cupy = SimpleNamespace(cuda=SimpleNamespace(Event=lambda: _FakeEvent(calls),
+                                                     get_elapsed_time=elapsed))
+    minicnn.manual_seed(0)
+    x, y = runners.make_batch(4, seed=1)
+    runner = runners.MinicnnRunner(zoo.build_model("ref-cnn"), x, y)
+    rows = timing.layer_breakdown(runner, reps=2, timer=sweep.EventTimer(fake_cupy))
+    assert [row["name"] for row in rows] == LAYERS
+    for row in rows[:-2]:
+        assert row["forward_device_ms"] == row["backward_device_ms"] == 2.5
+        assert row["total_device_ms"] == 5.0 and row["total_host_ms"] > 0
+        assert "total_ms" not in row
+    assert rows[-2]["forward_device_ms"] == 2.5 and rows[-2]["backward_device_ms"] == 0.0
+    assert rows[-1]["backward_device_ms"] == 5.0       # zero_grad + step
+    assert calls[:3] == ["record", "record", "synchronize"]
+
+
+def test_sweep_on_numpy_reports_steps_layers_and_the_crossover_line(tmp_path, capsys):
+    path = tmp_path / "sweep.json"
+    argv = ["--sweep", "batch=4,1", "--steps", "1", "--warmup", "0", "--json", str(path)]
+    before = backend.get_backend()
+    assert command.main(argv) == 0 and backend.get_backend() == before
+    out, report = capsys.readouterr().out, json.loads(path.read_text())
+    swept = report["sweep"]
+    assert swept["batch_sizes"] == [1, 4] and swept["crossover_batch"] is None
+    assert swept["crossover"].startswith("CuPy was not measured: not requested")
+    result = swept["results"]["numpy"]
+    assert result["layer_split"] == sweep.NOT_APPLICABLE
+    assert [row["batch_size"] for row in result["batches"]] == [1, 4]
+    for row in result["batches"]:
+        assert row["step_s_median"] > 0 and len(row["step_s"]) == 1
+        assert row["train_img_s"] == pytest.approx(row["batch_size"] / row["step_s_median"])
+        assert [layer["name"] for layer in row["layers"]] == LAYERS
+        assert all(layer["total_ms"] > 0 and "total_host_ms" not in layer
+                   for layer in row["layers"][:1])
+    for text in ("sweep over batch sizes 1, 4", "| batch | step ms (median) |",
+                 swept["crossover"], sweep.NOT_APPLICABLE, "| conv2d_1 (Conv2D) "):
+        assert text in out
+    assert "results" not in report
+
+
+def test_sweep_report_with_both_backends_on_made_up_figures():
+    def result(step, split):
+        kinds = ("host_ms", "device_ms") if split else ("ms",)
+        layer = {"name": "conv2d_1", "type": "Conv2D",
+                 **{f"total_{k}": 0.25 * (i + 1) for i, k in enumerate(kinds)}}
+        return {"batches": [{"batch_size": b, "step_s_median": t, "train_img_s": b / t,
+                             "layers": [layer]} for b, t in step.items()],
+                "layer_split": sweep.SPLIT if split else sweep.NOT_APPLICABLE}
+    results = {"numpy": result({8: 0.01, 128: 0.1}, False),
+               "cupy": result({8: 0.02, 128: 0.002}, True)}
+    text = sweep.format_sweep({"results": results, "unavailable": {},
+                               "crossover": sweep.crossover_line(results, {})})
+    lines = text.splitlines()
+    assert "CuPy is faster than NumPy from batch 128" in lines
+    headers = [line for line in lines if line.startswith("| layer")]
+    assert [c.strip() for c in headers[0].strip("|").split("|")] == ["layer", "b=8 ms", "b=128 ms"]
+    assert [c.strip() for c in headers[1].strip("|").split("|")] == [
+        "layer", "b=8 host", "b=8 device", "b=128 host", "b=128 device"]
+    assert "| conv2d_1 (Conv2D) |    0.250 |      0.500 |      0.250 |        0.500 |" in lines
+    assert sweep.SPLIT in text and sweep.NOT_APPLICABLE in text
+    assert "| 128   |            2.000 |            64,000 |" in lines

@@ -16,11 +16,16 @@ What is measured, for each backend (``--backend numpy``, ``--backend cupy``, or 
   the imports; on a GPU, the framework's caching allocator (CuPy pool, ``max_memory_reserved``).
 
 ``--compare torch`` builds the identical model in PyTorch (weights copied from minicnn, same
-SGD and loss). The runners alternate in blocks of 5 steps in one run, so machine noise hits all
-(``time_alternating``); minicnn/PyTorch is reported for every figure, hand loop/PyTorch for
-training. GPU timings synchronize before reading the clock. Inputs are random N(0, 1) images
-with random labels, from a fixed seed. PyTorch is optional: imported only for ``--compare
-torch``. Like the ``minicnn`` command, ``main`` and ``run`` call
+SGD and loss); on a GPU with TF32 off and ``cudnn.benchmark`` on (``torch_twin.cuda_settings``,
+recorded in the JSON; CuPy's TF32 is off unless ``CUPY_TF32=1``, recorded too). The runners
+alternate in blocks of 5 steps in one run, so machine noise hits all (``time_alternating``);
+minicnn/PyTorch is reported for every figure, hand loop/PyTorch for training. GPU timings
+synchronize before reading the clock, after untimed warm-up steps (first-call compilation).
+Inputs are random N(0, 1) images with random labels, from a fixed seed. PyTorch is optional:
+imported only for ``--compare torch``. A backend that cannot run here (CuPy missing, no GPU)
+is reported as not measured, with the reason, and the others run; with none left the command
+fails in one line (exit 2). ``--sweep batch=1,8,32,...`` times fit's step per batch size
+instead (``sweep``). Like the ``minicnn`` command, ``main`` and ``run`` call
 ``minicnn.kernels.allocator.keep_freed_memory()`` first.
 """
 from __future__ import annotations
@@ -42,6 +47,7 @@ from minicnn import zoo
 from minicnn.core import backend
 from minicnn.kernels import allocator, blas
 from minicnn.tools.bench import report as bench_report
+from minicnn.tools.bench import sweep as bench_sweep
 from minicnn.tools.bench.memory import measure_memory, run_child
 from minicnn.tools.bench.report import EPOCH_IMAGES
 from minicnn.tools.bench.runners import (
@@ -115,9 +121,6 @@ def bench_backend(backend_name: str, args: argparse.Namespace, torch: Any = None
                   ) -> dict[str, Any]:
     """All figures for one backend: minicnn (fit's step and the hand loop), optionally PyTorch,
     their ratios, the layers."""
-    def log(message: str) -> None:
-        print(f"[{backend_name}] {message}", file=sys.stderr, flush=True)
-
     backend.set_backend(backend_name)
     minicnn.manual_seed(args.seed)
     model = zoo.build_model(args.model, width_mult=args.width_mult)
@@ -130,6 +133,7 @@ def bench_backend(backend_name: str, args: argparse.Namespace, torch: Any = None
             print("PyTorch has no CUDA device here: reporting minicnn alone on cupy.")
         else:
             runners.append(TorchRunner(torch, model, device, x, y, xi))  # same initial weights
+    log = _log(backend_name)
     log(f"timing {args.steps} training steps after {args.warmup} warm-up "
         f"({', '.join(r.name for r in runners)})")
     train_s = time_alternating(runners, "train_step", args.warmup, args.steps, args.pause)
@@ -149,6 +153,8 @@ def bench_backend(backend_name: str, args: argparse.Namespace, torch: Any = None
         _add_memory(figures, runner.name, backend_name, args)
         if isinstance(runner, TorchRunner):
             figures.update(device=device, threads=torch.get_num_threads())
+            if runner.settings:
+                figures["cuda_settings"] = runner.settings
         else:
             figures["workers"] = split_count(runner)
     hand, fit = result[HandLoopRunner.name], result[MinicnnRunner.name]
@@ -213,6 +219,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "spinning worker threads do not slow the next (default 0.2)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and data")
     parser.add_argument("--json", metavar="PATH", help="also write every figure to PATH as JSON")
+    parser.add_argument("--sweep", metavar="batch=B1,B2,...",
+                        help="instead, time fit's step per batch size on each backend, with "
+                             "each layer's host and device time on CuPy, and say from which "
+                             "batch CuPy is faster than NumPy (e.g. batch=1,8,32,128,512)")
 
 
 def _backend_list(args: argparse.Namespace) -> list[str]:
@@ -226,21 +236,73 @@ def _backend_list(args: argparse.Namespace) -> list[str]:
     return list(dict.fromkeys(names)) or ["numpy"]
 
 
+def _check(args: argparse.Namespace) -> tuple[list[str], list[int] | None]:
+    """The backends asked for and the sweep's batch sizes (None: no sweep); ValueError for
+    a usage error."""
+    backends = _backend_list(args)
+    for key in ("steps", "batch_size", "infer_batch_size", "infer_steps", "width_mult"):
+        if getattr(args, key) < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 1")
+    if args.warmup < 0 or args.pause < 0:
+        raise ValueError("--warmup and --pause must be >= 0")
+    spec = getattr(args, "sweep", None)
+    batches = None if spec is None else bench_sweep.parse_sweep(spec)
+    if batches is not None and args.compare:
+        raise ValueError("--sweep times minicnn alone: drop --compare")
+    return backends, batches
+
+
+def _unavailable(backends: Sequence[str]) -> dict[str, str]:
+    """{backend: why it cannot run here} for those of ``backends`` that cannot."""
+    reasons = {}
+    for b in backends:
+        try:
+            backend.get_module(b)
+        except minicnn.BackendError as exc:
+            reasons[b] = str(exc)
+    return reasons
+
+
+def _config(args: argparse.Namespace, backends: list[str], measured: list[str]
+            ) -> dict[str, Any]:
+    params = sum(p.size for p in
+                 zoo.build_model(args.model, width_mult=args.width_mult).parameters())
+    return {"model": args.model, "width_mult": args.width_mult, "params": params,
+            "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
+            "infer_batch_size": args.infer_batch_size, "infer_steps": args.infer_steps,
+            "seed": args.seed, "pause_s": args.pause, "backends": backends,
+            "backends_measured": measured, "data": DATA_NOTE,
+            "optimizer": {"lr": RECIPE.lr, "momentum": RECIPE.momentum,
+                          "weight_decay": RECIPE.weight_decay},
+            "steps_timed": {MinicnnRunner.name: "fit's step: minicnn.training.train_step",
+                            HandLoopRunner.name: HAND_LOOP},
+            "cupy_tf32": os.environ.get("CUPY_TF32", "unset (CuPy's default: 0, TF32 off)"),
+            "memory": "peak resident set (Linux VmHWM) of a child process per framework; "
+                      "rss_increase = peak minus RSS after imports; gpu_pool = bytes held "
+                      "by the CuPy pool / torch.cuda.max_memory_reserved"}
+
+
+def _log(backend_name: str) -> Any:
+    return lambda message: print(f"[{backend_name}] {message}", file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the benchmark for parsed ``args``; print the report; return the exit code."""
+    """Run the benchmark (or with ``--sweep``, the batch-size sweep) for parsed ``args``; print
+    the report; return the exit code: 0, or 2 for a usage error or when no backend asked for
+    can run here."""
     allocator.keep_freed_memory()             # as the minicnn command does; see allocator.py
     try:
-        backends = _backend_list(args)
-        for key in ("steps", "batch_size", "infer_batch_size", "infer_steps", "width_mult"):
-            if getattr(args, key) < 1:
-                raise ValueError(f"--{key.replace('_', '-')} must be >= 1")
-        if args.warmup < 0 or args.pause < 0:
-            raise ValueError("--warmup and --pause must be >= 0")
-        for b in backends:
-            backend.get_module(b)              # fail now, in one line, if cupy cannot run
-    except (ValueError, minicnn.BackendError) as exc:
+        backends, batches = _check(args)
+    except ValueError as exc:
         print(f"minicnn bench: {exc}", file=sys.stderr)
         return 2
+    unavailable = _unavailable(backends)
+    measured = [b for b in backends if b not in unavailable]
+    if not measured:                           # nothing to run: one line, as a usage error
+        print(f"minicnn bench: {'; '.join(unavailable.values())}", file=sys.stderr)
+        return 2
+    for b, reason in unavailable.items():
+        print(f"minicnn {b} is not measured here: {reason}")
     torch: Any = None
     if args.compare == "torch":
         try:
@@ -253,31 +315,31 @@ def run(args: argparse.Namespace) -> int:
                 torch.set_num_threads(args.torch_threads)
     previous = backend.get_backend()
     try:
-        results = {b: bench_backend(b, args, torch) for b in backends}
-        params = sum(p.size for p in
-                     zoo.build_model(args.model, width_mult=args.width_mult).parameters())
+        if batches is not None:
+            results = {b: bench_sweep.sweep_backend(b, batches, args, _log(b)) for b in measured}
+        else:
+            results = {b: bench_backend(b, args, torch) for b in measured}
+        config = _config(args, backends, measured)
     finally:
         backend.set_backend(previous)
-    report: dict[str, Any] = {
-        "config": {"model": args.model, "width_mult": args.width_mult, "params": params,
-                   "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
-                   "infer_batch_size": args.infer_batch_size, "infer_steps": args.infer_steps,
-                   "seed": args.seed, "pause_s": args.pause, "backends": backends,
-                   "data": DATA_NOTE,
-                   "optimizer": {"lr": RECIPE.lr, "momentum": RECIPE.momentum,
-                                 "weight_decay": RECIPE.weight_decay},
-                   "steps_timed": {MinicnnRunner.name: "fit's step: minicnn.training.train_step",
-                                   HandLoopRunner.name: HAND_LOOP},
-                   "memory": "peak resident set (Linux VmHWM) of a child process per framework; "
-                             "rss_increase = peak minus RSS after imports; gpu_pool = bytes held "
-                             "by the CuPy pool / torch.cuda.max_memory_reserved"},
-        "compare": "torch" if torch is not None else None,
-        "machine": machine_info(backends, torch), "results": results, "speedup": None}
-    if "numpy" in results and "cupy" in results:
-        report["speedup"] = {name: _speedup(results["numpy"][name], results["cupy"][name])
-                             for name in ("minicnn", "torch")
-                             if name in results["numpy"] and name in results["cupy"]}
-    print(bench_report.format_report(report))
+    report: dict[str, Any] = {"config": config, "compare": "torch" if torch is not None else None,
+                              "machine": machine_info(measured, torch), "unavailable": unavailable}
+    if batches is not None:
+        report["sweep"] = {"batch_sizes": batches, "results": results, "unavailable": unavailable,
+                           "crossover_batch": None,
+                           "crossover": bench_sweep.crossover_line(results, unavailable)}
+        if "numpy" in results and "cupy" in results:
+            report["sweep"]["crossover_batch"] = bench_sweep.crossover(
+                *(bench_sweep.step_times(results[b]) for b in ("numpy", "cupy")))
+        print(bench_report.format_header(report, sweep=True))
+        print(bench_sweep.format_sweep(report["sweep"]))
+    else:
+        report.update(results=results, speedup=None)
+        if "numpy" in results and "cupy" in results:
+            report["speedup"] = {name: _speedup(results["numpy"][name], results["cupy"][name])
+                                 for name in ("minicnn", "torch")
+                                 if name in results["numpy"] and name in results["cupy"]}
+        print(bench_report.format_report(report))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)

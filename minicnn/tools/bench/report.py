@@ -39,7 +39,8 @@ FIGURES = [("time per step (s, median)", "step_s_median", "s"),
            ("GPU pool peak, inference (MiB)", "infer_gpu_pool_mib", "mib")]
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A plain-text table: the first column left-aligned, the others right-aligned."""
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     line = lambda r: "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
                                        for i, (c, w) in enumerate(zip(r, widths))) + " |"
@@ -47,24 +48,43 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), sep] + [line(r) for r in rows])
 
 
-def format_report(report: dict[str, Any]) -> str:
-    """The plain-text report: header lines, the figures table, a per-layer table per backend."""
-    cfg, mach, results = report["config"], report["machine"], report["results"]
+def format_header(report: dict[str, Any], sweep: bool = False) -> str:
+    """The report's header lines: the model and what was timed, data, machine and versions
+    (for ``sweep``, the batch sizes and the steps timed at each)."""
+    cfg, mach = report["config"], report["machine"]
     versions = (f"numpy {mach['numpy']} ({mach['numpy_blas'] or 'BLAS unknown'}, "
                 f"{mach.get('blas_kernels', 'unknown kernels')})")
     if "torch" in mach:
         versions += f", torch {mach['torch']} ({mach['torch_threads']} CPU threads)"
     if "gpu" in mach:
         versions += f", cupy {mach['cupy']} on {mach['gpu']}"
-    out = [f"minicnn bench: {cfg['model']} (conv channels {32 * cfg['width_mult']}/"
-           f"{64 * cfg['width_mult']}, {cfg['params']:,} parameters), batch {cfg['batch_size']}",
-           f"training: median of {cfg['steps']} steps after {cfg['warmup']} warm-up; epoch = "
-           f"{EPOCH_IMAGES:,} images = {math.ceil(EPOCH_IMAGES / cfg['batch_size'])} steps",
-           f"inference: eval mode, forward only, batch {cfg['infer_batch_size']}, median of "
-           f"{cfg['infer_steps']} passes after 1 warm-up",
-           f"data: {cfg['data']}, seed {cfg['seed']}",
-           f"machine: {mach['cpu_model']}, {mach['cpu_count']} logical CPUs; Python "
-           f"{mach['python']}, {versions}, minicnn {mach['minicnn']}",
+    model = (f"minicnn bench: {cfg['model']} (conv channels {32 * cfg['width_mult']}/"
+             f"{64 * cfg['width_mult']}, {cfg['params']:,} parameters)")
+    if sweep:
+        batches = ", ".join(map(str, report["sweep"]["batch_sizes"]))
+        out = [f"{model}, sweep over batch sizes {batches}",
+               f"training: fit's step, median of {cfg['steps']} steps after {cfg['warmup']} "
+               "warm-up at each batch size, on a freshly built model"]
+    else:
+        out = [f"{model}, batch {cfg['batch_size']}",
+               f"training: median of {cfg['steps']} steps after {cfg['warmup']} warm-up; epoch "
+               f"= {EPOCH_IMAGES:,} images = {math.ceil(EPOCH_IMAGES / cfg['batch_size'])} steps",
+               f"inference: eval mode, forward only, batch {cfg['infer_batch_size']}, median of "
+               f"{cfg['infer_steps']} passes after 1 warm-up"]
+    out += [f"data: {cfg['data']}, seed {cfg['seed']}",
+            f"machine: {mach['cpu_model']}, {mach['cpu_count']} logical CPUs; Python "
+            f"{mach['python']}, {versions}, minicnn {mach['minicnn']}"]
+    if mach.get("blas_note"):
+        out.append(mach["blas_note"])
+    return "\n".join(out)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The plain-text report: header lines, the figures table (a backend that could not run
+    is a column of n/a, its reason below), a per-layer table per backend."""
+    cfg, results = report["config"], report["results"]
+    unavailable = report.get("unavailable") or {}
+    out = [format_header(report),
            "memory: peak resident set of a separate child process per framework (3 training "
            "steps / 2 inference passes); 'increase' = that peak minus the child's RSS once its "
            "imports are done"]
@@ -76,11 +96,21 @@ def format_report(report: dict[str, Any]) -> str:
             f"steps in one process, each block after {cfg['pause_s']} s idle and {REWARM_SECONDS}"
             " s of untimed steps" + "; PyTorch runs the same model from the same initial "
             "weights, SGD and loss" * torch_too] if hand else []
-    if mach.get("blas_note"):
-        out.append(mach["blas_note"])
+    for res in results.values():
+        if res.get("torch", {}).get("cuda_settings"):
+            out.append("PyTorch on CUDA: " + ", ".join(
+                f"{k.removeprefix('torch.backends.')} = {v}"
+                for k, v in res["torch"]["cuda_settings"].items()))
+    if "cupy" in results:
+        out.append(f"CuPy: CUPY_TF32 = {cfg.get('cupy_tf32', 'unset')}")
     header = ["figure"]
     columns: list[tuple[dict[str, Any], str | None]] = []
-    for b, res in results.items():
+    for b in cfg.get("backends", results):
+        if b in unavailable:
+            header.append(f"minicnn {b}")
+            columns.append(({}, "n/a"))
+            continue
+        res = results[b]
         header.append(f"minicnn {b}")
         columns.append((res["minicnn"], None))
         if b in hand:
@@ -95,9 +125,11 @@ def format_report(report: dict[str, Any]) -> str:
     if report.get("speedup"):
         header.append("minicnn cupy speedup")
         columns.append((report["speedup"]["minicnn"], "x"))
-    rows = [[label] + [_fmt(col.get(key), fixed or kind) for col, fixed in columns]
+    rows = [[label] + ["n/a" if fixed == "n/a" else _fmt(col.get(key), fixed or kind)
+                       for col, fixed in columns]
             for label, key, kind in FIGURES if any(col.get(key) is not None for col, _ in columns)]
-    out += ["", _table(header, rows)]
+    out += ["", table(header, rows)]
+    out += [f"minicnn {b}: not measured (n/a): {reason}" for b, reason in unavailable.items()]
     out += [f"minicnn {b}: hand loop / fit step = "
             f"{_fmt(results[b]['hand_loop_vs_fit_step']['step_s_median'], 'x')} per step (median)"
             for b in hand]
@@ -114,7 +146,7 @@ def format_report(report: dict[str, Any]) -> str:
                  "does this in parallel)" if split > 1 else "the whole batch")
         out += ["", f"minicnn {b}, per layer (median ms; % of the {step_ms:.4g} ms median step; "
                 f"{share}; each layer timed alone, so the sum may differ from the step):",
-                _table(["layer", "forward ms", "backward ms", "total ms", "share"], rows)]
+                table(["layer", "forward ms", "backward ms", "total ms", "share"], rows)]
     return "\n".join(out)
 
 

@@ -65,7 +65,25 @@ def split_count(runner: MinicnnRunner) -> int:
     return parallel.split_count(runner.model, runner.x, getattr(runner.model, "workers", None))
 
 
-def layer_breakdown(runner: MinicnnRunner, reps: int) -> list[dict[str, Any]]:
+Sample = dict[str, float]
+"""One timed call, in seconds by kind: ``{"ms": s}`` for the wall clock (``wall_timer``), or
+``{"host_ms": s, "device_ms": s}`` (``sweep.EventTimer``); the layer table's columns are named
+after the keys (``forward_ms``, ``forward_host_ms``, ...), its figures in milliseconds."""
+Timer = Callable[..., Any]
+"""``timer(runner, fn, *args, into=samples)`` calls ``fn(*args)``, appends one ``Sample`` to
+``samples`` and returns what ``fn`` returned."""
+
+
+def wall_timer(runner: Any, fn: Callable[..., Any], *args: Any, into: list[Sample]) -> Any:
+    """``fn(*args)`` timed by the wall clock, the device synchronized before each read."""
+    seconds: list[float] = []
+    out = _timed(runner, fn, *args, into=seconds)
+    into.append({"ms": seconds[0]})
+    return out
+
+
+def layer_breakdown(runner: MinicnnRunner, reps: int, timer: Timer = wall_timer
+                    ) -> list[dict[str, Any]]:
     """Median milliseconds of each layer's forward and backward (and of the loss and the
     optimizer) over ``reps`` training steps timed piece by piece, like ``Sequential`` runs them.
 
@@ -75,42 +93,48 @@ def layer_breakdown(runner: MinicnnRunner, reps: int) -> list[dict[str, Any]]:
     others idle). Forward runs in training mode inside ``modes.inside_model()`` (no NaN scan),
     layer i's backward is ``layer.backward_step(g, input_grad=(i > 0))``; the loss runs on the
     share's logits, the optimizer on all parameters. Nothing is set on the model or its layers.
+    ``timer`` times each piece (``wall_timer``: ``forward_ms``, ``backward_ms``, ``total_ms``
+    per row; another timer's sample keys name other columns, see ``Sample``).
     """
     model, loss, opt = runner.model, runner.loss, runner.opt
     count = split_count(runner)
     share = -(-runner.x.shape[0] // count)
     x, y = runner.x[:share], runner.y[:share]
     layers = model.layers
-    fwd: list[list[float]] = [[] for _ in layers]
-    bwd: list[list[float]] = [[] for _ in layers]
-    loss_t: list[float] = []
-    opt_t: list[float] = []
+    fwd: list[list[Sample]] = [[] for _ in layers]
+    bwd: list[list[Sample]] = [[] for _ in layers]
+    loss_t: list[Sample] = []
+    opt_t: list[Sample] = []
     single = blas.single_threaded() if count > 1 else contextlib.nullcontext()
     with single, modes.training_mode(True):
         for _ in range(reps):
-            opt_t.append(_clock(runner, opt.zero_grad))
+            timer(runner, opt.zero_grad, into=opt_t)
             h = x
             with modes.inside_model():
                 for i, layer in enumerate(layers):
-                    h = _timed(runner, layer.forward, h, into=fwd[i])
+                    h = timer(runner, layer.forward, h, into=fwd[i])
             def loss_step(h: Any = h) -> Any:
                 loss.forward(h, y)
                 return loss.backward()
-            g = _timed(runner, loss_step, into=loss_t)
+            g = timer(runner, loss_step, into=loss_t)
             for i in reversed(range(len(layers))):
-                g = _timed(runner, layers[i].backward_step, g, i > 0, into=bwd[i])
-            opt_t[-1] += _clock(runner, opt.step)
+                g = timer(runner, layers[i].backward_step, g, i > 0, into=bwd[i])
+            zero_grad = opt_t.pop()
+            timer(runner, opt.step, into=opt_t)
+            opt_t[-1] = {k: v + zero_grad[k] for k, v in opt_t[-1].items()}
+    kinds = list(opt_t[0])
 
-    def ms(seconds: list[float]) -> float:
-        return 1000 * statistics.median(seconds)
+    def ms(samples: list[Sample] | None, part: str) -> dict[str, float]:
+        return {f"{part}_{k}": 0.0 if samples is None else
+                1000 * statistics.median(s[k] for s in samples) for k in kinds}
 
     rows: list[dict[str, Any]] = [
-        {"name": layer.name, "type": type(layer).__name__, "forward_ms": ms(f),
-         "backward_ms": ms(b)} for layer, f, b in zip(layers, fwd, bwd)]
-    rows.append({"name": "loss", "type": "SoftmaxCrossEntropy", "forward_ms": ms(loss_t),
-                 "backward_ms": 0.0})
-    rows.append({"name": "optimizer", "type": "SGD zero_grad+step", "forward_ms": 0.0,
-                 "backward_ms": ms(opt_t)})
+        {"name": layer.name, "type": type(layer).__name__, **ms(f, "forward"),
+         **ms(b, "backward")} for layer, f, b in zip(layers, fwd, bwd)]
+    rows.append({"name": "loss", "type": "SoftmaxCrossEntropy", **ms(loss_t, "forward"),
+                 **ms(None, "backward")})
+    rows.append({"name": "optimizer", "type": "SGD zero_grad+step", **ms(None, "forward"),
+                 **ms(opt_t, "backward")})
     for row in rows:
-        row["total_ms"] = row["forward_ms"] + row["backward_ms"]
+        row.update({f"total_{k}": row[f"forward_{k}"] + row[f"backward_{k}"] for k in kinds})
     return rows
