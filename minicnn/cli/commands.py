@@ -1,5 +1,5 @@
 """The ``minicnn`` command line: the parser, ``main``, and the commands other than ``train``
-(``minicnn.cli_train``): evaluate, predict, summary, export, visualize, bench.
+(``minicnn.cli.train``): evaluate, predict, summary, export, visualize, bench.
 
     minicnn train --dataset mnist --model ref-cnn --epochs 3 --out runs/ref-cnn-mnist
     minicnn train --out runs/ref-cnn-mnist --resume

@@ -1,6 +1,6 @@
 """What the command line's commands share: its error type, argument types, one-line messages,
 data sets, checkpoint paths and file names (``minicnn.cli`` builds the parser; the commands
-live there and in ``minicnn.cli_train``)."""
+live there and in ``minicnn.cli.train``)."""
 from __future__ import annotations
 
 import argparse
