@@ -182,7 +182,8 @@ elif action == "step":
         try:
             entry.update(figures(step))
         except Exception as exc:   # a missing or malformed output: say so, keep going
-            entry["figures_error"] = f"{type(exc).__name__}: {exc}"
+            if status == "ok":     # (a step that failed may well have written nothing)
+                entry["figures_error"] = f"{type(exc).__name__}: {exc}"
     doc.setdefault("steps", {})[step] = entry
     save()
     brief = {k: v for k, v in entry.items() if k in (
@@ -254,8 +255,7 @@ if [ $DRY = 1 ]; then
     SWEEP_ARGS=(--backends numpy --sweep batch=1,8,32 --steps 2 --warmup 1)
     PYTEST=(env MINICNN_BACKEND=numpy "$PY" -m pytest -q -p no:cacheprovider -m "not slow")
 else
-    step nvidia_smi 30 bash -c 'nvidia-smi && echo "gpu: $(nvidia-smi --format=csv,noheader \
---query-gpu=name,driver_version,memory.total | head -1)"'
+    step nvidia_smi 30 bash -c 'nvidia-smi && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | sed "s/^/gpu: /"'
     TRAIN_ARGS=(--backend cupy --epochs 1)
     EVAL_ARGS=()
     BENCH_ARGS=(--backends numpy,cupy --compare torch)
@@ -277,6 +277,9 @@ else
     skip train "$NO_MNIST" "minicnn train"
     skip evaluate "$NO_MNIST" "minicnn evaluate"
 fi
+for name in bench sweep; do    # a failed step must not leave an older run's figures behind
+    if wanted $name; then rm -f "$OUT/$name.json"; fi
+done
 step bench 150 "${MINICNN[@]}" bench "${BENCH_ARGS[@]}" --json "$OUT/bench.json"
 step sweep 120 "${MINICNN[@]}" bench "${SWEEP_ARGS[@]}" --json "$OUT/sweep.json"
 if [ "${GPU_CHECK_SKIP_PYTEST:-0}" = 1 ]; then
