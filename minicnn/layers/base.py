@@ -39,44 +39,13 @@ from typing import Any, ClassVar
 from minicnn.core import backend, modes
 from minicnn.core.modes import grad_enabled, no_grad
 from minicnn.core.symbolic import SymbolicTensor
-from minicnn.layers import initializers
+from minicnn.layers.parameter import Parameter, column_sums
 
 __all__ = ["Layer", "Parameter", "LAYER_REGISTRY", "no_grad", "grad_enabled", "column_sums",
            "layer_config", "layer_from_config"]
 
 LAYER_REGISTRY: dict[str, type[Layer]] = {}
 """Every Layer subclass by class name, so a checkpoint can rebuild a model from its JSON."""
-
-
-def column_sums(a: Any) -> Any:
-    """Sum of a 2-D array's rows, (M, K) -> (K,), as a matrix-vector product: on NumPy that is
-    several times faster than ``a.sum(axis=0)`` for tall arrays (bias gradients)."""
-    return backend.get_array_module(a).ones(a.shape[0], dtype=a.dtype) @ a
-
-
-class Parameter:
-    """A trainable array ``data`` and the gradient ``grad`` accumulated into it (same shape)."""
-
-    def __init__(self, data: Any, name: str = ""):
-        self.data = data
-        # a placeholder (see initializers.placeholders) stays one until real data replaces it
-        placeholder = initializers.is_placeholder(data)
-        self.grad = data if placeholder else backend.module_of(data).zeros_like(data)
-        self.name = name
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.data.shape)
-
-    @property
-    def size(self) -> int:
-        return int(self.data.size)
-
-    def zero_grad(self) -> None:
-        self.grad.fill(0)
-
-    def __repr__(self) -> str:
-        return f"Parameter({self.name or '?'}, shape={self.shape}, dtype={self.data.dtype})"
 
 
 def _record_init_arguments(cls: type[Layer]) -> None:
@@ -107,7 +76,7 @@ def _takes_input_grad(cls: type[Layer]) -> bool:
 
 _TRANSIENT = ("_saved", "_workspace", "_replicas")
 """Attributes that hold activations, scratch buffers or threads: never copied or pickled."""
-_BASE_OWNED = _TRANSIENT + ("_init_args", "_training")
+_BASE_OWNED = _TRANSIENT + ("_init_args", "_training", "_state_names")
 """Attributes the base class keeps for itself: never searched for parameters or layers."""
 
 
@@ -191,10 +160,9 @@ class Layer:
 
     def clear_cache(self) -> None:
         """Forget saved values and scratch buffers, in this layer and every sub-layer."""
-        for attr in _TRANSIENT:
-            self.__dict__.pop(attr, None)
-        for _, child in self.named_children():
-            child.clear_cache()
+        for _, layer in self.named_layers():
+            for attr in _TRANSIENT:
+                layer.__dict__.pop(attr, None)
 
     # --- sub-layers and parameters ------------------------------------------------------
     def named_children(self) -> Iterator[tuple[str, Layer]]:
@@ -203,20 +171,49 @@ class Layer:
             if attr not in _BASE_OWNED:
                 yield from _held(attr, value, Layer)
 
+    def named_layers(self, prefix: str = "") -> Iterator[tuple[str, Layer]]:
+        """(path, layer) for this layer (path ``prefix``, "" at the top) and every layer below
+        it, depth first in ``named_children`` order, each layer once: the one walk of the layer
+        tree that parameters, state, checkpoints, devices, replicas and broadcasts all use."""
+        seen: set[int] = set()
+        stack: list[tuple[str, Layer]] = [(prefix, self)]
+        while stack:
+            path, layer = stack.pop()
+            if id(layer) in seen:
+                continue
+            seen.add(id(layer))
+            yield path, layer
+            children = [(_join(path, name), child) for name, child in layer.named_children()]
+            stack.extend(reversed(children))
+
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
         """(name, Parameter) pairs of this layer and its sub-layers, each Parameter once."""
         seen: set[int] = set()
-        for name, p in self._all_parameters(prefix):
-            if id(p) not in seen:
-                seen.add(id(p))
-                yield name, p
+        for path, layer in self.named_layers():
+            for attr, value in vars(layer).items():
+                if attr in _BASE_OWNED:
+                    continue
+                for name, p in _held(attr, value, Parameter):
+                    if id(p) not in seen:
+                        seen.add(id(p))
+                        yield prefix + _join(path, name), p
 
-    def _all_parameters(self, prefix: str) -> Iterator[tuple[str, Parameter]]:
-        for attr, value in vars(self).items():
-            if attr not in _BASE_OWNED:
-                yield from _held(prefix + attr, value, Parameter)
-        for name, child in self.named_children():
-            yield from child._all_parameters(prefix + name + ".")
+    def named_state(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
+        """(name, array) for every non-trained array (``add_state``) of this layer and its
+        sub-layers, named like parameters (``batchnorm2d_1.running_mean``)."""
+        for name, _, _, value in self._state_entries(prefix):
+            yield name, value
+
+    def load_named_state(self, arrays: dict[str, Any]) -> None:
+        """Set the state arrays named in ``arrays`` (names as ``named_state`` gives them)."""
+        for name, layer, key, _ in list(self._state_entries()):
+            if name in arrays:
+                layer.load_state_arrays({key: arrays[name]})
+
+    def _state_entries(self, prefix: str = "") -> Iterator[tuple[str, Layer, str, Any]]:
+        for path, layer in self.named_layers():
+            for key, value in layer.state_arrays().items():
+                yield prefix + _join(path, key), layer, key, value
 
     def parameters(self) -> list[Parameter]:
         return [p for _, p in self.named_parameters()]
@@ -238,18 +235,28 @@ class Layer:
         self._training = bool(mode)
 
     def train(self, mode: bool = True) -> Layer:
-        self.training = mode
-        for _, child in self.named_children():
-            child.train(mode)
+        for _, layer in self.named_layers():
+            layer.training = mode
         return self
 
     def eval(self) -> Layer:
         return self.train(False)
 
     # --- state, devices, dtypes, copies -------------------------------------------------
+    def add_state(self, name: str, value: Any) -> None:
+        """Declare the attribute ``name`` (set to ``value``) an array that defines the layer
+        but is not trained, e.g. BatchNorm's running statistics: checkpoints save and load it,
+        ``to()`` and ``astype()`` convert it, replicas and distributed ranks share rank 0's.
+        Assign the attribute as usual afterwards (``self.name = new_array``)."""
+        names = self.__dict__.setdefault("_state_names", [])
+        if name not in names:
+            names.append(name)
+        setattr(self, name, value)
+
     def state_arrays(self) -> dict[str, Any]:
-        """Arrays that define the layer but are not trained (e.g. BatchNorm running stats)."""
-        return {}
+        """This layer's own state arrays (declared with ``add_state``), by attribute name;
+        ``named_state`` walks the whole tree."""
+        return {k: getattr(self, k) for k in self.__dict__.get("_state_names", ())}
 
     def load_state_arrays(self, arrays: dict[str, Any]) -> None:
         for key, value in arrays.items():
@@ -258,14 +265,12 @@ class Layer:
     def _convert(self, fn: Callable[[Any], Any]) -> Layer:
         for p in self.parameters():
             p.data, p.grad = fn(p.data), fn(p.grad)
-        self._convert_state(fn)
+        for _, layer in self.named_layers():
+            state = layer.state_arrays()
+            if state:
+                layer.load_state_arrays({k: fn(v) for k, v in state.items()})
         self.clear_cache()
         return self
-
-    def _convert_state(self, fn: Callable[[Any], Any]) -> None:
-        self.load_state_arrays({k: fn(v) for k, v in self.state_arrays().items()})
-        for _, child in self.named_children():
-            child._convert_state(fn)
 
     def to(self, backend_name: str) -> Layer:
         """Move parameters and state to 'numpy' or 'cupy' (the layer then computes there,
@@ -339,6 +344,10 @@ class Layer:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({args})"
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
 
 
 def _held(name: str, value: Any, kind: type) -> Iterator[tuple[str, Any]]:

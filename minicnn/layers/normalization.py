@@ -17,20 +17,20 @@ from minicnn.layers.base import Layer, Parameter
 class BatchNorm2D(Layer):
     """y = weight * (x - mean) / sqrt(var + eps) + bias, per channel; weight, bias: (C,)."""
 
+    running_mean: Any
+    running_var: Any
+
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5):
         super().__init__()
         self.num_features, self.momentum, self.eps = num_features, float(momentum), float(eps)
         self.weight = Parameter(initializers.ones((num_features,)), "weight")
         self.bias = Parameter(initializers.zeros((num_features,)), "bias")
-        self.running_mean = initializers.zeros((num_features,))
-        self.running_var = initializers.ones((num_features,))
+        self.add_state("running_mean", initializers.zeros((num_features,)))
+        self.add_state("running_var", initializers.ones((num_features,)))
 
     @property
     def per_sample(self) -> bool:  # type: ignore[override]  # computed: only in training
         return not self.training                    # batch statistics mix the samples
-
-    def state_arrays(self) -> dict[str, Any]:
-        return {"running_mean": self.running_mean, "running_var": self.running_var}
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         if len(input_shape) != 3 or input_shape[0] != self.num_features:

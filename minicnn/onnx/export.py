@@ -162,9 +162,10 @@ def _global_avg_pool(ctx: ExportContext, layer: GlobalAvgPool2D, x: str) -> str:
 
 def _batch_norm(ctx: ExportContext, layer: BatchNorm2D, x: str) -> str:
     """Inference form: the running mean and variance."""
+    state = layer.state_arrays()                    # what checkpoints save: the one walk's
     args = [x] + [ctx.add_initializer(f"{ctx.name}.{key}", value) for key, value in (
         ("weight", layer.weight.data), ("bias", layer.bias.data),
-        ("running_mean", layer.running_mean), ("running_var", layer.running_var))]
+        ("running_mean", state["running_mean"]), ("running_var", state["running_var"]))]
     return ctx.add_node("BatchNormalization", args, [ctx.name], epsilon=layer.eps)[0]
 
 

@@ -69,7 +69,10 @@ class LoadedModel(Protocol):
     def backward(self, grad_out: Any, input_grad: bool = False) -> Any: ...
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]: ...
     def declared_input_shape(self) -> tuple[int, ...] | None: ...
+    def named_layers(self, prefix: str = "") -> Iterator[tuple[str, Layer]]: ...
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]: ...
+    def named_state(self, prefix: str = "") -> Iterator[tuple[str, Any]]: ...
+    def load_named_state(self, arrays: dict[str, Any]) -> None: ...
     def parameters(self) -> list[Parameter]: ...
     def zero_grad(self) -> None: ...
     def state_arrays(self) -> dict[str, Any]: ...
@@ -106,15 +109,6 @@ class Checkpoint(Generic[ModelT]):
 
 # --------------------------------------------------------------------------- saving
 
-def _state_items(model: Layer, prefix: str = ""):
-    """(name, layer, key, array) for every state array of the model's layers, nested included."""
-    for layer in getattr(model, "layers", []):
-        name = prefix + layer.name
-        for key, value in layer.state_arrays().items():
-            yield f"{name}.{key}", layer, key, value
-        yield from _state_items(layer, name + ".")
-
-
 def _transform_config(model: Layer) -> dict[str, Any] | None:
     """The model's input transform as JSON (see ``Network.input_transform``), or None."""
     transform = getattr(model, "input_transform", None)
@@ -146,7 +140,7 @@ def save(model: Layer, path: str | os.PathLike, optimizer: Any = None,
     for name, p in model.named_parameters():
         arrays[f"param/{name}"] = backend.to_numpy(p.data)
         shapes[name] = list(p.shape)
-    for name, _, _, value in _state_items(model):
+    for name, value in model.named_state():
         arrays[f"state/{name}"] = backend.to_numpy(value)
     description: dict[str, Any] = {
         "format": FORMAT, "version": VERSION,
@@ -253,8 +247,8 @@ def _restore(model: Layer, path: Path, arrays: dict[str, numpy.ndarray]) -> None
             raise CheckpointError(f"{path}: the checkpoint does not match the model's "
                                   f"architecture: {name} has shape {tuple(value.shape)} in the "
                                   f"file, {p.shape} in the model")
-    states = list(_state_items(model))
-    for name, _, _, value in states:
+    states = dict(model.named_state())
+    for name, value in states.items():
         key = f"state/{name}"
         if key not in arrays or tuple(arrays[key].shape) != tuple(value.shape):
             raise CheckpointError(f"{path}: the checkpoint does not match the model's "
@@ -263,8 +257,8 @@ def _restore(model: Layer, path: Path, arrays: dict[str, numpy.ndarray]) -> None
     for name, p in params.items():
         p.data = xp.asarray(arrays[f"param/{name}"], dtype=p.data.dtype)
         p.grad = xp.zeros_like(p.data)
-    for name, layer, key, value in states:
-        layer.load_state_arrays({key: xp.asarray(arrays[f"state/{name}"], dtype=value.dtype)})
+    model.load_named_state({name: xp.asarray(arrays[f"state/{name}"], dtype=value.dtype)
+                            for name, value in states.items()})
     model.clear_cache()
 
 

@@ -306,18 +306,12 @@ def broadcast_parameters(params: list[Any], comm: Communicator, root: int = 0) -
         offset += p.size
 
 
-def _layers(layer: Any) -> Iterable[Any]:
-    yield layer
-    for _, child in layer.named_children():
-        yield from _layers(child)
-
-
 def broadcast_state(model: Any, comm: Communicator, root: int = 0) -> None:
     """Overwrite the non-trained state arrays (BatchNorm running statistics) of every layer of
     ``model`` with rank ``root``'s."""
     if comm.size < 2:
         return
-    for layer in _layers(model):
+    for _, layer in model.named_layers():
         state = layer.state_arrays()
         if state:
             xp = backend.get_array_module(*state.values())

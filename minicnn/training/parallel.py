@@ -53,15 +53,13 @@ def split_count(model: Any, x: Any, workers: int | None) -> int:
     count = min(count, x.shape[0] // MIN_SLICE)
     if count < 2 or backend.is_cupy_array(x) or not blas.can_set_threads():
         return 1
-    if not all(layer.per_sample for layer in _descendants(model)):
+    if not all(layer.per_sample for _, layer in model.named_layers()):
         return 1
     return count
 
 
-def _descendants(layer: Any):
-    for _, child in layer.named_children():
-        yield child
-        yield from _descendants(child)
+def _layers(model: Any) -> list[Any]:
+    return [layer for _, layer in model.named_layers()]
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -91,17 +89,20 @@ class Replicas:
         return len(self.copies) + 1
 
     def sync(self) -> None:
-        """Point the copies' parameters at the model's arrays and copy each layer's mode (both
-        cheap when nothing changed)."""
+        """Point the copies' parameters and state arrays (BatchNorm's running statistics,
+        wherever held) at the model's and copy each layer's mode (cheap when nothing changed)."""
         params = self.model.parameters()
-        layers = list(_descendants(self.model))
+        layers = _layers(self.model)
         for twin in self.copies:
             for mine, theirs in zip(twin.parameters(), params):
                 if mine.data is not theirs.data:
                     mine.data = theirs.data
                     mine.grad = backend.module_of(theirs.data).zeros_like(theirs.data)
-            for mine, theirs in zip(_descendants(twin), layers):
-                mine._training = theirs.__dict__.get("_training", True)
+            for mine_layer, layer in zip(_layers(twin), layers):
+                mine_layer._training = layer.__dict__.get("_training", True)
+                state, own = layer.state_arrays(), mine_layer.state_arrays()
+                if any(own.get(k) is not v for k, v in state.items()):
+                    mine_layer.load_state_arrays(dict(state))
 
     def _run(self, fn: Callable[[Any, Any], Any], work: list[Any]) -> list[Any]:
         """``fn(replica, item)`` for each replica and its item of ``work``: the first in this

@@ -49,9 +49,7 @@ DIVERGING = "RdBu_r"
 
 def conv_layers(model: Layer) -> list[Conv2D]:
     """Every Conv2D in ``model`` (the model itself if it is one), in the model's order."""
-    if isinstance(model, Conv2D):
-        return [model]
-    return [conv for _, child in model.named_children() for conv in conv_layers(child)]
+    return [layer for _, layer in model.named_layers() if isinstance(layer, Conv2D)]
 
 
 def filter_grids(model: Layer) -> list[tuple[str, Any]]:
