@@ -1,4 +1,6 @@
-"""Tools for checking layers: numerical gradients and ``gradcheck``."""
+"""Tools for checking layers: numerical gradients, ``gradcheck`` and the whole contract,
+``check_layer``."""
+from minicnn.testing.check_layer import LayerContractError, check_layer
 from minicnn.testing.gradient_check import (
     GradientCheckError,
     gradcheck,
@@ -6,4 +8,5 @@ from minicnn.testing.gradient_check import (
     relative_error,
 )
 
-__all__ = ["GradientCheckError", "gradcheck", "numeric_gradient", "relative_error"]
+__all__ = ["GradientCheckError", "LayerContractError", "check_layer", "gradcheck",
+           "numeric_gradient", "relative_error"]

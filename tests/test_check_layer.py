@@ -1,0 +1,158 @@
+"""check_layer: every built-in layer keeps the layer contract, and each broken rule is named."""
+from __future__ import annotations
+
+import pytest
+
+from minicnn.core import backend
+from minicnn.layers import (
+    Add,
+    AvgPool2D,
+    BatchNorm2D,
+    Concatenate,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    Identity,
+    Layer,
+    LeakyReLU,
+    MaxPool2D,
+    Parameter,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
+    initializers,
+)
+from minicnn.testing import LayerContractError, check_layer
+
+BUILT_IN = [
+    (lambda: Conv2D(2, 3, 3, padding=1, stride=2), (4, 2, 6, 6)),
+    (lambda: Dense(5, 3, activation="tanh"), (4, 5)),
+    (lambda: MaxPool2D(2), (4, 2, 6, 6)),
+    (lambda: AvgPool2D(2, padding=1), (4, 2, 5, 5)),
+    (lambda: GlobalAvgPool2D(), (4, 3, 4, 4)),
+    (ReLU, (4, 3, 5)),
+    (lambda: LeakyReLU(0.2), (4, 3, 5)),
+    (Sigmoid, (4, 6)),
+    (Tanh, (4, 6)),
+    (Softmax, (4, 6)),
+    (Identity, (4, 6)),
+    (Flatten, (4, 2, 3, 3)),
+    (lambda: Dropout(0.3), (4, 6)),
+    (lambda: BatchNorm2D(3), (4, 3, 6, 6)),
+    (Add, [(4, 2, 3), (4, 2, 3)]),
+    (lambda: Concatenate(axis=1), [(4, 2, 3), (4, 1, 3)]),
+]
+
+
+@pytest.mark.parametrize("make,shape", BUILT_IN, ids=[type(m()).__name__ for m, _ in BUILT_IN])
+def test_every_built_in_layer_keeps_the_contract(make, shape):
+    check_layer(make(), shape)
+
+
+def test_the_checked_layer_is_left_as_it_was():
+    layer = Dense(5, 3)
+    before = layer.weight.data.copy()
+    check_layer(layer, (4, 5))
+    assert layer.dtype == before.dtype and (layer.weight.data == before).all()
+    assert not layer.weight.grad.any()
+
+
+class Scale(Layer):
+    """y = x * s, one s per channel; ``assign`` makes backward assign its gradient."""
+
+    per_sample = True
+
+    def __init__(self, channels: int, assign: bool = False):
+        super().__init__()
+        self.s = Parameter(initializers.ones((1, channels, 1)), "s")
+
+    def forward(self, x):
+        self.save_for_backward(x)
+        return x * self.s.data
+
+    def backward(self, grad_out):
+        (x,) = self.pop_saved()
+        grad = (grad_out * x).sum(axis=(0, 2), keepdims=True)
+        if self.config()["assign"]:
+            self.s.grad = grad
+        else:
+            self.s.grad += grad
+        return grad_out * self.s.data
+
+
+class BatchCentre(Layer):
+    """x - the batch mean, claiming per_sample = True."""
+
+    per_sample = True
+
+    def forward(self, x):
+        return x - x.mean(axis=0, keepdims=True)
+
+    def backward(self, grad_out):
+        return grad_out - grad_out.mean(axis=0, keepdims=True)
+
+
+class Halve(Layer):
+    """Keeps every other feature, without output_shape."""
+
+    per_sample = True
+
+    def forward(self, x):
+        return x[:, ::2]
+
+    def backward(self, grad_out):
+        xp = backend.get_array_module(grad_out)
+        out = xp.zeros((grad_out.shape[0], grad_out.shape[1] * 2), dtype=grad_out.dtype)
+        out[:, ::2] = grad_out
+        return out
+
+
+class Drift(Layer):
+    """Keeps a running mean in a plain attribute, not declared with add_state."""
+
+    per_sample = True
+
+    def __init__(self):
+        super().__init__()
+        self.running = 0.0
+
+    def forward(self, x):
+        if self.training:
+            self.running = 0.5 * self.running + 0.5 * float(x.mean())
+            return x
+        return x - self.running
+
+    def backward(self, grad_out):
+        return grad_out
+
+
+class KeepsInNoGrad(Layer):
+    per_sample = True
+
+    def forward(self, x):
+        self._saved = (x,)
+        return 2 * x
+
+    def backward(self, grad_out):
+        self._saved = None
+        return 2 * grad_out
+
+
+def test_a_correct_custom_layer_passes():
+    check_layer(Scale(3), (4, 3, 5))
+
+
+@pytest.mark.parametrize("layer,shape,rule", [
+    (Scale(3, assign=True), (4, 3, 5), "accumulate gradients"),
+    (BatchCentre(), (4, 6), "split"),
+    (Halve(), (4, 6), "output shape"),
+    (Drift(), (4, 6), "checkpoint round trip"),
+    (KeepsInNoGrad(), (4, 6), "no saved values after no_grad"),
+], ids=["assigns", "mixes samples", "no output_shape", "undeclared state", "saves in no_grad"])
+def test_each_broken_rule_is_named(layer, shape, rule):
+    name = type(layer).__name__
+    with pytest.raises(LayerContractError, match=rf"^check_layer\({name}\): rule '{rule}': "):
+        check_layer(layer, shape)
