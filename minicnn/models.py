@@ -26,7 +26,7 @@ from minicnn.training import loop as train
 __all__ = ["Network", "Sequential", "Model", "Input", "SymbolicTensor", "layer_from_config"]
 
 
-class Network(Layer):
+class Network(Layer, abstract=True):
     """What Sequential and Model share: naming, input checks, splitting a batch, summary.
 
     Subclasses implement ``forward_layers(x)`` and ``backward_layers(grad, input_grad)``, which
@@ -61,6 +61,23 @@ class Network(Layer):
             counts[base] = counts.get(base, 0) + 1
             if not layer.name:
                 layer.name = f"{base}_{counts[base]}"
+        self._check_each_layer_once()
+
+    def _check_each_layer_once(self) -> None:
+        """One line naming a layer held twice anywhere in the tree (in two blocks, or a block
+        and the model): a layer keeps one forward's values for its backward, so a second use
+        would silently give wrong gradients."""
+        where: dict[int, str] = {}
+        stack: list[tuple[str, Layer]] = [("", self)]
+        while stack:
+            path, layer = stack.pop()
+            for name, child in layer.named_children():
+                full = f"{path}.{name}" if path else name
+                if id(child) in where:
+                    raise ValueError(f"{child!r} appears twice in one model (as {where[id(child)]}"
+                                     f" and as {full}); create a second layer")
+                where[id(child)] = full
+                stack.append((full, child))
 
     def named_children(self) -> Iterator[tuple[str, Layer]]:
         for layer in self.layers:
@@ -196,7 +213,7 @@ class Sequential(Network):
         rows, shape = [], self.input_shape
         for layer in self.layers:
             try:
-                shape = layer.output_shape(shape)
+                shape = layer.infer_output_shape(shape)
             except ValueError as exc:
                 raise ValueError(f"Sequential: layer {layer.name} does not fit input shape "
                                  f"{shape}: {exc}") from None

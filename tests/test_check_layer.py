@@ -60,7 +60,7 @@ def test_the_checked_layer_is_left_as_it_was():
     assert not layer.weight.grad.any()
 
 
-class Scale(Layer):
+class ChannelScale(Layer):
     """y = x * s, one s per channel; ``assign`` makes backward assign its gradient."""
 
     per_sample = True
@@ -142,11 +142,11 @@ class KeepsInNoGrad(Layer):
 
 
 def test_a_correct_custom_layer_passes():
-    check_layer(Scale(3), (4, 3, 5))
+    check_layer(ChannelScale(3), (4, 3, 5))
 
 
 @pytest.mark.parametrize("layer,shape,rule", [
-    (Scale(3, assign=True), (4, 3, 5), "accumulate gradients"),
+    (ChannelScale(3, assign=True), (4, 3, 5), "accumulate gradients"),
     (BatchCentre(), (4, 6), "split"),
     (Halve(), (4, 6), "output shape"),
     (Drift(), (4, 6), "checkpoint round trip"),

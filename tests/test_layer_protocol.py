@@ -20,6 +20,9 @@ class _Parts(Layer):
         self.named = {"last": Dense(4, 2)}
         self.extra = [Parameter(initializers.zeros((2,)), "shift")]
 
+    def output_shape(self, input_shape):
+        return (2,)
+
     def forward(self, x):
         for layer in (*self.parts, *self.pair, self.named["last"]):
             x = layer.forward(x)

@@ -13,6 +13,8 @@ from minicnn.training import SoftmaxCrossEntropy, distributed, parallel
 class Block(Layer):
     """conv -> bn -> relu, the BatchNorm2D an attribute (as a user writes a residual block)."""
 
+    per_sample = True                 # its BatchNorm2D still keeps a training model whole
+
     def __init__(self, channels: int):
         super().__init__()
         self.conv = Conv2D(channels, channels, 3, padding=1)

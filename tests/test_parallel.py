@@ -116,7 +116,9 @@ def test_replicas_follow_optimizer_updates_and_reassigned_parameters(small_slice
 
 
 class _Custom(minicnn.layers.Layer):
-    """A user's layer that treats samples independently (the default promise)."""
+    """A user's layer that treats samples independently, and says so."""
+
+    per_sample = True
 
     def forward(self, x):
         return x
@@ -133,6 +135,8 @@ def test_only_models_whose_layers_treat_samples_independently_are_split():
     assert parallel.split_count(with_dropout, x, 2) == 2
     assert parallel.split_count(with_bn, x, 2) == 1
     assert parallel.split_count(custom, x, 2) == 2
+    undeclared = minicnn.Sequential([_Undeclared(), Flatten(), Dense(4, 2)])
+    assert parallel.split_count(undeclared, x, 2) == 1         # not split unless declared
     with_dropout.eval(), with_bn.eval()             # in eval mode both treat samples alone
     assert parallel.split_count(with_dropout, x, 2) == 2
     assert parallel.split_count(with_bn, x, 2) == 2
@@ -176,6 +180,14 @@ def test_nested_models_split_once_at_the_top(small_slices):
     x = np.random.default_rng(5).standard_normal((8, 2, 8, 8)).astype(np.float32)
     _step(model, x, np.arange(8) % 3)
     assert model._replicas.count == 2 and "_replicas" not in vars(inner)
+
+
+class _Undeclared(minicnn.layers.Layer):
+    def forward(self, x):
+        return x
+
+    def backward(self, grad_out):
+        return grad_out
 
 
 class _Fails(_Custom):

@@ -27,7 +27,8 @@ class SymbolicTensor:
         """The tensor ``layer`` computes from ``parents``; raises ValueError if shapes misfit."""
         shapes = [p.shape for p in parents]
         try:
-            shape = layer.output_shape(*shapes)
+            infer = getattr(layer, "infer_output_shape", layer.output_shape)
+            shape = infer(*shapes)
         except ValueError as exc:
             raise ValueError(f"cannot connect {layer!r} to input shape(s) "
                              f"{', '.join(map(str, shapes))}: {exc}") from None

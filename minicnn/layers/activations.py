@@ -11,8 +11,13 @@ from minicnn.core import backend
 from minicnn.layers.base import Layer
 
 
-class Activation(Layer):
+class Activation(Layer, abstract=True):
     """Base for shape-preserving activations: ``apply(x)`` and ``derivative(x, y, dy)``."""
+
+    per_sample = True
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(input_shape)
 
     def forward(self, x: Any) -> Any:
         self.check_input(x)
@@ -84,6 +89,10 @@ class Softmax(Activation):
     def __init__(self, axis: int = 1):
         super().__init__()
         self.axis = axis
+
+    @property
+    def per_sample(self) -> bool:  # type: ignore[override]  # computed: from the axis
+        return self.axis > 0                         # axis 0 (or -ndim) mixes the samples
 
     def apply(self, x):
         xp = backend.get_array_module(x)

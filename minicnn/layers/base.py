@@ -40,13 +40,11 @@ from minicnn.core import backend, modes
 from minicnn.core.modes import grad_enabled, no_grad
 from minicnn.core.symbolic import SymbolicTensor
 from minicnn.layers.parameter import Parameter, column_sums
+from minicnn.layers.registry import LAYER_REGISTRY, check_json_arguments, register
+from minicnn.layers.shapes import checked_output_shape
 
 __all__ = ["Layer", "Parameter", "LAYER_REGISTRY", "no_grad", "grad_enabled", "column_sums",
            "layer_config", "layer_from_config"]
-
-LAYER_REGISTRY: dict[str, type[Layer]] = {}
-"""Every Layer subclass by class name, so a checkpoint can rebuild a model from its JSON."""
-
 
 def _record_init_arguments(cls: type[Layer]) -> None:
     """Wrap ``cls.__init__`` so the outermost call records its bound arguments (for config)."""
@@ -60,6 +58,8 @@ def _record_init_arguments(cls: type[Layer]) -> None:
             bound.apply_defaults()
             arguments = dict(bound.arguments)
             arguments.pop(next(iter(arguments)))   # self
+            if type(self).config is Layer.config:  # stored as they are: JSON-friendly only
+                check_json_arguments(type(self), arguments)
             self.__dict__["_init_args"] = arguments
         original(self, *args, **kwargs)
 
@@ -86,22 +86,24 @@ class Layer:
     See the module docstring for the whole protocol, in one example.
     """
 
-    per_sample: bool = True
-    """Whether each sample's output depends on that sample alone (so a batch may be split); a
-    layer that mixes samples sets it False (in its class body or its ``__init__``), or computes
-    it with a property."""
+    per_sample: bool | None = None
+    """Whether each sample's output depends on that sample alone, so a model may split a batch
+    among threads. None (undeclared) counts as False: a layer is split only when it declares
+    ``per_sample = True`` (every built-in does; BatchNorm2D only in eval mode, Softmax by its
+    axis). Set it in the class body or ``__init__``, or compute it with a property;
+    ``minicnn.testing.check_layer`` checks a True claim."""
 
     _backward_takes_input_grad: ClassVar[bool] = False
     """Whether this class's ``backward`` takes ``input_grad`` (set for each subclass)."""
     _saved: tuple[Any, ...] | None
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:
             _record_init_arguments(cls)
         cls._backward_takes_input_grad = _takes_input_grad(cls)
-        if not cls.__name__.startswith("_"):          # private helpers are not loadable
-            LAYER_REGISTRY[cls.__name__] = cls
+        if not abstract and not cls.__name__.startswith("_"):   # bases, helpers: not loadable
+            register(cls)
 
     def __init__(self) -> None:
         self.__dict__.setdefault("_init_args", {})
@@ -118,6 +120,11 @@ class Layer:
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Per-sample output shape for a per-sample input shape (batch axis excluded)."""
         return tuple(input_shape)
+
+    def infer_output_shape(self, *input_shapes: tuple[int, ...]) -> tuple[int, ...]:
+        """``output_shape``, checked by a probe forward when the class does not define it
+        (``minicnn.layers.shapes``); what models call while they are built."""
+        return checked_output_shape(self, *input_shapes)
 
     def backward_step(self, grad_out: Any, input_grad: bool = True) -> Any:
         """Call ``backward``, passing ``input_grad`` when the layer's backward takes it (models

@@ -42,6 +42,8 @@ class Conv2D(Layer):
     'kaiming_uniform' (PyTorch's default), 'he' or 'glorot' (see ``minicnn.layers.initializers``).
     """
 
+    per_sample = True
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntPair,
                  stride: IntPair = 1, padding: IntPair | str = 0, dilation: IntPair = 1,
                  bias: bool = True, init: str = "kaiming_uniform"):

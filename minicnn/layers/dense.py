@@ -21,6 +21,8 @@ class Dense(Layer):
         dz = f'(z) * dy     dW = x.T @ dz     db = sum of dz over the batch     dx = dz @ W.T
     """
 
+    per_sample = True
+
     def __init__(self, in_features: int, out_features: int, activation: str | Layer | None = None,
                  bias: bool = True, init: str = "kaiming_uniform"):
         super().__init__()

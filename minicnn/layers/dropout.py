@@ -17,11 +17,16 @@ from minicnn.layers.base import Layer
 class Dropout(Layer):
     """Randomly zero a fraction ``p`` of the activations while training."""
 
+    per_sample = True
+
     def __init__(self, p: float = 0.5):
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
         self.p = float(p)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(input_shape)
 
     def forward(self, x: Any) -> Any:
         self.check_input(x)

@@ -11,6 +11,8 @@ from minicnn.layers.base import Layer
 class Flatten(Layer):
     """Keep the batch axis, flatten the rest in C order."""
 
+    per_sample = True
+
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return (math.prod(input_shape),)
 

@@ -10,6 +10,8 @@ from minicnn.layers.base import Layer
 class Add(Layer):
     """Element-wise sum of inputs of one shape; the gradient flows unchanged to each."""
 
+    per_sample = True
+
     def output_shape(self, *input_shapes: tuple[int, ...]) -> tuple[int, ...]:
         shapes = [tuple(s) for s in input_shapes]
         if len(shapes) < 2 or any(s != shapes[0] for s in shapes):
@@ -34,6 +36,8 @@ class Add(Layer):
 
 class Concatenate(Layer):
     """Join inputs along ``axis`` (default 1: channels of NCHW); backward splits the gradient."""
+
+    per_sample = True
 
     def __init__(self, axis: int = 1):
         super().__init__()

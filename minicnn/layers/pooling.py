@@ -28,6 +28,8 @@ def _taps(kh: int, kw: int, ho: int, wo: int, sh: int, sw: int):
 class _Pool2D(Layer):
     """Shared geometry and checks for MaxPool2D and AvgPool2D."""
 
+    per_sample = True
+
     def __init__(self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0):
         super().__init__()
         name = type(self).__name__
@@ -166,6 +168,8 @@ class AvgPool2D(_Pool2D):
 
 class GlobalAvgPool2D(Layer):
     """Mean over all of H and W: (N, C, H, W) -> (N, C)."""
+
+    per_sample = True
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         if len(input_shape) != 3:
