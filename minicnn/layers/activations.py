@@ -1,7 +1,8 @@
 """Element-wise activations and Softmax: y = f(x), dx = f'(x) * dy.
 
-Each keeps what its derivative needs (the output for ReLU, Sigmoid, Tanh and Softmax), so the
-input can be freed. ``get_activation("relu")`` turns a name into a layer (used by Dense).
+Each keeps only what its derivative needs (``keeps``): the output for ReLU, Sigmoid, Tanh and
+Softmax, the input for LeakyReLU, nothing for Identity; what it does not keep can be freed.
+``get_activation("relu")`` turns a name into a layer (used by Dense).
 """
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from minicnn.layers.base import Layer
 
 
 class Activation(Layer, abstract=True):
-    """Base for shape-preserving activations: ``apply(x)`` and ``derivative(x, y, dy)``."""
+    """Base for shape-preserving activations: ``apply(x)`` and ``derivative(x, y, dy)``; of
+    x and y, ``derivative`` gets only those named in ``keeps`` (the other is None)."""
 
     per_sample = True
+    keeps: tuple[str, ...] = ("input", "output")
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(input_shape)
@@ -22,7 +25,8 @@ class Activation(Layer, abstract=True):
     def forward(self, x: Any) -> Any:
         self.check_input(x)
         y = self.apply(x)
-        self.save_for_backward(x, y)
+        keeps = self.keeps
+        self.save_for_backward(x if "input" in keeps else None, y if "output" in keeps else None)
         return y
 
     def backward(self, grad_out: Any) -> Any:
@@ -39,6 +43,8 @@ class Activation(Layer, abstract=True):
 class ReLU(Activation):
     """max(x, 0)."""
 
+    keeps = ("output",)
+
     def apply(self, x):
         return backend.get_array_module(x).maximum(x, 0)
 
@@ -48,6 +54,8 @@ class ReLU(Activation):
 
 class LeakyReLU(Activation):
     """x for x > 0, negative_slope * x otherwise."""
+
+    keeps = ("input",)
 
     def __init__(self, negative_slope: float = 0.01):
         super().__init__()
@@ -64,6 +72,8 @@ class LeakyReLU(Activation):
 class Sigmoid(Activation):
     """1 / (1 + exp(-x)), computed without overflow for large |x|."""
 
+    keeps = ("output",)
+
     def apply(self, x):
         xp = backend.get_array_module(x)
         e = xp.exp(-xp.abs(x))
@@ -76,6 +86,8 @@ class Sigmoid(Activation):
 class Tanh(Activation):
     """tanh(x)."""
 
+    keeps = ("output",)
+
     def apply(self, x):
         return backend.get_array_module(x).tanh(x)
 
@@ -85,6 +97,8 @@ class Tanh(Activation):
 
 class Softmax(Activation):
     """exp(x) / sum(exp(x)) along ``axis`` (default 1, the class axis), shifted for stability."""
+
+    keeps = ("output",)
 
     def __init__(self, axis: int = 1):
         super().__init__()
@@ -108,6 +122,8 @@ class Softmax(Activation):
 
 class Identity(Activation):
     """y = x (the 'linear' activation)."""
+
+    keeps = ()
 
     def apply(self, x):
         return x
