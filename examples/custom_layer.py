@@ -23,7 +23,10 @@ What the base class needs, all of it (see ``minicnn/layers/base.py``):
 * in ``forward``, keep what backward needs with ``self.save_for_backward(...)`` (nothing is kept
   inside ``minicnn.no_grad()``); in ``backward``, get it back with ``self.pop_saved()``;
 * compute with the array module of the input (``xp = backend.get_array_module(x)``), never
-  ``import numpy``, so the same layer runs on the GPU after ``model.to("cupy")``.
+  ``import numpy``, so the same layer runs on the GPU after ``model.to("cupy")``;
+* say ``per_sample = True`` if each sample's output depends on that sample alone, so a model
+  may split a batch among cores (undeclared, it is not split);
+* ``minicnn.testing.check_layer(layer, input_shape)`` checks all of this in one call.
 """
 from __future__ import annotations
 
@@ -40,11 +43,14 @@ from minicnn.layers import (
     ReLU,
     initializers,
 )
+from minicnn.testing import check_layer
 from minicnn.training import SGD, SoftmaxCrossEntropy
 
 
 class Scale(Layer):
     """y = x * s, with one learned scale s per channel (s starts at 1)."""
+
+    per_sample = True                            # each sample on its own: batches may be split
 
     def __init__(self, channels: int):
         super().__init__()
@@ -82,6 +88,12 @@ def check_gradients(verbose: bool = True) -> dict[str, float]:
     layer = Scale(3)
     layer.s.data[...] = np.array([0.5, -1.0, 2.0]).reshape(1, 3, 1, 1)   # not all ones
     return minicnn.gradcheck(layer, (2, 3, 5, 5), verbose=verbose)
+
+
+def check_contract() -> None:
+    """Every rule of the layer contract (gradients, shapes, config and checkpoint round trips,
+    split against whole, copies); raises LayerContractError naming the rule broken."""
+    check_layer(Scale(3), (4, 3, 5, 5))
 
 
 def make_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +143,8 @@ def train(steps: int = 40, verbose: bool = True) -> list[float]:
 def main() -> None:
     print("Gradient check of Scale (worst relative error per tensor, float64):")
     check_gradients()
+    check_contract()
+    print("check_layer(Scale): every rule of the layer contract holds")
     print("\nTraining Conv2D -> Scale -> ReLU -> GlobalAvgPool2D -> Dense on horizontal vs "
           "vertical bars:")
     losses = train()

@@ -128,6 +128,12 @@ def test_custom_layer_gradients(custom):
     assert max(errors.values()) < 1e-6
 
 
+def test_custom_layer_keeps_the_whole_contract(custom, monkeypatch):
+    monkeypatch.setitem(sys.modules, custom.__name__, custom)     # importable, so picklable
+    custom.check_contract()                      # raises LayerContractError naming a rule
+    assert custom.Scale.per_sample is True
+
+
 def test_custom_layer_forward_backward_by_hand(custom):
     layer = custom.Scale(2).astype(np.float64)
     layer.s.data[...] = np.array([2.0, -3.0]).reshape(1, 2, 1, 1)

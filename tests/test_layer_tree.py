@@ -130,3 +130,22 @@ def test_broadcast_state_reaches_a_batchnorm_in_a_block():
     model = _model()
     distributed.broadcast_state(model, Root())
     assert all(np.all(v == 7.0) for _, v in model.named_state())
+
+
+def test_resume_restores_a_batchnorm_in_a_block(tmp_path):
+    from minicnn.training import SGD
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((64, 1, 4, 4)) * 2 + 1).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+
+    def run(epochs: int, path, resume: bool = False) -> dict[str, np.ndarray]:
+        model = _model()
+        model.fit((x, y), epochs=epochs, optimizer=SGD(model.parameters(), 0.05), batch_size=32,
+                  seed=0, progress=False, checkpoint=path, resume=resume, workers=1)
+        return _stats(model)
+
+    whole = run(2, tmp_path / "whole.npz")
+    run(1, tmp_path / "half.npz")
+    resumed = run(2, tmp_path / "half.npz", resume=True)
+    for name, value in whole.items():
+        np.testing.assert_array_equal(resumed[name], value)

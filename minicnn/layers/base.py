@@ -19,14 +19,21 @@ A new layer is one class; this is everything the base class needs from it::
   returns a tuple of input gradients.
 * ``backward`` may take a keyword ``input_grad: bool = True``; a model passes False to its first
   layers when nobody needs dL/dx, and the layer may then skip computing it and return None.
-* ``Parameter`` s and sub-layers are found in attributes, lists, tuples and dicts.
-* ``output_shape(input_shape)`` (per-sample shapes) only if the layer changes the shape.
-* Constructor arguments are recorded for ``config()`` (checkpoints, ``repr``): keep them
-  JSON-friendly (numbers, strings, tuples, None).
+* ``Parameter`` s and sub-layers are found in attributes, lists, tuples and dicts, by one walk
+  (``named_layers``, ``named_parameters``, ``named_state``) that checkpoints, ``to()``,
+  replicas, distributed broadcasts, visualize and ONNX export all use.
+* Arrays that define the layer but are not trained (running statistics) are declared once
+  with ``self.add_state(name, array)``; they are saved, loaded, moved and shared like weights.
+* ``output_shape(input_shape)`` (per-sample shapes) if the layer changes the shape; a layer
+  without one that changes the shape is named when a model is built (a probe forward).
+* Constructor arguments are recorded for ``config()`` (checkpoints, ``repr``) and must be
+  JSON-friendly (numbers, strings, None, lists, tuples, dicts): anything else is refused when
+  the layer is made. The class name is the checkpoint's key: one already taken by another
+  module's layer is refused when the class is defined.
 * Compute with the array module of the inputs (``xp = backend.get_array_module(x)``).
-* A layer is assumed to treat the samples of a batch independently, so a model may split a
-  batch among threads; a layer that mixes samples (batch statistics) sets ``per_sample =
-  False``.
+* ``per_sample = True`` says each sample's output depends on that sample alone, so a model may
+  split a batch among threads; undeclared (None), a layer is not split.
+* A layer object appears once in a model; ``minicnn.testing.check_layer`` checks the rest.
 """
 from __future__ import annotations
 

@@ -182,8 +182,11 @@ def _check_split(work: Layer, xs: list[Any], run: Any, fail: Any, tol: float) ->
 
 def _check_copies(work: Layer, xs: list[Any], run: Any, fail: Any) -> None:
     run(work, xs)                                          # something saved: not to be copied
-    for how, twin in (("deepcopy", copy.deepcopy(work)),
-                      ("pickle", pickle.loads(pickle.dumps(work)))):
+    try:
+        copies = [("deepcopy", copy.deepcopy(work)), ("pickle", pickle.loads(pickle.dumps(work)))]
+    except Exception as exc:
+        raise fail("deepcopy and pickle", f"{type(exc).__name__}: {exc}") from None
+    for how, twin in copies:
         held = [path or "the layer" for path, sub in twin.named_layers()
                 if sub.__dict__.get("_saved") is not None]
         if held:
