@@ -33,6 +33,7 @@ from minicnn.saving import checkpoint, npz_reader
 from minicnn.saving import description as model_description
 from minicnn.saving.checkpoint import CheckpointError, load, save
 from minicnn.testing import gradient_check as _gradient_check
+from minicnn.testing.check_layer import LayerContractError, check_layer
 from minicnn.testing.gradient_check import GradientCheckError, gradcheck
 from minicnn.training import distributed, evaluation, losses, parallel
 from minicnn.training import loop as train
@@ -44,8 +45,9 @@ from minicnn.viz import plots
 __version__ = "0.2.0.dev0"
 
 __all__ = ["layers", "losses", "optim", "set_backend", "get_backend", "BackendError",
-           "gradcheck", "GradientCheckError", "manual_seed", "Input", "Model", "Sequential",
-           "save", "load", "CheckpointError", "no_grad", "export_onnx", "ExportError"]
+           "gradcheck", "GradientCheckError", "check_layer", "LayerContractError", "manual_seed",
+           "Input", "Model", "Sequential", "save", "load", "CheckpointError", "no_grad",
+           "export_onnx", "ExportError"]
 
 def _union(name: str, *modules: _types.ModuleType) -> _types.ModuleType:
     """A module ``minicnn.<name>`` holding the public names of ``modules`` (0.1's ``init`` and

@@ -52,6 +52,11 @@ def test_every_built_in_layer_keeps_the_contract(make, shape):
     check_layer(make(), shape)
 
 
+def test_check_layer_is_a_top_level_name():
+    import minicnn
+    assert minicnn.check_layer is check_layer and minicnn.LayerContractError is LayerContractError
+
+
 def test_the_checked_layer_is_left_as_it_was():
     layer = Dense(5, 3)
     before = layer.weight.data.copy()
