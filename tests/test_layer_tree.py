@@ -149,3 +149,30 @@ def test_resume_restores_a_batchnorm_in_a_block(tmp_path):
     resumed = run(2, tmp_path / "half.npz", resume=True)
     for name, value in whole.items():
         np.testing.assert_array_equal(resumed[name], value)
+
+
+class OldStyle(Layer):
+    """A 0.1-style layer: its state through an overridden state_arrays(), not add_state."""
+
+    per_sample = True
+
+    def __init__(self):
+        super().__init__()
+        self.offset = np.zeros(3, np.float32)
+
+    def state_arrays(self):
+        return {"offset": self.offset}
+
+    def forward(self, x):
+        return x + self.offset
+
+    def backward(self, grad_out):
+        return grad_out
+
+
+def test_a_layer_overriding_state_arrays_is_still_walked(tmp_path):
+    model = minicnn.Sequential([OldStyle(), Dense(3, 2)], input_shape=(3,))
+    model.layers[0].offset = np.array([1.0, 2.0, 3.0], np.float32)
+    assert [n for n, _ in model.named_state()] == ["oldstyle_1.offset"]
+    minicnn.save(model, tmp_path / "m.npz")
+    np.testing.assert_array_equal(minicnn.load(tmp_path / "m.npz").layers[0].offset, [1, 2, 3])

@@ -61,7 +61,7 @@ def check_layer(layer: Layer, input_shape: Sequence[int] | Sequence[Sequence[int
     who = f"check_layer({type(layer).__name__})"
 
     def fail(rule: str, why: str) -> LayerContractError:
-        return LayerContractError(f"{who}: rule '{rule}': {why}")
+        return LayerContractError(f"{who}: rule '{rule}': {' '.join(why.split())}")  # one line
 
     shapes = _shapes(input_shape)
     work = copy.deepcopy(layer).astype(backend.xp.float64)
