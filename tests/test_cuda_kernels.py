@@ -6,7 +6,10 @@ Two levels:
   ``KERNEL_SOURCES`` is compiled for the H100 (compute_90) through CuPy's
   NVRTC bindings and the PTX must define every expected kernel entry.
 * Numerical checks against naive NumPy references, which run only where
-  CuPy sees a GPU.
+  CuPy sees a GPU; the backward kernels (col2im, pooling backward) are also
+  run twice on the same input and must give bit-identical results (they are
+  gathers without atomics; tests/test_cuda_determinism.py checks the rule
+  and emulates them without a GPU).
 """
 
 from __future__ import annotations
@@ -280,6 +283,13 @@ POOL_CASES = [
 SHAPES = [(2, 7, 6, 3), (1, 9, 11, 5), (3, 5, 5, 1)]
 
 
+def _assert_bit_identical(a, b):
+    """Two device arrays hold the same bytes (not merely close values)."""
+    a, b = a.get(), b.get()
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert a.tobytes() == b.tobytes(), "kernel result differs between two runs"
+
+
 def _tol(dtype):
     return {"rtol": 1e-5, "atol": 1e-5} if dtype == np.float32 else {
         "rtol": 1e-12, "atol": 1e-12}
@@ -306,6 +316,8 @@ def test_im2col_col2im_match_numpy(cp, shape, geom, dtype):
     np.testing.assert_allclose(
         cp.asnumpy(back), ref_col2im(g, h, w, kh, kw, sh, sw, ph, pw, dh, dw),
         **_tol(dtype))
+    again = cuda_kernels.col2im_nhwc(cp.asarray(g), h, w, kh, kw, sh, sw, ph, pw, dh, dw)
+    _assert_bit_identical(back, again)
 
 
 def test_im2col_col2im_reuse_out_buffers(cp):
@@ -361,6 +373,11 @@ def test_maxpool_matches_numpy(cp, shape, geom, dtype, ties):
     np.testing.assert_allclose(
         cp.asnumpy(dx), ref_maxpool_backward(dy, arg_ref, h, w, kh, kw, sh, sw, ph, pw),
         **_tol(dtype))
+    y2, arg2 = cuda_kernels.maxpool_forward_nhwc(cp.asarray(x), kh, kw, sh, sw, ph, pw)
+    _assert_bit_identical(y, y2)
+    _assert_bit_identical(arg, arg2)
+    dx2 = cuda_kernels.maxpool_backward_nhwc(cp.asarray(dy), arg2, h, w, kh, kw, sh, sw, ph, pw)
+    _assert_bit_identical(dx, dx2)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -381,6 +398,8 @@ def test_avgpool_matches_numpy(cp, shape, geom, dtype):
     np.testing.assert_allclose(
         cp.asnumpy(dx), ref_avgpool_backward(dy, h, w, kh, kw, sh, sw, ph, pw),
         **_tol(dtype))
+    dx2 = cuda_kernels.avgpool_backward_nhwc(cp.asarray(dy), h, w, kh, kw, sh, sw, ph, pw)
+    _assert_bit_identical(dx, dx2)
 
 
 def test_maxpool_reuses_buffers_and_rejects_bad_padding(cp):
@@ -399,3 +418,23 @@ def test_large_grid_stride(cp):
     x = cp.arange(n * 4 * 4 * 3, dtype=cp.float32).reshape(n, 4, 4, 3) % 97
     y, _ = cuda_kernels.maxpool_forward_nhwc(x, 1, 1, 1, 1, 0, 0)
     assert bool((y == x).all())
+
+
+def test_backward_kernels_are_bit_identical_across_runs(cp):
+    """Overlapping windows (up to nine contributions per pixel) over many thread blocks: three
+    runs of each backward kernel give the same bytes, as a resumed run needs."""
+    rng = np.random.default_rng(7)
+    n, h, w, c = 64, 16, 16, 8
+    cols = cp.asarray(rng.standard_normal((n, 16, 16, 3, 3, c)).astype(np.float32))
+    runs = [cuda_kernels.col2im_nhwc(cols, h, w, 3, 3, 1, 1, 1, 1, 1, 1) for _ in range(3)]
+    for other in runs[1:]:
+        _assert_bit_identical(runs[0], other)
+    x = cp.asarray(rng.integers(-2, 2, size=(n, h, w, c)).astype(np.float32))  # many ties
+    y, arg = cuda_kernels.maxpool_forward_nhwc(x, 3, 3, 1, 1, 1, 1)
+    dy = cp.asarray(rng.standard_normal(y.shape).astype(np.float32))
+    runs = [cuda_kernels.maxpool_backward_nhwc(dy, arg, h, w, 3, 3, 1, 1, 1, 1)
+            for _ in range(3)]
+    runs += [cuda_kernels.avgpool_backward_nhwc(dy, h, w, 3, 3, 1, 1, 1, 1) for _ in range(3)]
+    for first, other in ((runs[0], runs[1]), (runs[0], runs[2]), (runs[3], runs[4]),
+                         (runs[3], runs[5])):
+        _assert_bit_identical(first, other)

@@ -14,8 +14,12 @@ Conventions shared by all kernels:
 * per-axis sizes (N, H, W, C, kernel, stride, padding, dilation) are passed
   as ``int`` and the wrappers check they fit; offsets into arrays are always
   computed in ``long long``;
-* backward kernels are written in *gather* form (each output element sums
-  its own contributions), so they use no atomics and are deterministic.
+* backward kernels are written in *gather* form: one thread per input-gradient
+  element loops over the windows covering it in a fixed order (tap ``i``,
+  then ``j``, ascending), sums in a register and writes once. No kernel uses
+  atomics, so results are bit-identical from run to run (a run resumed from a
+  checkpoint ends as an uninterrupted one); tests/test_cuda_determinism.py
+  checks the rule and emulates the gathers without a GPU.
 
 The im2col "columns" layout is a C-contiguous ``(N, Ho, Wo, kh, kw, C)``
 array, i.e. the matrix ``(N*Ho*Wo, kh*kw*C)`` whose rows are output
@@ -474,7 +478,8 @@ def maxpool_backward_nhwc(
 
     ``dx[n, h, w, c]`` sums ``dy`` over the windows whose ``argmax`` (from
     :func:`maxpool_forward_nhwc` with the same geometry) points at
-    ``(h, w)``. Overlapping windows are handled; no atomics.
+    ``(h, w)``, in the fixed window order (tap ``i`` then ``j``). Overlapping
+    windows are handled; deterministic (gather form, no atomics).
     """
     dy = _as_input(dy, "dy", 4)
     _check_pool_padding(kh, kw, ph, pw)
@@ -533,7 +538,8 @@ def avgpool_backward_nhwc(
     """Average-pool gradient: dy (N, Ho, Wo, C) -> dx (N, H, W, C).
 
     ``dx[n, h, w, c]`` is the sum of ``dy`` over the windows containing
-    ``(h, w)``, divided by ``kh*kw``.
+    ``(h, w)``, divided by ``kh*kw``. Deterministic (gather form, fixed
+    summation order, no atomics).
     """
     dy = _as_input(dy, "dy", 4)
     _check_pool_padding(kh, kw, ph, pw)
