@@ -157,3 +157,24 @@ def test_a_batch_that_does_not_fit_in_memory_names_what_it_needs(tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()[-1]          # after "training ..."
     assert err.startswith("minicnn train: error: out of memory") and "internal error" not in err
     assert "batches of 512 images needs about 0.5 GiB" in err
+
+
+@pytest.mark.slow
+def test_precision_fp16_trains_and_resume_keeps_it(tmp_path, capsys):
+    status, out = _train(tmp_path, "--precision", "fp16", "--limit", "64", "--test-limit", "64",
+                         "--batch-size", "32", "--val-split", "0", "--model", "lenet5")
+    assert status == 0
+    ckpt = minicnn.checkpoint.load_checkpoint(out / "last.npz")
+    assert ckpt.meta["run"]["precision"] == "fp16"
+    assert "skipped_steps" in json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    capsys.readouterr()
+    status = cli.main(["train", "--out", str(out), "--resume", "--precision", "fp32",
+                       "--quiet"])
+    assert status != 0 and "--precision fp32 differs" in capsys.readouterr().err
+
+
+def test_precision_bf16_is_refused_on_numpy_in_one_line(tmp_path, capsys):
+    status, _ = _train(tmp_path, "--precision", "bf16", "--limit", "64", "--test-limit", "64",
+                       "--batch-size", "32", "--val-split", "0", "--model", "lenet5")
+    err = capsys.readouterr().err
+    assert status == 1 and "bfloat16" in err and err.strip().count("\n") <= 1

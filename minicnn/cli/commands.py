@@ -303,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "tenth of them; 0: none)")
     t.add_argument("--early-stop", type=positive, metavar="PATIENCE", help="stop when the "
                    "validation loss has not improved for PATIENCE epochs (default: off)")
+    t.add_argument("--precision", choices=("fp32", "fp16", "bf16"),
+                   help="compute precision (default fp32); fp16/bf16 keep float32 master "
+                   "weights with dynamic loss scaling (bf16 needs a bfloat16 dtype: not NumPy)")
     t.add_argument("--quiet", action="store_true",
                    help="no progress bars (the line per epoch stays)")
     t.add_argument("--distributed", nargs="?", const="on", choices=("on", "mpi", "nccl", "off"),

@@ -41,14 +41,15 @@ from minicnn.viz import plots
 
 # Settings a run is defined by: on --resume they default to the saved ones and may not change.
 RUN_KEYS = ("dataset", "model", "batch_size", "lr", "momentum", "weight_decay", "schedule",
-            "seed", "limit", "augment", "optimizer", "val_split")
+            "seed", "limit", "augment", "optimizer", "val_split", "precision")
 
 
 def _resolve(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str, Any]:
     """The run's settings: explicit options, else the saved run's (on --resume), else the
     reference recipe's defaults. A resumed run may change only --epochs and --test-limit."""
     defaults = {"dataset": "mnist", "model": "ref-cnn", "seed": 0, "limit": None,
-                "test_limit": None, **training.REFERENCE_RECIPE.as_dict()}
+                "test_limit": None, "precision": "fp32",
+                **training.REFERENCE_RECIPE.as_dict()}
     saved = saved or {}
     optimizer = getattr(args, "optimizer", None) or saved.get("optimizer", "sgd")
     defaults.update(optimizer=optimizer, **training.OPTIMIZER_DEFAULTS[optimizer])
@@ -174,7 +175,8 @@ def _train(args: argparse.Namespace, comm: distributed.Communicator) -> int:
                       callbacks=[log_epoch] if root else [], checkpoint=last,
                       resume=bool(args.resume), meta=meta, progress=not args.quiet and root,
                       verbose=root, comm=comm, early_stop=args.early_stop,
-                      best_checkpoint=out / BEST if len(xv) else None)
+                      best_checkpoint=out / BEST if len(xv) else None,
+                      precision=s["precision"])
     except TrainingError:
         if root and out.is_dir() and not any(out.iterdir()):
             out.rmdir()                           # a run that wrote nothing leaves nothing

@@ -1,5 +1,6 @@
-"""Training: losses, optimizers, schedules, the loop (``fit``, ``train_step``), evaluation, the
-split of a batch among CPU threads and data-parallel training over processes.
+"""Training: losses, optimizers, schedules, the loop (``fit``, ``train_step``), mixed
+``precision``, evaluation, the split of a batch among CPU threads and data-parallel training
+over processes.
 
     from minicnn.training import SGD, CosineLR, SoftmaxCrossEntropy, fit
 """
@@ -19,6 +20,7 @@ from minicnn.training.loop import (
 )
 from minicnn.training.losses import MSELoss, SoftmaxCrossEntropy
 from minicnn.training.optimizers import OPTIMIZERS, SGD, Adam, AdamW, Optimizer
+from minicnn.training.precision import PRECISIONS, LossScaler, Precision
 from minicnn.training.recipe import (
                                          OPTIMIZER_DEFAULTS,
                                          REFERENCE_RECIPE,
@@ -38,4 +40,5 @@ __all__ = ["SoftmaxCrossEntropy", "MSELoss",
            "ConstantLR", "StepLR", "CosineLR", "SCHEDULES", "make_schedule",
            "Recipe", "REFERENCE_RECIPE", "OPTIMIZER_DEFAULTS", "make_optimizer",
            "fit", "train_step", "History", "TrainingError", "DIVERGENCE_FACTOR",
+           "Precision", "LossScaler", "PRECISIONS",
            "evaluate", "predict", "confusion_matrix", "Evaluation", "EVAL_BATCH_SIZE"]

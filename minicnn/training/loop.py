@@ -22,6 +22,12 @@ epoch means are still exact (every step's loss is summed). A NaN or inf loss sto
 The first Ctrl-C stops at the end of the current step, saves a checkpoint (mid-epoch
 included: a resumed run ends with bit-identical weights) and returns the History with
 ``stopped == "interrupted"``; a second Ctrl-C interrupts at once.
+
+``fit(..., precision="fp16")`` computes each step in float16 on a working copy of the model
+with float32 master weights and dynamic loss scaling (``minicnn.training.precision``); a step
+whose gradients are not finite is skipped and counted (``skipped_steps`` and ``loss_scale`` in
+each epoch's record), and too many skips in a row stop training with a TrainingError naming
+the layer that overflowed. The default, "fp32", runs the step above unchanged.
 """
 from __future__ import annotations
 
@@ -49,6 +55,7 @@ from minicnn.training.evaluation import (
     model_backend,
 )
 from minicnn.training.losses import SoftmaxCrossEntropy
+from minicnn.training.precision import HalfStep, Precision
 
 __all__ = ["fit", "train_step", "History", "TrainingError", "DIVERGENCE_FACTOR"]
 
@@ -192,6 +199,7 @@ class _Tally:
     seen: int = 0
     seconds: float = 0.0        # training time so far, across a resume
     has_correct: bool = True
+    skipped: int = 0            # steps skipped for non-finite gradients (mixed precision)
 
 
 class _Run:
@@ -210,6 +218,9 @@ class _Run:
         self.tally: _Tally | None = None     # a resumed, unfinished epoch
         self.good = None                     # the checkpoint holding the last good weights
         self.first_loss: float | None = None  # the run's first step's loss (divergence rule)
+        self.half: HalfStep | None = None    # the half-precision step (precision not fp32)
+        self.scaler_state: dict[str, Any] | None = None   # a resumed run's loss scaler
+        self.taken = True                    # whether the last step updated the weights
 
     def resume(self, path: Any) -> None:
         """Restore weights, optimizer, RNGs, position and history from ``path``."""
@@ -229,6 +240,7 @@ class _Run:
         self.tally = _Tally(**training["partial"]) if training.get("partial") else None
         self.history, self.good = History(training["history"]), path
         self.first_loss = training.get("first_loss")
+        self.scaler_state = training.get("scaler")
 
     def save(self, tally: _Tally | None) -> None:
         """Write the checkpoint: at an epoch's end (tally None) or mid-epoch; with several
@@ -243,6 +255,8 @@ class _Run:
                     "partial": None if tally is None else asdict(tally),
                     "rng": random.get_rng_state(), "loader": self.loader.state_dict(),
                     "history": self.history.records, "first_loss": self.first_loss}
+        if self.half is not None:
+            training["scaler"] = self.half.scaler.state_dict()
         save(self.model, self.checkpoint, self.optimizer, training=training, **self.meta)
         if tally is None:
             self.good = self.checkpoint
@@ -254,7 +268,12 @@ class _Run:
         (dropout) come from its own generator, seeded from the shared global one."""
         if self.schedule is not None:
             self.optimizer.lr = float(self.schedule(self.step))
-        if self.comm is None:
+        if self.half is not None:
+            loss, correct, self.taken = self.half(self.loss_fn, self.optimizer, x, y,
+                                                  correct_count)
+            result: tuple[Any, Any] = (loss, correct)
+            count = len(x)
+        elif self.comm is None:
             result = train_step(self.model, self.loss_fn, self.optimizer, x, y)
             count = len(x)
         else:
@@ -290,8 +309,12 @@ class _Run:
         try:
             for x, y in batches:
                 loss, correct, count = self.train_step(x, y, stop)
-                window.add(loss, correct, count)
                 tally.position += 1
+                if self.taken:
+                    window.add(loss, correct, count)
+                else:                         # a skipped step: not in the epoch's means
+                    tally.skipped += 1
+                    self._check_skips(tally)
                 bar.update(1)
                 for cb in on_step:
                     cb(self.step)
@@ -302,7 +325,7 @@ class _Run:
                     mark = (now, tally.seen)
                     postfix = {"loss": f"{mean_loss:.4f}"}
                     if tally.has_correct:
-                        postfix["acc"] = f"{tally.correct / tally.seen:.4f}"
+                        postfix["acc"] = f"{tally.correct / max(tally.seen, 1):.4f}"
                     postfix["img/s"] = f"{rate:.0f}"
                     bar.set_postfix(postfix, refresh=False)
                 if self.stopping(stop):
@@ -314,6 +337,17 @@ class _Run:
         finally:
             bar.close()
             batches.close()
+
+    def _check_skips(self, tally: _Tally) -> None:
+        """Raise TrainingError when the half-precision step has skipped too often."""
+        why = self.half.diverged() if self.half is not None else None
+        if self.half is not None and why is not None:
+            kept = f"the last good checkpoint is {self.good}" if self.good else \
+                "no checkpoint was written"
+            raise TrainingError(
+                f"{self.half.precision.name} training diverged at epoch {self.epoch + 1}, step "
+                f"{tally.position} of {len(self.loader)} (global step {self.step}): {why} "
+                f"({kept})", self.history)
 
     def _drain(self, window: _Window, tally: _Tally) -> float:
         """Add the window to the tally (one device read); raise TrainingError when a loss is
@@ -340,15 +374,16 @@ class _Run:
             tally.has_correct = False
         else:
             tally.correct += sum(counts)
-        return sum(losses) / len(losses)
+        return sum(losses) / len(losses) if losses else math.nan
 
     def end_epoch(self, tally: _Tally, val_loader: DataLoader | None) -> dict[str, Any]:
         """Validate, append the epoch's record to the history, and return it."""
         started = time.perf_counter()
         seen = max(tally.seen, 1)
         record = {"epoch": self.epoch + 1, "step": self.step, "lr": self.optimizer.lr,
-                  "train_loss": tally.loss_sum / seen,
-                  "train_acc": tally.correct / seen if tally.has_correct else None}
+                  "train_loss": tally.loss_sum / seen if tally.seen else math.nan,
+                  "train_acc": None if not tally.has_correct else
+                  tally.correct / seen if tally.seen else math.nan}
         if val_loader is not None:
             if self.comm is not None:
                 distributed.broadcast_state(self.model, self.comm)
@@ -357,6 +392,8 @@ class _Run:
             record.update(val_loss=result.loss, val_acc=result.accuracy)
         record.update(seconds=tally.seconds + time.perf_counter() - started,
                       images_per_s=tally.seen / max(tally.seconds, 1e-9))
+        if self.half is not None:
+            record.update(skipped_steps=tally.skipped, loss_scale=self.half.scaler.scale)
         self.history.records.append(record)
         self.epoch += 1
         return record
@@ -368,7 +405,8 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
         resume: Any = False, meta: dict[str, Any] | None = None, progress: bool = True,
         log_every: int = 20, eval_batch_size: int = EVAL_BATCH_SIZE,
         workers: int | None = None, comm: Any = None, verbose: bool = True,
-        early_stop: int | None = None, best_checkpoint: Any = None) -> History:
+        early_stop: int | None = None, best_checkpoint: Any = None,
+        precision: Any = "fp32") -> History:
     """Train ``model`` for ``epochs`` epochs with ``optimizer`` and return the History.
 
     train_data: a DataLoader, or an (x, y) pair batched here (``batch_size``, shuffled with
@@ -395,7 +433,17 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
     first, gradients, losses and metrics are summed over the ranks, and only rank 0 shows
     progress and writes ``checkpoint``; workers default to the cores per rank (BLAS
     single-threaded when that is 1). Callbacks run on every rank, with the global figures.
+
+    precision: "fp32" (default), "fp16" or "bf16" (or a ``minicnn.training.precision.Precision``
+    with loss-scaler options): compute in half precision with the model's float32 parameters as
+    master weights and dynamic loss scaling; skipped steps (non-finite gradients) are left out
+    of the epoch's means and counted in its record (``skipped_steps``, with ``loss_scale``).
+    bf16 is refused where the array module has no bfloat16 (NumPy). One process only.
     """
+    policy = Precision.of(precision)
+    if policy.enabled and comm is not None and comm.size > 1:
+        raise ValueError(f"fit: precision={policy.name!r} runs in one process only; train "
+                         "data-parallel in fp32")
     loader = _train_loader(train_data, batch_size, seed, model)
     if comm is not None and comm.size > 1:
         loader.set_shard(comm.rank, comm.size)
@@ -420,6 +468,10 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
             _say(progress, f"already trained for {run.epoch} epochs (asked for {epochs})")
     if run.comm is not None:
         distributed.broadcast_parameters(model.parameters(), run.comm)
+    if policy.enabled:
+        run.half = HalfStep(model, policy)        # after resume: it copies the loaded weights
+        if run.scaler_state is not None:
+            run.half.scaler.load_state_dict(run.scaler_state)
     on_epoch = [getattr(cb, "on_epoch_end", cb) for cb in callbacks
                 if hasattr(cb, "on_epoch_end") or callable(cb)]
     on_step = [cb.on_step_end for cb in callbacks if hasattr(cb, "on_step_end")]
@@ -427,6 +479,8 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
     workers_before = model.__dict__.get("workers")
     if workers is not None:
         model.workers = workers
+        if run.half is not None:
+            run.half.work.workers = workers
     single_blas = blas.single_threaded() if run.comm is not None and \
         getattr(model, "workers", None) == 1 else contextlib.nullcontext()  # a core per rank
     loud = run.comm is None or run.comm.is_root
@@ -490,5 +544,8 @@ def _describe(record: dict[str, Any], epochs: int) -> str:
             f"{pct(record['train_acc'])}")
     if "val_loss" in record:
         text += f" | val loss {record['val_loss']:.4f}{pct(record['val_acc'])}"
+    if record.get("skipped_steps"):
+        text += (f" | {record['skipped_steps']} skipped step"
+                 f"{'s' * (record['skipped_steps'] != 1)} (loss scale {record['loss_scale']:g})")
     return text + (f" | lr {record['lr']:.4g} | {record['seconds']:.1f} s "
                    f"({record['images_per_s']:.0f} img/s)")
