@@ -120,6 +120,10 @@ def _train(args: argparse.Namespace, comm: distributed.Communicator) -> int:
         for name in (LAST, FINAL, BEST, METRICS, CURVES, CONFUSION, EVAL_CONFUSION):
             (out / name).unlink(missing_ok=True)
     s = _resolve(args, saved)
+    try:                                 # bf16 without a bfloat16 dtype: before any file
+        training.Precision(s["precision"]).compute_dtype(backend.get_module(backend.name))
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     if s["batch_size"] % comm.size:
         raise CLIError(f"--batch-size {s['batch_size']} does not split evenly among "
                        f"{comm.size} ranks; use a multiple of {comm.size}")
