@@ -577,3 +577,11 @@ def test_backward_adds_into_parameter_gradients_until_zero_grad():
     np.testing.assert_allclose(layer.weight.grad, 2 * once, rtol=1e-14)
     layer.zero_grad()
     assert not layer.weight.grad.any() and not layer.bias.grad.any()
+
+
+def test_dropout_takes_float16_input():
+    """NumPy's generator cannot draw float16: the mask is drawn in float32, applied in float16."""
+    x = np.ones((4, 50), np.float16)
+    y = Dropout(0.5).train().forward(x)
+    assert y.dtype == np.float16
+    assert set(np.unique(y).tolist()) <= {0.0, 2.0} and 0 < np.count_nonzero(y) < y.size

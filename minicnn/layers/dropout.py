@@ -34,7 +34,9 @@ class Dropout(Layer):
             self.save_for_backward(None)
             return x
         xp = backend.get_array_module(x)
-        keep = random.rng_for(xp).random(x.shape, dtype=x.dtype) >= self.p
+        # generators draw float32 or float64 only: half-precision input draws in float32
+        draw = x.dtype if x.dtype.itemsize >= 4 else xp.float32
+        keep = random.rng_for(xp).random(x.shape, dtype=draw) >= self.p
         mask = keep * x.dtype.type(1.0 / (1.0 - self.p))
         self.save_for_backward(mask)
         return x * mask
