@@ -4,22 +4,22 @@ files or bounded downloads) and image files.
     from minicnn.data import DataLoader, Normalize, RandomShift, load_mnist
 """
 from minicnn.data.datasets import (
-           data_root,
-           dataset_files,
-           load_fashion_mnist,
-           load_mnist,
+    data_root,
+    dataset_files,
+    load_fashion_mnist,
+    load_mnist,
 )
 from minicnn.data.errors import DatasetError
 from minicnn.data.idx import read_idx, write_idx
 from minicnn.data.images import fit_to_input, read_image
 from minicnn.data.loader import DataLoader
 from minicnn.data.transforms import (
-           Normalize,
-           RandomShift,
-           ToFloat,
-           model_transform,
-           raw_input_transform,
-           transform_from_config,
+    Normalize,
+    RandomShift,
+    ToFloat,
+    model_transform,
+    raw_input_transform,
+    transform_from_config,
 )
 
 __all__ = ["DataLoader", "ToFloat", "Normalize", "RandomShift", "transform_from_config",

@@ -1,12 +1,12 @@
 """minicnn's layers: each one file, each with explicit forward and backward."""
 from minicnn.layers.activations import (
-                                        Identity,
-                                        LeakyReLU,
-                                        ReLU,
-                                        Sigmoid,
-                                        Softmax,
-                                        Tanh,
-                                        get_activation,
+    Identity,
+    LeakyReLU,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
+    get_activation,
 )
 from minicnn.layers.base import LAYER_REGISTRY, Layer, Parameter
 from minicnn.layers.conv import Conv2D

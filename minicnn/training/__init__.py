@@ -5,34 +5,29 @@ over processes.
     from minicnn.training import SGD, CosineLR, SoftmaxCrossEntropy, fit
 """
 from minicnn.training.evaluation import (
-                                         EVAL_BATCH_SIZE,
-                                         Evaluation,
-                                         confusion_matrix,
-                                         evaluate,
-                                         predict,
+    EVAL_BATCH_SIZE,
+    Evaluation,
+    confusion_matrix,
+    evaluate,
+    predict,
 )
-from minicnn.training.loop import (
-                                         DIVERGENCE_FACTOR,
-                                         History,
-                                         TrainingError,
-                                         fit,
-                                         train_step,
-)
+from minicnn.training.history import History
+from minicnn.training.loop import DIVERGENCE_FACTOR, TrainingError, fit, train_step
 from minicnn.training.losses import MSELoss, SoftmaxCrossEntropy
 from minicnn.training.optimizers import OPTIMIZERS, SGD, Adam, AdamW, Optimizer
 from minicnn.training.precision import PRECISIONS, LossScaler, Precision
 from minicnn.training.recipe import (
-                                         OPTIMIZER_DEFAULTS,
-                                         REFERENCE_RECIPE,
-                                         Recipe,
-                                         make_optimizer,
+    OPTIMIZER_DEFAULTS,
+    REFERENCE_RECIPE,
+    Recipe,
+    make_optimizer,
 )
 from minicnn.training.schedules import (
-                                         SCHEDULES,
-                                         ConstantLR,
-                                         CosineLR,
-                                         StepLR,
-                                         make_schedule,
+    SCHEDULES,
+    ConstantLR,
+    CosineLR,
+    StepLR,
+    make_schedule,
 )
 
 __all__ = ["SoftmaxCrossEntropy", "MSELoss",

@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 from tqdm import tqdm
@@ -54,6 +54,7 @@ from minicnn.training.evaluation import (
     evaluate,
     model_backend,
 )
+from minicnn.training.history import EpochTally, History, StepWindow, best_epoch, describe_epoch
 from minicnn.training.losses import SoftmaxCrossEntropy
 from minicnn.training.precision import HalfStep, Precision
 
@@ -71,30 +72,6 @@ class TrainingError(RuntimeError):
     def __init__(self, message: str, history: History):
         super().__init__(message)
         self.history = history
-
-
-class History:
-    """Per-epoch metrics: ``history.records`` is a list of dicts (epoch, step, lr, train_loss,
-    train_acc, val_loss, val_acc, seconds, images_per_s); ``history["val_acc"]`` is one key
-    over all epochs. ``stopped`` is None, or "interrupted" after Ctrl-C."""
-
-    def __init__(self, records: Iterable[dict[str, Any]] = ()):
-        self.records = [dict(r) for r in records]
-        self.stopped: str | None = None
-
-    def __getitem__(self, key: int | str) -> Any:
-        if isinstance(key, int):
-            return self.records[key]
-        return [r.get(key) for r in self.records]
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __iter__(self):
-        return iter(self.records)
-
-    def __repr__(self) -> str:
-        return f"History({len(self.records)} epochs, last={self.records[-1] if self else None})"
 
 
 def _train_loader(data: Any, batch_size: int, seed: int | None, model: Any) -> DataLoader:
@@ -125,44 +102,6 @@ def train_step(model: Any, loss_fn: Any, optimizer: Any, x: Any, y: Any,
     return loss, correct
 
 
-class _Window:
-    """The last few steps' losses and correct counts, kept on the device until read."""
-
-    def __init__(self, size: int):
-        self.size = size
-        # arrays on the device the loss lives on, made by the first add
-        self.loss: Any = None
-        self.correct: Any = None
-        self.sizes: list[int] = []
-        self.has_correct = True
-
-    def add(self, loss: Any, correct: Any, n: int) -> None:
-        if self.loss is None:                        # on the device the loss lives on
-            xp = backend.get_array_module(loss)
-            self.loss = xp.zeros(self.size, dtype=xp.float32)
-            self.correct = xp.zeros(self.size, dtype=xp.int64)
-        k = len(self.sizes)
-        self.loss[k] = loss
-        if correct is None:
-            self.has_correct = False
-        else:
-            self.correct[k] = correct
-        self.sizes.append(n)
-
-    def full(self) -> bool:
-        return len(self.sizes) == self.size
-
-    def drain(self) -> tuple[list[float], list[int] | None, list[int]]:
-        """Read the window to the host (one sync) and empty it."""
-        k = len(self.sizes)
-        if k == 0:
-            return [], [] if self.has_correct else None, []
-        losses = backend.to_numpy(self.loss[:k]).tolist()
-        correct = backend.to_numpy(self.correct[:k]).tolist() if self.has_correct else None
-        sizes, self.sizes = self.sizes, []
-        return losses, correct, sizes
-
-
 class _StopRequest:
     """While active, the first Ctrl-C only sets ``requested``; a second one interrupts."""
 
@@ -189,19 +128,6 @@ def _say(progress: bool, message: str) -> None:
         tqdm.write(message, file=sys.stderr)
 
 
-@dataclass
-class _Tally:
-    """An epoch's running sums (JSON-serialisable, saved in mid-epoch checkpoints)."""
-
-    position: int = 0           # batches done
-    loss_sum: float = 0.0       # sum over steps of batch loss * batch size
-    correct: int = 0
-    seen: int = 0
-    seconds: float = 0.0        # training time so far, across a resume
-    has_correct: bool = True
-    skipped: int = 0            # steps skipped for non-finite gradients (mixed precision)
-
-
 class _Run:
     """The state of one ``fit`` call: what it trains, where it stands, where it saves."""
 
@@ -215,7 +141,7 @@ class _Run:
         self.meta, self.epochs, self.progress = meta, epochs, progress
         self.log_every = max(1, log_every)
         self.epoch, self.step, self.history = 0, 0, History()
-        self.tally: _Tally | None = None     # a resumed, unfinished epoch
+        self.tally: EpochTally | None = None     # a resumed, unfinished epoch
         self.good = None                     # the checkpoint holding the last good weights
         self.first_loss: float | None = None  # the run's first step's loss (divergence rule)
         self.half: HalfStep | None = None    # the half-precision step (precision not fp32)
@@ -237,12 +163,12 @@ class _Run:
             raise CheckpointError(f"{path}: does not fit this run: {exc}") from None
         random.set_rng_state(training["rng"])
         self.epoch, self.step = training["epoch"], training["step"]
-        self.tally = _Tally(**training["partial"]) if training.get("partial") else None
+        self.tally = EpochTally(**training["partial"]) if training.get("partial") else None
         self.history, self.good = History(training["history"]), path
         self.first_loss = training.get("first_loss")
         self.scaler_state = training.get("scaler")
 
-    def save(self, tally: _Tally | None) -> None:
+    def save(self, tally: EpochTally | None) -> None:
         """Write the checkpoint: at an epoch's end (tally None) or mid-epoch; with several
         ranks, rank 0 writes it (after receiving rank 0's BatchNorm statistics, all ranks hold
         the same state)."""
@@ -294,17 +220,17 @@ class _Run:
             return stop.requested
         return self.sync is not None and self.sync.stopped
 
-    def train_epoch(self, stop: _StopRequest, on_step: list) -> _Tally:
+    def train_epoch(self, stop: _StopRequest, on_step: list) -> EpochTally:
         """Run the current epoch's remaining steps, or until a stop request (then save a
         mid-epoch checkpoint); return the epoch's tally."""
-        tally, self.tally = self.tally or _Tally(), None
+        tally, self.tally = self.tally or EpochTally(), None
         started = time.perf_counter() - tally.seconds
         steps = len(self.loader)
         bar = tqdm(total=steps, initial=tally.position, unit="step", file=sys.stderr,
                    desc=f"epoch {self.epoch + 1}/{self.epochs}",
                    disable=not (self.progress and sys.stderr.isatty()),
                    dynamic_ncols=True)
-        window, mark = _Window(self.log_every), (time.perf_counter(), tally.seen)
+        window, mark = StepWindow(self.log_every), (time.perf_counter(), tally.seen)
         batches = iter(self.loader)
         try:
             for x, y in batches:
@@ -338,7 +264,7 @@ class _Run:
             bar.close()
             batches.close()
 
-    def _check_skips(self, tally: _Tally) -> None:
+    def _check_skips(self, tally: EpochTally) -> None:
         """Raise TrainingError when the half-precision step has skipped too often."""
         why = self.half.diverged() if self.half is not None else None
         if self.half is not None and why is not None:
@@ -349,7 +275,7 @@ class _Run:
                 f"{tally.position} of {len(self.loader)} (global step {self.step}): {why} "
                 f"({kept})", self.history)
 
-    def _drain(self, window: _Window, tally: _Tally) -> float:
+    def _drain(self, window: StepWindow, tally: EpochTally) -> float:
         """Add the window to the tally (one device read); raise TrainingError when a loss is
         NaN or inf or past ``DIVERGENCE_FACTOR`` times the run's first step's loss."""
         losses, counts, sizes = window.drain()
@@ -376,7 +302,7 @@ class _Run:
             tally.correct += sum(counts)
         return sum(losses) / len(losses) if losses else math.nan
 
-    def end_epoch(self, tally: _Tally, val_loader: DataLoader | None) -> dict[str, Any]:
+    def end_epoch(self, tally: EpochTally, val_loader: DataLoader | None) -> dict[str, Any]:
         """Validate, append the epoch's record to the history, and return it."""
         started = time.perf_counter()
         seen = max(tally.seen, 1)
@@ -499,11 +425,11 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
                     run.history.stopped = "interrupted"
                     break
                 record = run.end_epoch(tally, val_loader)
-                _say(verbose and loud, _describe(record, epochs))
+                _say(verbose and loud, describe_epoch(record, epochs))
                 for cb in on_epoch:
                     cb(record)
                 run.save(None)
-                best, since_best = _best_epoch(run.history)
+                best, since_best = best_epoch(run.history)
                 if best_checkpoint is not None and loud and since_best == 0:
                     from minicnn.saving.checkpoint import save
                     save(model, best_checkpoint, best_epoch=best, **meta)
@@ -525,27 +451,3 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
             else:
                 model.workers = workers_before
     return run.history
-
-
-def _best_epoch(history: History) -> tuple[int | None, int]:
-    """The epoch of the lowest validation loss so far and the epochs since (0 when none)."""
-    losses = [(r["val_loss"], r["epoch"]) for r in history if r.get("val_loss") is not None]
-    if not losses:
-        return None, 0
-    best = min(losses)[1]
-    return best, history[-1]["epoch"] - best
-
-
-def _describe(record: dict[str, Any], epochs: int) -> str:
-    """One line summarising an epoch's record."""
-    def pct(v: float | None) -> str:
-        return "" if v is None else f" acc {100 * v:.2f}%"
-    text = (f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f}"
-            f"{pct(record['train_acc'])}")
-    if "val_loss" in record:
-        text += f" | val loss {record['val_loss']:.4f}{pct(record['val_acc'])}"
-    if record.get("skipped_steps"):
-        text += (f" | {record['skipped_steps']} skipped step"
-                 f"{'s' * (record['skipped_steps'] != 1)} (loss scale {record['loss_scale']:g})")
-    return text + (f" | lr {record['lr']:.4g} | {record['seconds']:.1f} s "
-                   f"({record['images_per_s']:.0f} img/s)")
