@@ -266,14 +266,14 @@ class _Run:
 
     def _check_skips(self, tally: EpochTally) -> None:
         """Raise TrainingError when the half-precision step has skipped too often."""
-        why = self.half.diverged() if self.half is not None else None
-        if self.half is not None and why is not None:
-            kept = f"the last good checkpoint is {self.good}" if self.good else \
-                "no checkpoint was written"
-            raise TrainingError(
-                f"{self.half.precision.name} training diverged at epoch {self.epoch + 1}, step "
-                f"{tally.position} of {len(self.loader)} (global step {self.step}): {why} "
-                f"({kept})", self.history)
+        if self.half is None or (why := self.half.diverged()) is None:
+            return
+        kept = f"the last good checkpoint is {self.good}" if self.good else \
+            "no checkpoint was written"
+        raise TrainingError(
+            f"{self.half.precision.name} training diverged at epoch {self.epoch + 1}, step "
+            f"{tally.position} of {len(self.loader)} (global step {self.step}): {why} "
+            f"({kept})", self.history)
 
     def _drain(self, window: StepWindow, tally: EpochTally) -> float:
         """Add the window to the tally (one device read); raise TrainingError when a loss is
