@@ -15,7 +15,7 @@ import minicnn
 from minicnn import zoo
 from minicnn.core import backend
 from minicnn.layers.base import Layer
-from minicnn.tools.bench import command, runners, sweep, timing, torch_twin
+from minicnn.tools.bench import command, layer_cases, runners, sweep, timing, torch_twin
 from minicnn.tools.bench import report as bench_report
 from minicnn.training import parallel
 
@@ -400,3 +400,64 @@ def test_sweep_report_with_both_backends_on_made_up_figures():
     assert "| conv2d_1 (Conv2D) |    0.250 |      0.500 |      0.250 |        0.500 |" in lines
     assert sweep.SPLIT in text and sweep.NOT_APPLICABLE in text
     assert "| 128   |            2.000 |            64,000 |" in lines
+
+
+# =========================================================================== --layers
+
+SMALL_CASES = (
+    layer_cases.LayerCase("conv", "minicnn.layers.conv", "Conv2D", (2, 3, 3), (4, 2, 6, 6),
+                          lambda F, x, p: F.conv2d(x, p["weight"], p["bias"], padding=1),
+                          {"padding": 1}),
+    layer_cases.LayerCase("pool", "minicnn.layers.pooling", "MaxPool2D", (2,), (4, 2, 6, 6),
+                          lambda F, x, p: F.max_pool2d(x, 2)),
+    layer_cases.LayerCase("missing", "minicnn.layers.pooling", "NoSuchPool2D", (2,),
+                          (4, 2, 6, 6), lambda F, x, p: x),
+)
+
+
+@pytest.mark.parametrize("torch_too", [False, True], ids=["alone", "torch"])
+def test_layers_report_times_each_case_and_says_why_one_is_missing(
+        tmp_path, capsys, monkeypatch, torch_too):
+    if torch_too:
+        pytest.importorskip("torch")
+    else:
+        monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.setattr(layer_cases, "CASES", SMALL_CASES)
+    report = _run(tmp_path, "--layers", "--compare", "torch")
+    out = capsys.readouterr().out
+    cases = report["layers"][backend.get_backend()]
+    assert set(cases) == {"conv", "pool", "missing"}
+    assert "NoSuchPool2D" in cases["missing"]["unavailable"]
+    assert "missing: not measured: AttributeError" in out
+    for name in ("conv", "pool"):
+        figures = cases[name]
+        assert figures["minicnn_step_ms"] > 0 and figures["minicnn_forward_ms"] > 0
+        assert ("step_ratio" in figures) == torch_too
+        if torch_too:
+            assert figures["step_ratio"] == pytest.approx(
+                figures["minicnn_step_ms"] / figures["torch_step_ms"])
+            assert figures["meets_target"] == (figures["step_ratio"] <= figures["target"])
+
+
+def test_layer_runners_compute_the_same_step():
+    """The two sides of a case compute the same output and input gradient."""
+    torch = pytest.importorskip("torch")
+    from minicnn.tools.bench import layers as bench_layers
+    case = SMALL_CASES[0]
+    mine = bench_layers.LayerRunner(case, seed=3)
+    theirs = bench_layers.TorchLayerRunner(torch, case, mine, "cpu")
+    y = mine.model.forward(mine.x, training=True)
+    dx = mine.model.backward(mine.dy, input_grad=True)
+    yt = case.torch_fn(torch.nn.functional, theirs.x, theirs.params)
+    yt.backward(theirs.dy)
+    np.testing.assert_allclose(backend.to_numpy(y), yt.detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(backend.to_numpy(dx), theirs.x.grad.numpy(), rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_layers_option_errors(capsys):
+    assert command.main(TINY + ["--layers", "nosuchlayer"]) == 2
+    assert "unknown layer case(s) nosuchlayer" in capsys.readouterr().err
+    assert command.main(TINY + ["--layers", "--sweep", "batch=1,2"]) == 2
+    assert "--sweep and --layers are separate benchmarks" in capsys.readouterr().err
+

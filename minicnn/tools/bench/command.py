@@ -25,7 +25,8 @@ Inputs are random N(0, 1) images with random labels, from a fixed seed. PyTorch 
 imported only for ``--compare torch``. A backend that cannot run here (CuPy missing, no GPU)
 is reported as not measured, with the reason, and the others run; with none left the command
 fails in one line (exit 2). ``--sweep batch=1,8,32,...`` times fit's step per batch size
-instead (``sweep``). Like the ``minicnn`` command, ``main`` and ``run`` call
+instead (``sweep``); ``--layers`` times single layers against PyTorch at realistic sizes
+(``layers``, cases in ``layer_cases``). Like the ``minicnn`` command, ``main`` and ``run`` call
 ``minicnn.kernels.allocator.keep_freed_memory()`` first.
 """
 from __future__ import annotations
@@ -46,8 +47,10 @@ import minicnn
 from minicnn import zoo
 from minicnn.core import backend
 from minicnn.kernels import allocator, blas
+from minicnn.tools.bench import layers as bench_layers
 from minicnn.tools.bench import report as bench_report
 from minicnn.tools.bench import sweep as bench_sweep
+from minicnn.tools.bench.layer_cases import find_cases
 from minicnn.tools.bench.memory import measure_memory, run_child
 from minicnn.tools.bench.report import EPOCH_IMAGES
 from minicnn.tools.bench.runners import (
@@ -223,6 +226,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="instead, time fit's step per batch size on each backend, with "
                              "each layer's host and device time on CuPy, and say from which "
                              "batch CuPy is faster than NumPy (e.g. batch=1,8,32,128,512)")
+    parser.add_argument("--layers", nargs="?", const=True, metavar="NAME,...",
+                        help="instead, time single layers (all, or the cases named) at "
+                             "realistic sizes, each against PyTorch with --compare torch")
 
 
 def _backend_list(args: argparse.Namespace) -> list[str]:
@@ -249,6 +255,10 @@ def _check(args: argparse.Namespace) -> tuple[list[str], list[int] | None]:
     batches = None if spec is None else bench_sweep.parse_sweep(spec)
     if batches is not None and args.compare:
         raise ValueError("--sweep times minicnn alone: drop --compare")
+    if batches is not None and getattr(args, "layers", None):
+        raise ValueError("--sweep and --layers are separate benchmarks: give one")
+    if getattr(args, "layers", None) not in (None, True):
+        find_cases(args.layers)                          # an unknown name: a usage error
     return backends, batches
 
 
@@ -314,6 +324,17 @@ def run(args: argparse.Namespace) -> int:
             if args.torch_threads:
                 torch.set_num_threads(args.torch_threads)
     previous = backend.get_backend()
+    if getattr(args, "layers", None):
+        try:
+            per_layer = bench_layers.run_layers(args, measured, torch, _log)
+        finally:
+            backend.set_backend(previous)
+        print(bench_layers.format_layers(per_layer, args))
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump({"layers": per_layer, "unavailable": unavailable,
+                           "machine": machine_info(measured, torch)}, f, indent=2)
+        return 0
     try:
         if batches is not None:
             results = {b: bench_sweep.sweep_backend(b, batches, args, _log(b)) for b in measured}
