@@ -132,4 +132,4 @@ def test_adam_refuses_bad_settings(bad):
 
 
 def test_optimizers_by_name():
-    assert set(OPTIMIZERS) == {"sgd", "adam", "adamw"}
+    assert set(OPTIMIZERS) == {"sgd", "adam", "adamw", "rmsprop", "adagrad"}

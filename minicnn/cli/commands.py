@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=positive_float, help=f"peak learning rate (default {r.lr} for "
                    "sgd, 0.001 for adam and adamw)")
     t.add_argument("--momentum", type=non_negative_float,
-                   help=f"SGD momentum (default {r.momentum})")
+                   help=f"SGD and RMSprop momentum (default {r.momentum} for SGD, 0 for RMSprop)")
     t.add_argument("--weight-decay", type=non_negative_float, help=f"weight decay (default "
                    f"{r.weight_decay} for sgd, 0 for adam, 0.01 for adamw)")
     t.add_argument("--schedule", choices=training.SCHEDULES,

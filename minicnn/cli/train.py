@@ -147,8 +147,11 @@ def _train(args: argparse.Namespace, comm: distributed.Communicator) -> int:
 
     minicnn.manual_seed(s["seed"])
     model = zoo.build_model(s["model"])
-    optimizer = training.make_optimizer(model, s["optimizer"], s["lr"], s["momentum"],
-                                        s["weight_decay"])
+    try:
+        optimizer = training.make_optimizer(model, s["optimizer"], s["lr"], s["momentum"],
+                                            s["weight_decay"])
+    except ValueError as exc:
+        raise CLIError(f"--optimizer {s['optimizer']}: {exc}") from None
     transform = Normalize(s["mean"], s["std"])
     loader = DataLoader(x, y, batch_size=s["batch_size"], shuffle=True, seed=s["seed"],
                         transform=transform,

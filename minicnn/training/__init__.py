@@ -14,7 +14,15 @@ from minicnn.training.evaluation import (
 from minicnn.training.history import History
 from minicnn.training.loop import DIVERGENCE_FACTOR, TrainingError, fit, train_step
 from minicnn.training.losses import MSELoss, SoftmaxCrossEntropy
-from minicnn.training.optimizers import OPTIMIZERS, SGD, Adam, AdamW, Optimizer
+from minicnn.training.optimizers import (
+    OPTIMIZERS,
+    SGD,
+    Adagrad,
+    Adam,
+    AdamW,
+    Optimizer,
+    RMSprop,
+)
 from minicnn.training.precision import PRECISIONS, LossScaler, Precision
 from minicnn.training.recipe import (
     OPTIMIZER_DEFAULTS,
@@ -31,7 +39,7 @@ from minicnn.training.schedules import (
 )
 
 __all__ = ["SoftmaxCrossEntropy", "MSELoss",
-           "Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZERS",
+           "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "OPTIMIZERS",
            "ConstantLR", "StepLR", "CosineLR", "SCHEDULES", "make_schedule",
            "Recipe", "REFERENCE_RECIPE", "OPTIMIZER_DEFAULTS", "make_optimizer",
            "fit", "train_step", "History", "TrainingError", "DIVERGENCE_FACTOR",

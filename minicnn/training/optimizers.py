@@ -1,4 +1,4 @@
-"""Optimizers: SGD, Adam and AdamW on a small shared base (``Optimizer``).
+"""Optimizers: SGD, Adam, AdamW, RMSprop and Adagrad on a small shared base (``Optimizer``).
 
 Each optimizer applies the update PyTorch documents for its namesake. SGD (dampening 0)::
 
@@ -15,6 +15,15 @@ weights shrink by lr * weight_decay before the step), at step t = 1, 2, ...::
     v = beta2 * v + (1 - beta2) * g * g
     p = p - lr * (m / (1 - beta1**t)) / (sqrt(v / (1 - beta2**t)) + eps)
 
+RMSprop (``alpha`` the smoothing constant; centered subtracts the squared mean gradient) and
+Adagrad (``lr_decay`` divides lr by 1 + (t - 1) * lr_decay)::
+
+    g = grad + weight_decay * p                      g = grad + weight_decay * p
+    s = alpha * s + (1 - alpha) * g * g              s = s + g * g
+    a = alpha * a + (1 - alpha) * g   (centered)     p = p - lr_t * g / (sqrt(s) + eps)
+    d = g / (sqrt(s - a * a [centered]) + eps)
+    b = momentum * b + d;  p = p - lr * b   (p = p - lr * d without momentum)
+
 Learning-rate schedules are in ``minicnn.training.schedules``.
 """
 from __future__ import annotations
@@ -26,7 +35,7 @@ from typing import Any
 from minicnn.core import backend
 from minicnn.layers.base import Parameter
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZERS"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "OPTIMIZERS"]
 
 
 class Optimizer:
@@ -187,4 +196,97 @@ class AdamW(Adam):
         super().__init__(params, lr, betas, eps, weight_decay)
 
 
-OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+def _check_non_negative(name: str, **values: float) -> None:
+    bad = {k: v for k, v in values.items() if not (math.isfinite(v) and v >= 0)}
+    if bad:
+        raise ValueError(f"{name}: expected " + ", ".join(f"{k} >= 0" for k in bad) + ", got "
+                         + ", ".join(f"{k}={v!r}" for k, v in bad.items()))
+
+
+class RMSprop(Optimizer):
+    """RMSprop (Hinton), with momentum and the centered variant, as PyTorch's RMSprop."""
+
+    HYPER = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered")
+    BUFFERS = ("square_avg", "grad_avg", "momentum_buffer")
+
+    def __init__(self, params: Iterable[Parameter], lr: float = 0.01, alpha: float = 0.99,
+                 eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0,
+                 centered: bool = False):
+        super().__init__(params, lr)
+        _check_non_negative("RMSprop", weight_decay=weight_decay, momentum=momentum)
+        if not 0.0 <= alpha < 1.0 or not eps > 0:
+            raise ValueError(f"RMSprop: expected alpha in [0, 1) and eps > 0, got alpha={alpha}, "
+                             f"eps={eps}")
+        self.alpha, self.eps, self.weight_decay = float(alpha), float(eps), float(weight_decay)
+        self.momentum, self.centered = float(momentum), bool(centered)
+        self.square_avg = self._zeros()
+        self.grad_avg = self._zeros() if centered else []
+        self.momentum_buffer = self._zeros() if momentum else []
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        for key, used in (("grad_avg", state.get("centered")), ("momentum_buffer",
+                                                                  state.get("momentum"))):
+            if not used:
+                state[key] = []
+        self.grad_avg = self._zeros() if state.get("centered") else []
+        self.momentum_buffer = self._zeros() if state.get("momentum") else []
+        super().load_state_dict(state)
+
+    def step(self) -> None:
+        """Apply one update to every parameter, in place."""
+        self.step_count += 1
+        a = self.alpha
+        for i, (p, s) in enumerate(zip(self.params, self.square_avg)):
+            xp = backend.get_array_module(p.data)
+            g = p.grad if not self.weight_decay else p.grad + self.weight_decay * p.data
+            s *= a
+            s += (1.0 - a) * g * g
+            if self.centered:
+                m = self.grad_avg[i]
+                m *= a
+                m += (1.0 - a) * g
+                denominator = xp.sqrt(s - m * m) + self.eps
+            else:
+                denominator = xp.sqrt(s) + self.eps
+            if self.momentum:
+                b = self.momentum_buffer[i]
+                b *= self.momentum
+                b += g / denominator
+                p.data -= self.lr * b
+            else:
+                p.data -= self.lr * g / denominator
+
+
+class Adagrad(Optimizer):
+    """Adagrad (Duchi et al.), with lr decay and weight decay, as PyTorch's Adagrad."""
+
+    HYPER = ("lr", "lr_decay", "weight_decay", "eps")
+    BUFFERS = ("sum",)
+
+    def __init__(self, params: Iterable[Parameter], lr: float = 0.01, lr_decay: float = 0.0,
+                 weight_decay: float = 0.0, initial_accumulator_value: float = 0.0,
+                 eps: float = 1e-10):
+        super().__init__(params, lr)
+        _check_non_negative("Adagrad", lr_decay=lr_decay, weight_decay=weight_decay,
+                            initial_accumulator_value=initial_accumulator_value)
+        if not eps > 0:
+            raise ValueError(f"Adagrad: expected eps > 0, got eps={eps}")
+        self.lr_decay, self.weight_decay, self.eps = float(lr_decay), float(weight_decay), \
+            float(eps)
+        self.sum = self._zeros()
+        for s in self.sum:
+            s += initial_accumulator_value
+
+    def step(self) -> None:
+        """Apply one update to every parameter, in place."""
+        self.step_count += 1
+        lr = self.lr / (1.0 + (self.step_count - 1) * self.lr_decay)
+        for p, s in zip(self.params, self.sum):
+            xp = backend.get_array_module(p.data)
+            g = p.grad if not self.weight_decay else p.grad + self.weight_decay * p.data
+            s += g * g
+            p.data -= lr * g / (xp.sqrt(s) + self.eps)
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad}

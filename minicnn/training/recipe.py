@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from minicnn.training.optimizers import OPTIMIZERS, SGD, Optimizer
+from minicnn.training.optimizers import OPTIMIZERS, Optimizer
 
 __all__ = ["Recipe", "REFERENCE_RECIPE", "OPTIMIZER_DEFAULTS", "make_optimizer"]
 
@@ -45,22 +45,27 @@ OPTIMIZER_DEFAULTS = {
             "weight_decay": REFERENCE_RECIPE.weight_decay},
     "adam": {"lr": 0.001, "momentum": 0.0, "weight_decay": 0.0},
     "adamw": {"lr": 0.001, "momentum": 0.0, "weight_decay": 0.01},
+    "rmsprop": {"lr": 0.01, "momentum": 0.0, "weight_decay": 0.0},
+    "adagrad": {"lr": 0.01, "momentum": 0.0, "weight_decay": 0.0},
 }
-"""Each optimizer's defaults for the command line: the recipe's for SGD, PyTorch's for Adam
-and AdamW (momentum is SGD's only)."""
+"""Each optimizer's defaults for the command line: the recipe's for SGD, PyTorch's for the
+others (momentum is SGD's and RMSprop's only)."""
 
 
 def make_optimizer(model: Any, name: str = "sgd", lr: float | None = None,
                    momentum: float | None = None, weight_decay: float | None = None
                    ) -> Optimizer:
-    """'sgd', 'adam' or 'adamw' over the model's parameters; unset hyper-parameters take
-    ``OPTIMIZER_DEFAULTS[name]``."""
+    """'sgd', 'adam', 'adamw', 'rmsprop' or 'adagrad' over the model's parameters; unset
+    hyper-parameters take ``OPTIMIZER_DEFAULTS[name]``; ``momentum`` only for SGD and RMSprop
+    (ValueError for the others)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}: expected one of {', '.join(OPTIMIZERS)}")
     d = OPTIMIZER_DEFAULTS[name]
     lr = d["lr"] if lr is None else lr
     weight_decay = d["weight_decay"] if weight_decay is None else weight_decay
-    if name == "sgd":
-        return SGD(model.parameters(), lr=lr, weight_decay=weight_decay,
-                   momentum=d["momentum"] if momentum is None else momentum)
+    if name in ("sgd", "rmsprop"):
+        return OPTIMIZERS[name](model.parameters(), lr=lr, weight_decay=weight_decay,
+                                momentum=d["momentum"] if momentum is None else momentum)
+    if momentum:
+        raise ValueError(f"{name} has no momentum (SGD and RMSprop do), got momentum={momentum}")
     return OPTIMIZERS[name](model.parameters(), lr=lr, weight_decay=weight_decay)
