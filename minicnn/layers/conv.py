@@ -14,12 +14,23 @@ Backward is two more matrix multiplies and col2im::
 (``col2im_matmul`` forms ``dy @ W'.T`` one kernel tap at a time, see ``minicnn.kernels.im2col``).
 The output is logically (N, O, Ho, Wo) and channels-last in memory, which is the layout the
 next im2col reads fastest.
+
+Grouped convolution (``groups`` G > 1) splits the C input and O output channels into G groups,
+output group g seeing input group g alone; the weight is (O, C/G, kh, kw), PyTorch's layout.
+Depthwise convolution (G == C: one input channel per group, O = k*C) has too few multiply-adds
+per output for a matrix multiply to pay for im2col's copy, and runs as kh*kw channels-last
+multiply-accumulate passes (``minicnn.kernels.depthwise``). Other groupings im2col each input
+group into one (G, N*Ho*Wo, kh*kw*C/G) array and multiply it by the (G, kh*kw*C/G, O/G) weight
+in one batched matrix multiply. ``padding="same"`` with an even (dilated) kernel pads one more
+row and column at the bottom and right (as PyTorch): the im2col paths get that extra row and
+column as explicit zeros (``_pad_end``).
 """
 from __future__ import annotations
 
 from typing import Any
 
 from minicnn.core import backend
+from minicnn.kernels.depthwise import Pads, depthwise_backward, depthwise_forward
 from minicnn.kernels.im2col import (
     IntPair,
     col2im_matmul,
@@ -28,7 +39,7 @@ from minicnn.kernels.im2col import (
     pair,
 )
 from minicnn.layers import initializers
-from minicnn.layers.base import Layer, Parameter, grad_enabled
+from minicnn.layers.base import Layer, Parameter, column_sums, grad_enabled
 
 INFERENCE_COLUMNS = 1 << 22
 """Elements of the im2col buffer per slice of the batch under ``no_grad()`` (16 MiB float32)."""
@@ -37,56 +48,87 @@ INFERENCE_COLUMNS = 1 << 22
 class Conv2D(Layer):
     """2-D convolution (cross-correlation), PyTorch's argument order and weight shape.
 
-    weight: (out_channels, in_channels, kh, kw); bias: (out_channels,).
-    ``padding="same"`` keeps H and W (stride 1, odd dilated kernel). ``init`` is
-    'kaiming_uniform' (PyTorch's default), 'he' or 'glorot' (see ``minicnn.layers.initializers``).
+    weight: (out_channels, in_channels // groups, kh, kw); bias: (out_channels,). ``groups``
+    must divide both channel counts. ``padding`` is an int, a pair, "valid" (none) or "same"
+    (keeps H and W; stride 1; an even dilated kernel pads one more at the bottom/right).
+    ``pads`` is the padding as (top, left, bottom, right); ``padding`` its (top, left) pair.
+    ``init`` is 'kaiming_uniform' (PyTorch's default), 'he' or 'glorot' (see
+    ``minicnn.layers.initializers``), with fan-in (in_channels // groups) * kh * kw.
     """
 
     per_sample = True
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntPair,
                  stride: IntPair = 1, padding: IntPair | str = 0, dilation: IntPair = 1,
-                 bias: bool = True, init: str = "kaiming_uniform"):
+                 groups: int = 1, bias: bool = True, init: str = "kaiming_uniform"):
         super().__init__()
-        for what, v in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not isinstance(v, int) or v < 1:
+        for what, v in (("in_channels", in_channels), ("out_channels", out_channels),
+                        ("groups", groups)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"Conv2D: {what} must be a positive int, got {v!r}")
-        self.in_channels, self.out_channels = in_channels, out_channels
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"Conv2D: groups must divide in_channels and out_channels, got "
+                             f"groups={groups} for {in_channels} -> {out_channels} channels")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = pair(kernel_size, "Conv2D kernel_size")
         self.stride = pair(stride, "Conv2D stride")
         self.dilation = pair(dilation, "Conv2D dilation")
-        self.padding = self._resolve_padding(padding)
-        if min(self.kernel_size + self.stride + self.dilation) < 1 or min(self.padding) < 0:
+        if min(self.kernel_size + self.stride + self.dilation) < 1:
             raise ValueError(f"Conv2D: kernel_size, stride, dilation must be >= 1 and padding "
                              f">= 0, got {kernel_size}, {stride}, {dilation}, {padding}")
+        self.pads: Pads = self._resolve_padding(padding)
+        if min(self.pads) < 0:
+            raise ValueError(f"Conv2D: kernel_size, stride, dilation must be >= 1 and padding "
+                             f">= 0, got {kernel_size}, {stride}, {dilation}, {padding}")
+        self.padding = (self.pads[0], self.pads[1])
         kh, kw = self.kernel_size
-        fan_in, fan_out = in_channels * kh * kw, out_channels * kh * kw
+        fan_in, fan_out = in_channels // groups * kh * kw, out_channels * kh * kw
         self.weight = Parameter(initializers.initialize(
-            init, (out_channels, in_channels, kh, kw), fan_in, fan_out), "weight")
+            init, (out_channels, in_channels // groups, kh, kw), fan_in, fan_out), "weight")
         self.bias = Parameter(initializers.initialize_bias(init, out_channels, fan_in),
                               "bias") if bias else None
 
-    def _resolve_padding(self, padding: IntPair | str) -> tuple[int, int]:
+    def _resolve_padding(self, padding: IntPair | str) -> Pads:
+        """(top, left, bottom, right)."""
         if not isinstance(padding, str):
-            return pair(padding, "Conv2D padding")
+            ph, pw = pair(padding, "Conv2D padding")
+            return (ph, pw, ph, pw)
+        if padding == "valid":
+            return (0, 0, 0, 0)
         if padding != "same":
-            raise TypeError("Conv2D padding must be an int, a pair of ints or 'same', "
-                            f"got {padding!r}")
+            raise ValueError("Conv2D: padding must be an int, a pair of ints, 'valid' or "
+                             f"'same', got {padding!r}")
         if self.stride != (1, 1):
             raise ValueError(f"Conv2D: padding='same' needs stride 1, got stride {self.stride}")
-        total = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
-        if any(t % 2 for t in total):
-            raise ValueError("Conv2D: padding='same' needs an odd (dilated) kernel size, got "
-                             f"kernel_size {self.kernel_size} with dilation {self.dilation}")
-        return (total[0] // 2, total[1] // 2)
+        th, tw = (d * (k - 1) for d, k in zip(self.dilation, self.kernel_size))
+        return (th // 2, tw // 2, th - th // 2, tw - tw // 2)
+
+    @property
+    def depthwise(self) -> bool:
+        """Whether this is a depthwise convolution: one input channel per group (C > 1)."""
+        return self.groups == self.in_channels > 1
+
+    def _pad_end(self, x: Any) -> Any:
+        """x, or x with the bottom/right padding beyond the top/left as explicit zero rows and
+        columns (channels-last memory), so that im2col's symmetric padding does the rest."""
+        top, left, bottom, right = self.pads
+        if bottom == top and right == left:
+            return x
+        xp = backend.get_array_module(x)
+        n, c, h, w = x.shape
+        wide = xp.zeros((n, h + bottom - top, w + right - left, c), dtype=x.dtype)
+        wide[:, :h, :w] = x.transpose(0, 2, 3, 1)
+        return wide.transpose(0, 3, 1, 2)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         if len(input_shape) != 3 or input_shape[0] != self.in_channels:
             raise ValueError(f"{self.label()}: expected input shape ({self.in_channels}, H, W), "
                              f"got {tuple(input_shape)}")
         _, h, w = input_shape
+        top, left, bottom, right = self.pads
         ho, wo = (conv_output_size(s, k, st, p, d) for s, k, st, p, d in zip(
-            (h, w), self.kernel_size, self.stride, self.padding, self.dilation))
+            (h + bottom - top, w + right - left), self.kernel_size, self.stride, self.padding,
+            self.dilation))
         if ho < 1 or wo < 1:
             raise ValueError(f"{self.label()}: input {h}x{w} (padding {self.padding}) is smaller "
                              f"than the kernel {self.kernel_size} (dilation {self.dilation})")
@@ -129,13 +171,21 @@ class Conv2D(Layer):
         """x (N, C, H, W) -> y (N, O, Ho, Wo)."""
         self.check_input(x, 4, "(N, C, H, W)", channels=self.in_channels)
         _, ho, wo = self.output_shape(tuple(x.shape[1:]))
+        if self.depthwise:
+            self.save_for_backward(x)
+            return depthwise_forward(x, self.weight.data, None if self.bias is None else
+                                     self.bias.data, self.stride, self.dilation, self.pads)
+        size = tuple(x.shape[2:])
+        x = self._pad_end(x)
+        if self.groups > 1:
+            return self._grouped_forward(x, ho, wo, size)
         if not grad_enabled():
             return self._forward_in_slices(x, ho, wo)
         xp = backend.get_array_module(x)
         cols = self._columns(x, ho, wo, self._column_buffer(x.shape[0], ho, wo, x.dtype, xp,
                                                             key="cols"))
         y = cols @ self._weight_matrix(bias_row=True)
-        self.save_for_backward(tuple(x.shape), cols)
+        self.save_for_backward(tuple(x.shape), cols, size)
         return y.reshape(x.shape[0], ho, wo, self.out_channels).transpose(0, 3, 1, 2)
 
     def _forward_in_slices(self, x: Any, ho: int, wo: int) -> Any:
@@ -156,7 +206,12 @@ class Conv2D(Layer):
     def backward(self, grad_out: Any, input_grad: bool = True) -> Any:
         """dL/dy (N, O, Ho, Wo) -> dL/dx (N, C, H, W) (None without ``input_grad``); adds dL/dW
         and dL/db into the grads."""
-        x_shape, cols = self.pop_saved()
+        if self.depthwise:
+            (x,) = self.pop_saved()
+            return self._depthwise_backward(x, grad_out, input_grad)
+        if self.groups > 1:
+            return self._grouped_backward(grad_out, input_grad)
+        x_shape, cols, size = self.pop_saved()
         xp = backend.get_array_module(grad_out)
         n, o, ho, wo = grad_out.shape
         dy = xp.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)).reshape(n * ho * wo, o)
@@ -171,5 +226,72 @@ class Conv2D(Layer):
             self.bias.grad += dw[:, k]
         if not input_grad:
             return None
-        return col2im_matmul(dy, self._weight_matrix(), x_shape, self.kernel_size, self.stride,
-                             self.padding, self.dilation)
+        dx = col2im_matmul(dy, self._weight_matrix(), x_shape, self.kernel_size, self.stride,
+                           self.padding, self.dilation)
+        return dx if x_shape[2:] == size else dx[:, :, :size[0], :size[1]]
+
+    # --- groups > 1 ---------------------------------------------------------------------
+    def _depthwise_backward(self, x: Any, grad_out: Any, input_grad: bool) -> Any:
+        dx, dw = depthwise_backward(x, self.weight.data, grad_out, self.stride, self.dilation,
+                                    self.pads, input_grad)
+        self.weight.grad += dw
+        if self.bias is not None:
+            self.bias.grad += self._bias_grad(grad_out)
+        return dx
+
+    def _bias_grad(self, grad_out: Any) -> Any:
+        xp = backend.get_array_module(grad_out)
+        n, o, ho, wo = grad_out.shape
+        return column_sums(xp.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)).reshape(-1, o))
+
+    def _group_weights(self) -> Any:
+        """(G, kh*kw*C/G, O/G): each group's weight matrix, rows in im2col's (i, j, c) order."""
+        g, (kh, kw) = self.groups, self.kernel_size
+        cg, og = self.in_channels // g, self.out_channels // g
+        return self.weight.data.reshape(g, og, cg, kh, kw).transpose(0, 3, 4, 2, 1).reshape(
+            g, kh * kw * cg, og)
+
+    def _grouped_forward(self, x: Any, ho: int, wo: int, size: tuple[int, ...]) -> Any:
+        """1 < groups < C: each input group's im2col into one (G, N*Ho*Wo, kh*kw*C/G) array,
+        times the group weights in one batched matrix multiply -> (G, N*Ho*Wo, O/G)."""
+        xp = backend.get_array_module(x)
+        n, g, (kh, kw) = x.shape[0], self.groups, self.kernel_size
+        cg = self.in_channels // g
+        shape = (g, n * ho * wo, kh * kw * cg)
+        cols = self.workspace("group_cols", shape, x.dtype, xp) if grad_enabled() else \
+            xp.empty(shape, dtype=x.dtype)
+        for group in range(g):
+            im2col(x[:, group * cg:(group + 1) * cg], self.kernel_size, self.stride,
+                   self.padding, self.dilation, out=cols[group].reshape(n, ho, wo, kh, kw, cg))
+        y = xp.empty((n * ho * wo, g, self.out_channels // g), dtype=x.dtype)
+        xp.matmul(cols, self._group_weights(), out=y.transpose(1, 0, 2))
+        y = y.reshape(n, ho, wo, self.out_channels)
+        if self.bias is not None:
+            y += self.bias.data
+        self.save_for_backward(tuple(x.shape), cols, size)
+        return y.transpose(0, 3, 1, 2)
+
+    def _grouped_backward(self, grad_out: Any, input_grad: bool) -> Any:
+        """dW_g = cols_g.T @ dy_g for every group in one batched multiply; dx group by group
+        with ``col2im_matmul``."""
+        x_shape, cols, size = self.pop_saved()
+        xp = backend.get_array_module(grad_out)
+        n, o, ho, wo = grad_out.shape
+        g, (kh, kw) = self.groups, self.kernel_size
+        cg, og = self.in_channels // g, o // g
+        dy = xp.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)).reshape(n * ho * wo, o)
+        dy_groups = dy.reshape(-1, g, og).transpose(1, 0, 2)              # (G, N*Ho*Wo, O/G)
+        dw = xp.matmul(cols.transpose(0, 2, 1), dy_groups)                # (G, kh*kw*C/G, O/G)
+        self.weight.grad += dw.reshape(g, kh, kw, cg, og).transpose(0, 4, 3, 1, 2).reshape(
+            o, cg, kh, kw)
+        if self.bias is not None:
+            self.bias.grad += column_sums(dy)
+        if not input_grad:
+            return None
+        weights = self._group_weights()
+        dx = xp.empty((n, x_shape[2], x_shape[3], self.in_channels), dtype=grad_out.dtype)
+        for group in range(g):
+            part = col2im_matmul(dy_groups[group], weights[group], (n, cg) + x_shape[2:],
+                                 self.kernel_size, self.stride, self.padding, self.dilation)
+            dx[..., group * cg:(group + 1) * cg] = part.transpose(0, 2, 3, 1)
+        return dx.transpose(0, 3, 1, 2)[:, :, :size[0], :size[1]]

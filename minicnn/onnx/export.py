@@ -127,10 +127,10 @@ def _conv(ctx: ExportContext, layer: Conv2D, x: str) -> str:
     args = [x, ctx.add_initializer(f"{ctx.name}.weight", layer.weight.data)]
     if layer.bias is not None:
         args.append(ctx.add_initializer(f"{ctx.name}.bias", layer.bias.data))
-    ph, pw = layer.padding
+    top, left, bottom, right = layer.pads          # ONNX's order: begins, then ends
     return ctx.add_node("Conv", args, [ctx.name], kernel_shape=list(layer.kernel_size),
-                        strides=list(layer.stride), pads=[ph, pw, ph, pw],
-                        dilations=list(layer.dilation), group=1)[0]
+                        strides=list(layer.stride), pads=[top, left, bottom, right],
+                        dilations=list(layer.dilation), group=layer.groups)[0]
 
 
 def _dense(ctx: ExportContext, layer: Dense, x: str) -> str:

@@ -1,0 +1,175 @@
+"""Depthwise convolution (groups == in_channels) as one multiply-accumulate per kernel tap.
+
+For input x (N, C, H, W), weight W (C*k, 1, kh, kw) (depth multiplier k, PyTorch's layout:
+output channel c*k + m reads input channel c alone), stride (sh, sw), dilation (dh, dw) and
+padding (top, left, bottom, right)::
+
+    y[n, c*k + m, oh, ow] = sum over (i, j) of
+                            W[c*k + m, 0, i, j] * xpad[n, c, oh*sh + i*dh, ow*sw + j*dw]
+
+Channels-last (NHWC), each tap (i, j) is one strided slice of the padded image, (N, Ho, Wo, C),
+times a per-channel weight vector broadcast along the last axis: kh*kw element-wise passes, and
+no (N*Ho*Wo, kh*kw*C) im2col matrix (k*kh*kw multiply-adds per output are far too few for a
+matrix multiply to pay for that copy). The input gradient adds ``dy * W[tap]`` back onto the
+same slices, the weight gradient sums ``slice * dy`` over (N, Ho, Wo).
+
+On NumPy the batch is processed in slices of a few samples so that the padded slice, the
+product and the output stay in cache across the kh*kw passes; on CuPy the whole batch is one
+slice (the same array code, one elementwise kernel per pass).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from minicnn.core import backend
+
+Pads = tuple[int, int, int, int]
+"""(top, left, bottom, right) zero padding."""
+
+SLICE_ELEMENTS = 1 << 16
+"""Padded-input elements per batch slice on NumPy (256 KiB float32: the working set of one pass,
+input slice, product and output, stays within the L2 cache)."""
+
+
+def output_size(size: int, kernel: int, stride: int, before: int, after: int,
+                dilation: int) -> int:
+    """Window positions along one axis: (size + before + after - d(k-1) - 1) // s + 1."""
+    return (size + before + after - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _geometry(x_shape: tuple[int, ...], weight_shape: tuple[int, ...],
+              stride: tuple[int, int], dilation: tuple[int, int],
+              pads: Pads) -> tuple[int, int, int, int, int, int, int, int, int]:
+    n, c, h, w = x_shape
+    o, _, kh, kw = weight_shape
+    top, left, bottom, right = pads
+    ho = output_size(h, kh, stride[0], top, bottom, dilation[0])
+    wo = output_size(w, kw, stride[1], left, right, dilation[1])
+    return n, c, h, w, o // c, kh, kw, ho, wo
+
+
+def _taps(kh: int, kw: int, ho: int, wo: int, stride: tuple[int, int],
+          dilation: tuple[int, int]) -> list[tuple[int, int, slice, slice]]:
+    """(i, j, rows, cols): the slices of the padded image that tap (i, j) reads."""
+    (sh, sw), (dh, dw) = stride, dilation
+    return [(i, j, slice(i * dh, i * dh + (ho - 1) * sh + 1, sh),
+             slice(j * dw, j * dw + (wo - 1) * sw + 1, sw)) for i in range(kh) for j in range(kw)]
+
+
+def _tap_weights(weight: Any, c: int, k: int) -> Any:
+    """(kh, kw, C) or, with a depth multiplier k > 1, (kh, kw, C, k): one vector per tap."""
+    kh, kw = weight.shape[2:]
+    taps = weight.reshape(c, k, kh, kw).transpose(2, 3, 0, 1)
+    xp = backend.get_array_module(weight)
+    return xp.ascontiguousarray(taps[:, :, :, 0] if k == 1 else taps)
+
+
+class _PaddedSlices:
+    """The batch in slices, each zero-padded and channels-last: (m, H+top+bottom, W+left+right,
+    C). One buffer is reused (its border stays zero); an unpadded channels-last input is read in
+    place."""
+
+    def __init__(self, x: Any, pads: Pads, step: int):
+        self.x = x.transpose(0, 2, 3, 1)
+        self.pads = pads
+        n, h, w, c = self.x.shape
+        top, left, bottom, right = pads
+        self.in_place = not any(pads) and self.x.flags.c_contiguous
+        self.buffer: Any = None if self.in_place else backend.get_array_module(x).zeros(
+            (min(step, n), h + top + bottom, w + left + right, c), dtype=x.dtype)
+
+    def get(self, start: int, stop: int) -> Any:
+        if self.in_place:
+            return self.x[start:stop]
+        top, left = self.pads[:2]
+        h, w = self.x.shape[1:3]
+        padded = self.buffer[:stop - start]
+        padded[:, top:top + h, left:left + w] = self.x[start:stop]
+        return padded
+
+
+def _slice_step(x: Any, pads: Pads) -> int:
+    n, c, h, w = x.shape
+    if backend.is_cupy_array(x):
+        return n
+    per_sample = (h + pads[0] + pads[2]) * (w + pads[1] + pads[3]) * c
+    return max(1, SLICE_ELEMENTS // per_sample)
+
+
+def depthwise_forward(x: Any, weight: Any, bias: Any | None, stride: tuple[int, int],
+                      dilation: tuple[int, int], pads: Pads) -> Any:
+    """x (N, C, H, W), weight (C*k, 1, kh, kw), bias (C*k,) or None -> y (N, C*k, Ho, Wo),
+    channels-last in memory."""
+    xp = backend.get_array_module(x)
+    n, c, h, w, k, kh, kw, ho, wo = _geometry(x.shape, weight.shape, stride, dilation, pads)
+    taps = _taps(kh, kw, ho, wo, stride, dilation)
+    tap_w = _tap_weights(weight, c, k)
+    tail = (c,) if k == 1 else (c, k)
+    y = xp.empty((n, ho, wo) + tail, dtype=x.dtype)
+    step = _slice_step(x, pads)
+    source = _PaddedSlices(x, pads, step)
+    product = xp.empty((min(step, n), ho, wo) + tail, dtype=x.dtype)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        padded, out = source.get(start, stop), y[start:stop]
+        part = product[:stop - start]
+        for t, (i, j, rows, cols) in enumerate(taps):
+            window = padded[:, rows, cols]
+            if k > 1:
+                window = window[..., None]
+            xp.multiply(window, tap_w[i, j], out=out if t == 0 else part)
+            if t:
+                out += part
+        if bias is not None:
+            out += bias.reshape(tail)
+    return y.reshape(n, ho, wo, c * k).transpose(0, 3, 1, 2)
+
+
+def depthwise_backward(x: Any, weight: Any, grad_out: Any, stride: tuple[int, int],
+                       dilation: tuple[int, int], pads: Pads,
+                       input_grad: bool = True) -> tuple[Any | None, Any]:
+    """For ``depthwise_forward``: dL/dy (N, C*k, Ho, Wo) -> (dL/dx (N, C, H, W), channels-last
+    memory, or None without ``input_grad``; dL/dW (C*k, 1, kh, kw)). The bias gradient is the
+    caller's (a sum of dy)."""
+    xp = backend.get_array_module(grad_out)
+    n, c, h, w, k, kh, kw, ho, wo = _geometry(x.shape, weight.shape, stride, dilation, pads)
+    taps = _taps(kh, kw, ho, wo, stride, dilation)
+    tap_w = _tap_weights(weight, c, k)
+    tail = (c,) if k == 1 else (c, k)
+    dy = xp.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)).reshape((n, ho, wo) + tail)
+    dw = xp.zeros((kh, kw, c * k), dtype=grad_out.dtype)
+    step = _slice_step(x, pads)
+    source = _PaddedSlices(x, pads, step)
+    product = xp.empty((min(step, n), ho, wo) + tail, dtype=grad_out.dtype)
+    top, left = pads[:2]
+    # the weight gradient sums each tap's product over its rows as one matrix-vector product
+    # (several times faster than .sum(axis=0) on NumPy)
+    ones = xp.ones(min(step, n) * ho * wo, dtype=grad_out.dtype)
+    dx = dx_padded = spread = None
+    if input_grad:
+        dx = xp.empty((n, h, w, c), dtype=grad_out.dtype)
+        dx_padded = xp.empty((min(step, n), h + top + pads[2], w + left + pads[3], c),
+                             dtype=grad_out.dtype)
+        if k > 1:
+            spread = xp.empty((min(step, n), ho, wo, c), dtype=grad_out.dtype)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        m = stop - start
+        padded, g, part = source.get(start, stop), dy[start:stop], product[:m]
+        if dx_padded is not None:
+            dx_part = dx_padded[:m]
+            dx_part.fill(0)
+        for i, j, rows, cols in taps:
+            window = padded[:, rows, cols]
+            xp.multiply(window if k == 1 else window[..., None], g, out=part)
+            dw[i, j] += ones[:m * ho * wo] @ part.reshape(-1, c * k)
+            if dx_padded is None:
+                continue
+            xp.multiply(g, tap_w[i, j], out=part)
+            # with a depth multiplier, input channel c gathers its k outputs' terms
+            dx_part[:, rows, cols] += part if spread is None else part.sum(axis=-1,
+                                                                           out=spread[:m])
+        if dx is not None:
+            dx[start:stop] = dx_part[:, top:top + h, left:left + w]
+    dweight = dw.reshape(kh, kw, c * k).transpose(2, 0, 1)[:, None]
+    return (None if dx is None else dx.transpose(0, 3, 1, 2)), xp.ascontiguousarray(dweight)
