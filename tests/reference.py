@@ -239,3 +239,106 @@ def pool_config(seed):
     w = max(1, kw - 2 * pw) + int(rng.integers(0, 5))
     return {"n": int(rng.choice([1, 2])), "c": int(rng.choice([1, 3])), "h": h, "w": w,
             "kernel_size": (kh, kw), "stride": (sh, sw), "padding": (ph, pw)}
+
+
+# ------------------------------------------------------------------ more activations
+# GELU, SiLU, ELU, Softplus, ReLU6, Hardswish, PReLU, LogSoftmax, from their definitions
+
+import math  # noqa: E402  (this section's own import, kept with it)
+
+
+def _elementwise(f, x):
+    """f applied to each element of x in Python floats (math functions), float64 result."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.array([f(float(v)) for v in x.reshape(-1)]).reshape(x.shape)
+
+
+def gelu(x):
+    return _elementwise(lambda v: 0.5 * v * (1 + math.erf(v / math.sqrt(2))), x)
+
+
+def gelu_grad(x):
+    return _elementwise(lambda v: 0.5 * (1 + math.erf(v / math.sqrt(2)))
+                        + v * math.exp(-v * v / 2) / math.sqrt(2 * math.pi), x)
+
+
+def _gelu_tanh_inner(v):
+    return math.sqrt(2 / math.pi) * (v + 0.044715 * v ** 3)
+
+
+def gelu_tanh(x):
+    return _elementwise(lambda v: 0.5 * v * (1 + math.tanh(_gelu_tanh_inner(v))), x)
+
+
+def gelu_tanh_grad(x):
+    def d(v):
+        t = math.tanh(_gelu_tanh_inner(v))
+        return 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * math.sqrt(2 / math.pi) * \
+            (1 + 3 * 0.044715 * v * v)
+    return _elementwise(d, x)
+
+
+def _sigmoid(v):
+    return 1 / (1 + math.exp(-v)) if v >= 0 else math.exp(v) / (1 + math.exp(v))
+
+
+def silu(x):
+    return _elementwise(lambda v: v * _sigmoid(v), x)
+
+
+def silu_grad(x):
+    return _elementwise(lambda v: _sigmoid(v) * (1 + v * (1 - _sigmoid(v))), x)
+
+
+def elu(x, alpha=1.0):
+    return _elementwise(lambda v: v if v > 0 else alpha * math.expm1(v), x)
+
+
+def elu_grad(x, alpha=1.0):
+    return _elementwise(lambda v: 1.0 if v > 0 else alpha * math.exp(v), x)
+
+
+def softplus(x, beta=1.0, threshold=20.0):
+    return _elementwise(lambda v: v if beta * v > threshold else
+                        math.log1p(math.exp(beta * v)) / beta, x)
+
+
+def softplus_grad(x, beta=1.0, threshold=20.0):
+    return _elementwise(lambda v: 1.0 if beta * v > threshold else _sigmoid(beta * v), x)
+
+
+def relu6(x):
+    return _elementwise(lambda v: min(max(v, 0.0), 6.0), x)
+
+
+def relu6_grad(x):
+    return _elementwise(lambda v: 1.0 if 0 < v < 6 else 0.0, x)
+
+
+def hardswish(x):
+    return _elementwise(lambda v: v * min(max(v + 3, 0.0), 6.0) / 6, x)
+
+
+def hardswish_grad(x):
+    return _elementwise(lambda v: 0.0 if v < -3 else 1.0 if v > 3 else v / 3 + 0.5, x)
+
+
+def prelu(x, slope):
+    return _elementwise(lambda v: v if v > 0 else slope * v, x)
+
+
+def prelu_grad(x, slope):
+    return _elementwise(lambda v: 1.0 if v > 0 else slope, x)
+
+
+def log_softmax(x, axis):
+    """Each 1-D slice along ``axis``: v_i - log(sum_j exp(v_j)), by a loop over the slice with
+    the maximum shifted out."""
+    x = np.moveaxis(np.asarray(x, dtype=np.float64), axis, -1)
+    out = np.empty_like(x)
+    for index in np.ndindex(x.shape[:-1]):
+        row = [float(v) for v in x[index]]
+        m = max(row)
+        log_sum = m + math.log(sum(math.exp(v - m) for v in row))
+        out[index] = [v - log_sum for v in row]
+    return np.moveaxis(out, -1, axis)

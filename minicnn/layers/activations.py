@@ -1,43 +1,25 @@
-"""Element-wise activations and Softmax: y = f(x), dx = f'(x) * dy.
+"""Element-wise activations, Softmax and LogSoftmax: y = f(x), dx = f'(x) * dy.
 
-Each keeps only what its derivative needs (``keeps``): the output for ReLU, Sigmoid, Tanh and
-Softmax, the input for LeakyReLU, nothing for Identity; what it does not keep can be freed.
-``get_activation("relu")`` turns a name into a layer (used by Dense).
+Each keeps only what its derivative needs (``keeps``): the output for ReLU, Sigmoid, Tanh,
+Softmax and LogSoftmax, the input for LeakyReLU, nothing for Identity; what it does not keep
+can be freed. The smooth ones (GELU, SiLU, ELU, Softplus) are in
+``minicnn.layers.smooth_activations``, ReLU6, Hardswish and PReLU in
+``minicnn.layers.piecewise_activations``, the base class in ``minicnn.layers.activation_base``.
+``get_activation("relu")`` turns any of their names into a layer (used by Dense).
 """
 from __future__ import annotations
 
 from typing import Any
 
 from minicnn.core import backend
+from minicnn.layers.activation_base import Activation
 from minicnn.layers.base import Layer
+from minicnn.layers.piecewise_activations import Hardswish, PReLU, ReLU6
+from minicnn.layers.smooth_activations import ELU, GELU, SiLU, Softplus
 
-
-class Activation(Layer, abstract=True):
-    """Base for shape-preserving activations: ``apply(x)`` and ``derivative(x, y, dy)``; of
-    x and y, ``derivative`` gets only those named in ``keeps`` (the other is None)."""
-
-    per_sample = True
-    keeps: tuple[str, ...] = ("input", "output")
-
-    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(input_shape)
-
-    def forward(self, x: Any) -> Any:
-        self.check_input(x)
-        y = self.apply(x)
-        keeps = self.keeps
-        self.save_for_backward(x if "input" in keeps else None, y if "output" in keeps else None)
-        return y
-
-    def backward(self, grad_out: Any) -> Any:
-        x, y = self.pop_saved()
-        return self.derivative(x, y, grad_out)
-
-    def apply(self, x: Any) -> Any:
-        raise NotImplementedError
-
-    def derivative(self, x: Any, y: Any, grad_out: Any) -> Any:
-        raise NotImplementedError
+__all__ = ["Activation", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
+           "Identity", "GELU", "SiLU", "ELU", "Softplus", "ReLU6", "Hardswish", "PReLU",
+           "ACTIVATIONS", "get_activation"]
 
 
 class ReLU(Activation):
@@ -120,6 +102,39 @@ class Softmax(Activation):
         return y * (grad_out - (grad_out * y).sum(axis=self.axis, keepdims=True))
 
 
+class LogSoftmax(Activation):
+    """log(softmax(x)) = x - max - log(sum(exp(x - max))) along ``axis`` (default 1), without
+    overflow; the derivative is dy - softmax * sum(dy) (softmax = exp(y))."""
+
+    keeps = ("output",)
+
+    def __init__(self, axis: int = 1):
+        super().__init__()
+        if not isinstance(axis, int) or isinstance(axis, bool):
+            raise ValueError(f"LogSoftmax: axis must be an int, got {axis!r}")
+        self.axis = axis
+
+    @property
+    def per_sample(self) -> bool:  # type: ignore[override]  # computed: from the axis
+        return self.axis > 0                         # axis 0 (or -ndim) mixes the samples
+
+    def apply(self, x):
+        xp = backend.get_array_module(x)
+        if not -x.ndim <= self.axis < x.ndim:
+            raise ValueError(f"{self.label()}: expected an input with an axis {self.axis}, got "
+                             f"shape {tuple(x.shape)}")
+        shifted = x - x.max(axis=self.axis, keepdims=True)
+        shifted -= xp.log(xp.exp(shifted).sum(axis=self.axis, keepdims=True))
+        return shifted
+
+    def derivative(self, x, y, grad_out):
+        xp = backend.get_array_module(y)
+        return grad_out - xp.exp(y) * grad_out.sum(axis=self.axis, keepdims=True)
+
+    def to_onnx(self, ctx: Any, inputs: list[str]) -> str:
+        return str(ctx.add_node("LogSoftmax", [inputs[0]], [ctx.name], axis=self.axis)[0])
+
+
 class Identity(Activation):
     """y = x (the 'linear' activation)."""
 
@@ -134,7 +149,9 @@ class Identity(Activation):
 
 ACTIVATIONS: dict[str, type[Activation]] = {
     "relu": ReLU, "leaky_relu": LeakyReLU, "sigmoid": Sigmoid, "tanh": Tanh,
-    "softmax": Softmax, "linear": Identity, "identity": Identity,
+    "softmax": Softmax, "log_softmax": LogSoftmax, "linear": Identity, "identity": Identity,
+    "gelu": GELU, "silu": SiLU, "elu": ELU, "softplus": Softplus, "relu6": ReLU6,
+    "hardswish": Hardswish, "prelu": PReLU,
 }
 
 

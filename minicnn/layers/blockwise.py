@@ -1,0 +1,45 @@
+"""``blockwise(fn, *arrays)``: an element-wise computation run on cache-sized blocks.
+
+An activation such as GELU is a chain of a dozen NumPy operations; on a (128, 64, 28, 28)
+batch each one streams 25 MB through memory, and the chain is limited by that, not by the
+arithmetic. Run on flat blocks of ``BLOCK`` elements, the temporaries of one block stay in the
+CPU's cache and the chain runs about three times faster. On CuPy (one kernel per operation
+over the whole array is what a GPU wants), for small or non-contiguous arrays, ``fn`` simply
+runs on the whole arrays.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from minicnn.core import backend
+
+__all__ = ["BLOCK", "blockwise"]
+
+BLOCK = 65536
+"""Elements per block: 256 KB of float32, a few temporaries of which fit in a core's L2 cache
+(measured on the 2-core EPYC here: 32768 and 131072 were both slower)."""
+
+
+def blockwise(fn: Callable[..., Any], *arrays: Any) -> Any:
+    """``fn(*arrays)``, computed block by block: ``fn`` takes flat blocks of ``arrays`` (all of
+    one shape) and returns an array, or a tuple of arrays, of the block's size; the results are
+    assembled into arrays of the inputs' shape."""
+    first = arrays[0]
+    if backend.is_cupy_array(first) or first.size <= BLOCK or \
+            not all(a.flags.c_contiguous for a in arrays):
+        return fn(*arrays)
+    xp = backend.get_array_module(first)
+    flats = [a.reshape(-1) for a in arrays]
+    outs: list[Any] = []
+    single = False
+    for start in range(0, first.size, BLOCK):
+        results = fn(*(f[start:start + BLOCK] for f in flats))
+        single = not isinstance(results, tuple)
+        results = (results,) if single else results
+        if not outs:
+            outs = [xp.empty(first.size, dtype=r.dtype) for r in results]
+        for out, result in zip(outs, results):
+            out[start:start + BLOCK] = result
+    shaped = tuple(out.reshape(first.shape) for out in outs)
+    return shaped[0] if single else shaped

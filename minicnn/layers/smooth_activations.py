@@ -1,0 +1,255 @@
+"""Smooth activations, as PyTorch defines them: GELU (exact or tanh), SiLU, ELU, Softplus.
+
+y = f(x) element-wise, dx = f'(x) * dy. GELU and SiLU keep, besides x, the factor their
+derivative shares with the forward (the normal CDF, the sigmoid) so backward does not compute
+it again. On NumPy the chains of operations run in cache-sized blocks (``blockwise``).
+Each exports to ONNX through ``to_onnx``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy
+
+from minicnn.core import backend
+from minicnn.core.special import erf
+from minicnn.layers.activation_base import Activation
+from minicnn.layers.blockwise import blockwise
+
+__all__ = ["GELU", "SiLU", "ELU", "Softplus"]
+
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_KAPPA = 0.044715
+
+
+def _scalar(ctx: Any, name: str, value: float) -> str:
+    """A float32 0-d constant for an ONNX graph."""
+    return str(ctx.add_initializer(f"{ctx.name}.{name}", numpy.float32(value)))
+
+
+def _sigmoid(z: Any) -> Any:
+    """1 / (1 + exp(-z)); exp overflows to inf for z < -88 (float32), giving exactly 0."""
+    xp = backend.get_array_module(z)
+    with numpy.errstate(over="ignore"):
+        s = xp.exp(-z)
+    s += z.dtype.type(1)
+    return xp.reciprocal(s, out=s)
+
+
+class _SavesFactor(Activation, abstract=True):
+    """An activation whose forward also computes a factor the derivative needs:
+    ``apply_with_factor(x) -> (y, factor)`` and ``derivative_from(x, factor, dy)``."""
+
+    def forward(self, x: Any) -> Any:
+        self.check_input(x)
+        y, factor = blockwise(self.apply_with_factor, x)
+        self.save_for_backward(x, factor)
+        return y
+
+    def backward(self, grad_out: Any) -> Any:
+        x, factor = self.pop_saved()
+        return blockwise(self.derivative_from, x, factor, grad_out)
+
+    def apply(self, x: Any) -> Any:
+        return self.apply_with_factor(x)[0]
+
+    def derivative(self, x: Any, y: Any, grad_out: Any) -> Any:
+        return self.derivative_from(x, self.apply_with_factor(x)[1], grad_out)
+
+    def apply_with_factor(self, x: Any) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def derivative_from(self, x: Any, factor: Any, grad_out: Any) -> Any:
+        raise NotImplementedError
+
+
+class GELU(_SavesFactor):
+    """x * Phi(x), Phi the standard normal CDF ``(1 + erf(x / sqrt 2)) / 2``; with
+    ``approximate="tanh"``, Phi ~ ``(1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2``."""
+
+    keeps = ("input",)
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def apply_with_factor(self, x: Any) -> tuple[Any, Any]:
+        """(y, factor): factor is Phi(x) (exact) or the tanh (approximate)."""
+        c = x.dtype.type
+        if self.approximate == "tanh":
+            inner = x * x
+            inner *= c(_KAPPA)
+            inner += c(1)
+            inner *= x
+            inner *= c(_SQRT_2_OVER_PI)
+            th = backend.get_array_module(x).tanh(inner, out=inner)
+            y = th + c(1)
+            y *= x
+            y *= c(0.5)
+            return y, th
+        cdf = erf(x * c(_SQRT_HALF))
+        cdf += c(1)
+        cdf *= c(0.5)
+        return x * cdf, cdf
+
+    def derivative_from(self, x: Any, factor: Any, grad_out: Any) -> Any:
+        xp = backend.get_array_module(x)
+        c = x.dtype.type
+        if self.approximate == "tanh":
+            # d/dx of x (1 + t) / 2 = (1 + t) / 2 + x (1 - t^2) sqrt(2/pi) (1 + 3 k x^2) / 2
+            g = x * x
+            g *= c(3 * _KAPPA)
+            g += c(1)
+            g *= x
+            g *= c(0.5 * _SQRT_2_OVER_PI)
+            g *= c(1) - factor * factor
+            g += c(0.5) * factor
+            g += c(0.5)
+            g *= grad_out
+            return g
+        # Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+        g = x * x
+        g *= c(-0.5)
+        xp.exp(g, out=g)
+        g *= x
+        g *= c(_INV_SQRT_2PI)
+        g += factor
+        g *= grad_out
+        return g
+
+    def to_onnx(self, ctx: Any, inputs: list[str]) -> str:
+        """Gelu from opset 20; before, its definition in Mul, Add, Erf or Tanh nodes."""
+        x = inputs[0]
+        if ctx.opset >= 20:
+            return str(ctx.add_node("Gelu", [x], [ctx.name], approximate=self.approximate)[0])
+        n = ctx.name
+        if self.approximate == "tanh":
+            x2 = ctx.add_node("Mul", [x, x], [f"{n}.x2"])[0]
+            x3 = ctx.add_node("Mul", [x2, x], [f"{n}.x3"])[0]
+            kx3 = ctx.add_node("Mul", [x3, _scalar(ctx, "kappa", _KAPPA)], [f"{n}.kx3"])[0]
+            s = ctx.add_node("Add", [x, kx3], [f"{n}.sum"])[0]
+            inner = ctx.add_node("Mul", [s, _scalar(ctx, "scale", _SQRT_2_OVER_PI)],
+                                 [f"{n}.inner"])[0]
+            t = ctx.add_node("Tanh", [inner], [f"{n}.tanh"])[0]
+        else:
+            z = ctx.add_node("Mul", [x, _scalar(ctx, "scale", _SQRT_HALF)], [f"{n}.z"])[0]
+            t = ctx.add_node("Erf", [z], [f"{n}.erf"])[0]
+        one_plus = ctx.add_node("Add", [t, _scalar(ctx, "one", 1.0)], [f"{n}.one_plus"])[0]
+        half = ctx.add_node("Mul", [one_plus, _scalar(ctx, "half", 0.5)], [f"{n}.cdf"])[0]
+        return str(ctx.add_node("Mul", [x, half], [n])[0])
+
+
+class SiLU(_SavesFactor):
+    """x * sigmoid(x) (also called swish)."""
+
+    keeps = ("input",)
+
+    def apply_with_factor(self, x: Any) -> tuple[Any, Any]:
+        s = _sigmoid(x)
+        return x * s, s
+
+    def derivative_from(self, x: Any, factor: Any, grad_out: Any) -> Any:
+        # s (1 + x (1 - s))
+        g = x - x * factor
+        g += x.dtype.type(1)
+        g *= factor
+        g *= grad_out
+        return g
+
+    def to_onnx(self, ctx: Any, inputs: list[str]) -> str:
+        s = ctx.add_node("Sigmoid", [inputs[0]], [f"{ctx.name}.sigmoid"])[0]
+        return str(ctx.add_node("Mul", [inputs[0], s], [ctx.name])[0])
+
+
+class ELU(Activation):
+    """x for x > 0, alpha * (exp(x) - 1) otherwise; the derivative there is y + alpha."""
+
+    keeps = ("input", "output")
+
+    def __init__(self, alpha: float = 1.0):
+        super().__init__()
+        if not isinstance(alpha, int | float) or isinstance(alpha, bool) or \
+                not math.isfinite(alpha):
+            raise ValueError(f"ELU: alpha must be a finite number, got {alpha!r}")
+        self.alpha = float(alpha)
+
+    def apply(self, x: Any) -> Any:
+        return blockwise(self._apply, x)
+
+    def _apply(self, x: Any) -> Any:
+        xp = backend.get_array_module(x)
+        c = x.dtype.type
+        neg = xp.minimum(x, c(0))
+        xp.expm1(neg, out=neg)
+        neg *= c(self.alpha)
+        return xp.where(x > 0, x, neg)
+
+    def derivative(self, x: Any, y: Any, grad_out: Any) -> Any:
+        return blockwise(self._derivative, x, y, grad_out)
+
+    def _derivative(self, x: Any, y: Any, grad_out: Any) -> Any:
+        xp = backend.get_array_module(x)
+        g = y + x.dtype.type(self.alpha)
+        g *= grad_out
+        return xp.where(x > 0, grad_out, g)
+
+    def to_onnx(self, ctx: Any, inputs: list[str]) -> str:
+        return str(ctx.add_node("Elu", [inputs[0]], [ctx.name], alpha=self.alpha)[0])
+
+
+class Softplus(Activation):
+    """log(1 + exp(beta x)) / beta, and x itself where beta x > threshold (as PyTorch);
+    computed as (max(z, 0) + log1p(exp(-|z|))) / beta with z = beta x, which never overflows.
+    The derivative is sigmoid(beta x) (1 past the threshold)."""
+
+    keeps = ("input",)
+
+    def __init__(self, beta: float = 1.0, threshold: float = 20.0):
+        super().__init__()
+        for what, v in (("beta", beta), ("threshold", threshold)):
+            if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
+                raise ValueError(f"Softplus: {what} must be a finite number, got {v!r}")
+        if beta == 0:
+            raise ValueError("Softplus: beta must be non-zero, got 0")
+        self.beta, self.threshold = float(beta), float(threshold)
+
+    def apply(self, x: Any) -> Any:
+        return blockwise(self._apply, x)
+
+    def _apply(self, x: Any) -> Any:
+        xp = backend.get_array_module(x)
+        c = x.dtype.type
+        z = x * c(self.beta)
+        soft = -xp.abs(z)
+        xp.exp(soft, out=soft)
+        xp.log1p(soft, out=soft)
+        soft += xp.maximum(z, c(0))
+        soft /= c(self.beta)
+        return xp.where(z > c(self.threshold), x, soft)
+
+    def derivative(self, x: Any, y: Any, grad_out: Any) -> Any:
+        return blockwise(self._derivative, x, grad_out)
+
+    def _derivative(self, x: Any, grad_out: Any) -> Any:
+        xp = backend.get_array_module(x)
+        z = x * x.dtype.type(self.beta)
+        g = _sigmoid(z)
+        g *= grad_out
+        return xp.where(z > x.dtype.type(self.threshold), grad_out, g)
+
+    def to_onnx(self, ctx: Any, inputs: list[str]) -> str:
+        """ONNX's Softplus has neither beta nor threshold: Where(beta x > threshold, x,
+        Softplus(beta x) / beta)."""
+        x, n = inputs[0], ctx.name
+        beta = _scalar(ctx, "beta", self.beta)
+        z = ctx.add_node("Mul", [x, beta], [f"{n}.z"])[0]
+        soft = ctx.add_node("Softplus", [z], [f"{n}.softplus"])[0]
+        scaled = ctx.add_node("Div", [soft, beta], [f"{n}.scaled"])[0]
+        linear = ctx.add_node("Greater", [z, _scalar(ctx, "threshold", self.threshold)],
+                              [f"{n}.linear"])[0]
+        return str(ctx.add_node("Where", [linear, x, scaled], [n])[0])
