@@ -1,9 +1,18 @@
-"""Training: losses, optimizers, schedules, the loop (``fit``, ``train_step``), mixed
-``precision``, evaluation, the split of a batch among CPU threads and data-parallel training
-over processes.
+"""Training: losses, optimizers, schedules, callbacks, gradient clipping, the loop (``fit``,
+``train_step``), mixed ``precision``, evaluation, the split of a batch among CPU threads and
+data-parallel training over processes.
 
     from minicnn.training import SGD, CosineLR, SoftmaxCrossEntropy, fit
 """
+from minicnn.training.callbacks import (
+    BestCheckpoint,
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    TensorBoard,
+    TrainingRun,
+)
+from minicnn.training.clipping import GradientClip, clip_grad_norm, clip_grad_value
 from minicnn.training.evaluation import (
     EVAL_BATCH_SIZE,
     Evaluation,
@@ -34,13 +43,19 @@ from minicnn.training.schedules import (
     SCHEDULES,
     ConstantLR,
     CosineLR,
+    OneCycleLR,
+    ReduceLROnPlateau,
     StepLR,
+    WarmupLR,
     make_schedule,
 )
 
 __all__ = ["SoftmaxCrossEntropy", "MSELoss",
            "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "OPTIMIZERS",
-           "ConstantLR", "StepLR", "CosineLR", "SCHEDULES", "make_schedule",
+           "ConstantLR", "StepLR", "CosineLR", "OneCycleLR", "WarmupLR", "ReduceLROnPlateau",
+           "SCHEDULES", "make_schedule",
+           "Callback", "TrainingRun", "EarlyStopping", "BestCheckpoint", "CSVLogger",
+           "TensorBoard", "clip_grad_norm", "clip_grad_value", "GradientClip",
            "Recipe", "REFERENCE_RECIPE", "OPTIMIZER_DEFAULTS", "make_optimizer",
            "fit", "train_step", "History", "TrainingError", "DIVERGENCE_FACTOR",
            "Precision", "LossScaler", "PRECISIONS",

@@ -9,7 +9,7 @@ from typing import Any
 
 from minicnn.core import backend
 
-__all__ = ["History", "EpochTally", "StepWindow", "best_epoch", "describe_epoch"]
+__all__ = ["History", "EpochTally", "StepWindow", "describe_epoch"]
 
 
 class History:
@@ -28,6 +28,18 @@ class History:
 
     def __len__(self) -> int:
         return len(self.records)
+
+    KERAS_NAMES = {"train_loss": "loss", "train_acc": "accuracy", "val_acc": "val_accuracy",
+                   "lr": "learning_rate"}
+    """Record keys Keras names differently (``History.history`` uses Keras's names)."""
+
+    @property
+    def history(self) -> dict[str, list[Any]]:
+        """Each metric over the epochs, as Keras's ``History.history``: {"loss": [...],
+        "accuracy": [...], "val_loss": [...], "val_accuracy": [...], "learning_rate": [...],
+        and the other record keys as they are}; "epoch" and "step" are left out."""
+        keys = dict.fromkeys(k for r in self.records for k in r if k not in ("epoch", "step"))
+        return {self.KERAS_NAMES.get(k, k): [r.get(k) for r in self.records] for k in keys}
 
     def __iter__(self):
         return iter(self.records)
@@ -85,15 +97,9 @@ class EpochTally:
     seconds: float = 0.0        # training time so far, across a resume
     has_correct: bool = True
     skipped: int = 0            # steps skipped for non-finite gradients (mixed precision)
-
-
-def best_epoch(history: History) -> tuple[int | None, int]:
-    """The epoch of the lowest validation loss so far and the epochs since (0 when none)."""
-    losses = [(r["val_loss"], r["epoch"]) for r in history if r.get("val_loss") is not None]
-    if not losses:
-        return None, 0
-    best = min(losses)[1]
-    return best, history[-1]["epoch"] - best
+    norm_sum: float = 0.0       # gradient norms (fit's clip_norm / clip_value)
+    norm_max: float = 0.0
+    norm_count: int = 0
 
 
 def describe_epoch(record: dict[str, Any], epochs: int) -> str:

@@ -47,6 +47,8 @@ from minicnn.core import backend, random
 from minicnn.data import DataLoader
 from minicnn.kernels import blas
 from minicnn.training import distributed
+from minicnn.training.callbacks import BestCheckpoint, EarlyStopping, TrainingRun
+from minicnn.training.clipping import GradientClip
 from minicnn.training.evaluation import (
     EVAL_BATCH_SIZE,
     correct_count,
@@ -54,7 +56,7 @@ from minicnn.training.evaluation import (
     evaluate,
     model_backend,
 )
-from minicnn.training.history import EpochTally, History, StepWindow, best_epoch, describe_epoch
+from minicnn.training.history import EpochTally, History, StepWindow, describe_epoch
 from minicnn.training.losses import SoftmaxCrossEntropy
 from minicnn.training.precision import HalfStep, Precision
 
@@ -86,11 +88,12 @@ def _train_loader(data: Any, batch_size: int, seed: int | None, model: Any) -> D
 # --------------------------------------------------------------------------- training
 
 def train_step(model: Any, loss_fn: Any, optimizer: Any, x: Any, y: Any,
-               sync: Any = None) -> tuple[Any, Any]:
+               sync: Any = None, clip: Any = None) -> tuple[Any, Any]:
     """One optimizer step on batch (x, y); returns the loss (a 0-d array, left on the device)
     and the number of correct predictions (or None when the outputs are not class scores).
     ``sync`` (a ``distributed.GradientSync``) averages the gradients over the ranks before the
-    update, and the returned loss and count are then the global batch's."""
+    update, and the returned loss and count are then the global batch's. ``clip`` (a
+    ``clipping.GradientClip``) clips the gradients before the update."""
     out = model.forward(x, training=True, check=False)
     loss = loss_fn.forward(out, y)
     correct = correct_count(out, y)
@@ -98,6 +101,8 @@ def train_step(model: Any, loss_fn: Any, optimizer: Any, x: Any, y: Any,
     model.backward(loss_fn.backward())
     if sync is not None:
         loss, correct = sync(len(x), loss, correct)
+    if clip is not None:
+        clip(optimizer.params)
     optimizer.step()
     return loss, correct
 
@@ -133,7 +138,7 @@ class _Run:
 
     def __init__(self, model: Any, optimizer: Any, loader: DataLoader, loss_fn: Any,
                  schedule: Any, checkpoint: Any, meta: dict[str, Any], epochs: int,
-                 progress: bool, log_every: int, comm: Any = None):
+                 progress: bool, log_every: int, comm: Any = None, clip: Any = None):
         self.model, self.optimizer, self.loader = model, optimizer, loader
         self.comm = comm if comm is not None and comm.size > 1 else None
         self.sync: distributed.GradientSync | None = None   # made at the first step
@@ -147,6 +152,7 @@ class _Run:
         self.half: HalfStep | None = None    # the half-precision step (precision not fp32)
         self.scaler_state: dict[str, Any] | None = None   # a resumed run's loss scaler
         self.taken = True                    # whether the last step updated the weights
+        self.clip: GradientClip | None = clip
 
     def resume(self, path: Any) -> None:
         """Restore weights, optimizer, RNGs, position and history from ``path``."""
@@ -167,6 +173,8 @@ class _Run:
         self.history, self.good = History(training["history"]), path
         self.first_loss = training.get("first_loss")
         self.scaler_state = training.get("scaler")
+        if hasattr(self.schedule, "load_state_dict") and training.get("schedule"):
+            self.schedule.load_state_dict(training["schedule"])
 
     def save(self, tally: EpochTally | None) -> None:
         """Write the checkpoint: at an epoch's end (tally None) or mid-epoch; with several
@@ -183,6 +191,8 @@ class _Run:
                     "history": self.history.records, "first_loss": self.first_loss}
         if self.half is not None:
             training["scaler"] = self.half.scaler.state_dict()
+        if hasattr(self.schedule, "state_dict"):
+            training["schedule"] = self.schedule.state_dict()
         save(self.model, self.checkpoint, self.optimizer, training=training, **self.meta)
         if tally is None:
             self.good = self.checkpoint
@@ -196,11 +206,11 @@ class _Run:
             self.optimizer.lr = float(self.schedule(self.step))
         if self.half is not None:
             loss, correct, self.taken = self.half(self.loss_fn, self.optimizer, x, y,
-                                                  correct_count)
+                                                  correct_count, self.clip)
             result: tuple[Any, Any] = (loss, correct)
             count = len(x)
         elif self.comm is None:
-            result = train_step(self.model, self.loss_fn, self.optimizer, x, y)
+            result = train_step(self.model, self.loss_fn, self.optimizer, x, y, clip=self.clip)
             count = len(x)
         else:
             if self.sync is None:
@@ -208,7 +218,8 @@ class _Run:
             self.sync.stop = bool(stop is not None and stop.requested)
             seeds = random.host_rng().integers(2**63, size=self.comm.size)
             with random.generator_scope(random.generator(int(seeds[self.comm.rank]))):
-                result = train_step(self.model, self.loss_fn, self.optimizer, x, y, self.sync)
+                result = train_step(self.model, self.loss_fn, self.optimizer, x, y, self.sync,
+                                    self.clip)
             count = self.sync.count
         self.step += 1
         return (*result, count)
@@ -294,6 +305,11 @@ class _Run:
                 f"{what} at epoch {self.epoch + 1}, step {tally.position - back} of "
                 f"{len(self.loader)} (global step {self.step - back}): training diverged and "
                 f"stopped ({kept}); try a smaller learning rate", self.history)
+        if self.clip is not None:                # the norms, read with the losses
+            norm_sum, norm_max, norm_count = self.clip.drain()
+            tally.norm_sum += norm_sum
+            tally.norm_max = max(tally.norm_max, norm_max)
+            tally.norm_count += norm_count
         tally.loss_sum += sum(v * n for v, n in zip(losses, sizes))
         tally.seen += sum(sizes)
         if counts is None:
@@ -320,6 +336,8 @@ class _Run:
                       images_per_s=tally.seen / max(tally.seconds, 1e-9))
         if self.half is not None:
             record.update(skipped_steps=tally.skipped, loss_scale=self.half.scaler.scale)
+        if tally.norm_count:
+            record.update(grad_norm=tally.norm_sum / tally.norm_count, grad_norm_max=tally.norm_max)
         self.history.records.append(record)
         self.epoch += 1
         return record
@@ -332,14 +350,20 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
         log_every: int = 20, eval_batch_size: int = EVAL_BATCH_SIZE,
         workers: int | None = None, comm: Any = None, verbose: bool = True,
         early_stop: int | None = None, best_checkpoint: Any = None,
-        precision: Any = "fp32") -> History:
+        precision: Any = "fp32", clip_norm: float | None = None,
+        clip_value: float | None = None) -> History:
     """Train ``model`` for ``epochs`` epochs with ``optimizer`` and return the History.
 
     train_data: a DataLoader, or an (x, y) pair batched here (``batch_size``, shuffled with
     ``seed``). loss: default SoftmaxCrossEntropy(). val_data: a DataLoader or (x, y) pair
     (pairs use the training loader's transform), evaluated after every epoch in batches of
-    ``eval_batch_size``. schedule: maps the global step to the lr. callbacks: callables
-    ``cb(record)`` or objects with ``on_epoch_end(record)`` and/or ``on_step_end(step)``.
+    ``eval_batch_size``. schedule: maps the global step to the lr (one with ``on_epoch_end``,
+    such as ``ReduceLROnPlateau``, also sees each epoch's record; its ``state_dict`` is saved).
+    callbacks: ``minicnn.training.callbacks`` objects (EarlyStopping, BestCheckpoint,
+    CSVLogger, TensorBoard, or your own with ``on_train_begin``, ``on_step_end``,
+    ``on_epoch_end``), or plain functions ``cb(record)``. clip_norm / clip_value: clip the
+    gradients by global L2 norm / by value before each update (``minicnn.training.clipping``);
+    each epoch's record then has ``grad_norm`` (mean over its steps) and ``grad_norm_max``.
     checkpoint: a path written after every epoch and on Ctrl-C (with ``meta`` merged into its
     metadata); resume: True to continue from ``checkpoint``, or the path of a checkpoint to
     continue from. Losses are read back every ``log_every`` steps. Raises TrainingError if the
@@ -348,8 +372,9 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
     among during this call (default: the model's own ``workers``; see
     ``minicnn.training.parallel``).
     progress: progress bars, shown only on a terminal; verbose: one summary line per epoch.
-    early_stop: stop when the validation loss has not improved for this many epochs;
-    best_checkpoint: a path that keeps the model of the best validation loss so far. The
+    early_stop: stop when the validation loss has not improved for this many epochs
+    (``EarlyStopping(early_stop)``); best_checkpoint: a path that keeps the model of the best
+    validation loss so far (``BestCheckpoint(best_checkpoint)``). The
     training loader's transform is kept as ``model.input_transform`` (checkpoints save it, and
     ``predict``/``evaluate`` apply it to raw images).
 
@@ -383,8 +408,14 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
         model.input_transform = loader.transform
     if early_stop is not None and (val_loader is None or early_stop < 1):
         raise ValueError("fit: early_stop needs val_data and a patience of at least 1 epoch")
+    clip = GradientClip(clip_norm, clip_value) if clip_norm or clip_value else None
+    callbacks = list(callbacks)
+    if early_stop is not None:
+        callbacks.append(EarlyStopping(early_stop))
+    if best_checkpoint is not None:
+        callbacks.append(BestCheckpoint(best_checkpoint))
     run = _Run(model, optimizer, loader, loss if loss is not None else SoftmaxCrossEntropy(),
-               schedule, checkpoint, meta, epochs, progress, log_every, comm)
+               schedule, checkpoint, meta, epochs, progress, log_every, comm, clip)
     if resume:
         source = checkpoint if resume is True else resume
         if source is None:
@@ -398,6 +429,8 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
         run.half = HalfStep(model, policy)        # after resume: it copies the loaded weights
         if run.scaler_state is not None:
             run.half.scaler.load_state_dict(run.scaler_state)
+    if hasattr(schedule, "on_epoch_end"):             # ReduceLROnPlateau: before the others
+        callbacks.insert(0, schedule)
     on_epoch = [getattr(cb, "on_epoch_end", cb) for cb in callbacks
                 if hasattr(cb, "on_epoch_end") or callable(cb)]
     on_step = [cb.on_step_end for cb in callbacks if hasattr(cb, "on_step_end")]
@@ -410,6 +443,9 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
     single_blas = blas.single_threaded() if run.comm is not None and \
         getattr(model, "workers", None) == 1 else contextlib.nullcontext()  # a core per rank
     loud = run.comm is None or run.comm.is_root
+    for cb in callbacks:
+        if hasattr(cb, "on_train_begin"):
+            cb.on_train_begin(TrainingRun(model, run.history, meta, loud))
     params = model.parameters()
     xp = backend.get_array_module(params[0].data) if params else None
     errstate = getattr(xp, "errstate", None)         # NumPy's; CuPy does not warn
@@ -429,13 +465,11 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
                 for cb in on_epoch:
                     cb(record)
                 run.save(None)
-                best, since_best = best_epoch(run.history)
-                if best_checkpoint is not None and loud and since_best == 0:
-                    from minicnn.saving.checkpoint import save
-                    save(model, best_checkpoint, best_epoch=best, **meta)
-                if early_stop is not None and since_best >= early_stop:
-                    _say(verbose and loud, f"early stop: validation loss has not improved for "
-                                           f"{since_best} epochs (best: epoch {best})")
+                stopper = next((cb for cb in callbacks if getattr(cb, "stop_training", False)),
+                               None)
+                if stopper is not None:
+                    _say(verbose and loud, getattr(stopper, "stop_reason", "") or
+                         f"{type(stopper).__name__} stopped training")
                     run.history.stopped = "early stop"
                     break
                 if run.comm is not None:          # every rank stops, or none

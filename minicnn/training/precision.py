@@ -182,9 +182,10 @@ class HalfStep:
             self._load_state(self.work, state, _float_state(self.work))
 
     def __call__(self, loss_fn: Any, optimizer: Any, x: Any, y: Any,
-                 correct_count: Any) -> tuple[Any, Any, bool]:
+                 correct_count: Any, clip: Any = None) -> tuple[Any, Any, bool]:
         """One step: returns the float32 loss, the correct count and whether it was taken
-        (False: skipped, the gradients were not finite)."""
+        (False: skipped, the gradients were not finite). ``clip`` (a ``GradientClip``) clips
+        the unscaled float32 gradients of a step that is taken."""
         self.refresh()
         xp, scale = self.xp, self.scaler.scale
         x = x.astype(self.dtype)
@@ -205,6 +206,8 @@ class HalfStep:
             flags.append(xp.isfinite(master.grad).all())
         finite = bool(xp.stack(flags).all())
         if finite:
+            if clip is not None:
+                clip(optimizer.params)
             optimizer.step()
             state = _float_state(self.work)
             self._load_state(self.master, state, _float_state(self.master))
