@@ -1,27 +1,164 @@
-"""BatchNorm2D: normalise each channel over (N, H, W), then scale and shift.
+"""Batch normalisation (BatchNorm1D, BatchNorm2D) and the arithmetic every normalisation shares.
 
-Training uses the batch's mean and (biased) variance and updates running statistics
+``normalize(x, axes, eps)`` and ``normalize_backward(...)`` compute, for the mean and biased
+variance taken over ``axes`` of x (the other axes index the statistics)::
+
+    x_hat = (x - mean) * inv_std,   inv_std = 1 / sqrt(var + eps),   y = weight * x_hat + bias
+    dx = inv_std * (dx_hat - mean(dx_hat) - x_hat * mean(dx_hat * x_hat)),  dx_hat = dy * weight
+
+(the last two terms vanish when the statistics are constants, as in evaluation mode). Each layer
+reshapes its input into a view where its statistics and its weight broadcast: BatchNorm views
+(N, C, ...) as (N, C, S) and reduces over (0, 2); GroupNorm and LayerNorm
+(``minicnn.layers.layer_norm``) reduce each sample's rows.
+
+Half-precision input (float16, mixed precision) is normalised in float32 and the result cast
+back, as PyTorch does: statistics, ``x_hat`` and the gradient sums are float32, and BatchNorm's
+running statistics keep their own dtype (float32 in ``fit(..., precision="fp16")``, whose
+working copy converts parameters only). float32 and float64 input compute in their own dtype.
+
+BatchNorm training uses the batch's mean and (biased) variance and updates running statistics
 (running = (1 - momentum) * running + momentum * batch, with the unbiased variance, as PyTorch);
 evaluation uses the running statistics. In training its output for one sample depends on the
 whole batch, so a model that holds one is not split among threads (``per_sample``).
 """
 from __future__ import annotations
 
+import string
+from collections.abc import Sequence
 from typing import Any
 
 from minicnn.core import backend
 from minicnn.layers import initializers
 from minicnn.layers.base import Layer, Parameter
 
+__all__ = ["BatchNorm1D", "BatchNorm2D", "normalize", "normalize_backward", "scale_shift",
+           "statistics_dtype"]
 
-class BatchNorm2D(Layer):
-    """y = weight * (x - mean) / sqrt(var + eps) + bias, per channel; weight, bias: (C,)."""
+Axes = tuple[int, ...]
+
+
+def statistics_dtype(dtype: Any) -> Any:
+    """The dtype normalisation computes in for input of ``dtype``: float32 for half precision
+    (float16, bfloat16), the input's own dtype otherwise."""
+    import numpy
+
+    dtype = numpy.dtype(dtype)
+    return numpy.dtype(numpy.float32) if dtype.itemsize < 4 else dtype
+
+
+def _sum_of_products(a: Any, b: Any, axes: Axes, dtype: Any) -> Any:
+    """sum(a * b) over ``axes`` (kept as size 1), without an array of the products."""
+    if not axes:
+        return backend.get_array_module(a, b).multiply(a, b, dtype=dtype)
+    letters = string.ascii_letters[:a.ndim]
+    kept = "".join(c for i, c in enumerate(letters) if i not in axes)
+    xp = backend.get_array_module(a, b)
+    total = xp.einsum(f"{letters},{letters}->{kept}", a, b, dtype=dtype)
+    return total.reshape([1 if i in axes else n for i, n in enumerate(a.shape)])
+
+
+def _broadcast_size(*shapes: tuple[int, ...]) -> int:
+    size = 1
+    for n in (max(dims) for dims in zip(*shapes)):    # shapes of equal rank
+        size *= n
+    return size
+
+
+def _sum(a: Any, axes: Axes, dtype: Any) -> Any:
+    return a.sum(axis=axes, keepdims=True, dtype=dtype) if axes else a.astype(dtype, copy=False)
+
+
+def normalize(x: Any, axes: Axes, eps: float, mean: Any = None,
+              var: Any = None) -> tuple[Any, Any, Any, Any]:
+    """(x_hat, inv_std, mean, var) for the statistics of ``x`` over ``axes`` (kept as size 1),
+    or for the given ``mean`` and ``var`` (broadcastable to that shape, e.g. running
+    statistics); computed in ``statistics_dtype(x.dtype)``."""
+    xp = backend.get_array_module(x)
+    dtype = statistics_dtype(x.dtype)
+    if mean is None:
+        count = 1
+        for a in axes:
+            count *= x.shape[a]
+        mean = x.mean(axis=axes, keepdims=True, dtype=dtype)
+        x_hat = xp.subtract(x, mean, dtype=dtype)
+        var = _sum_of_products(x_hat, x_hat, axes, dtype) * dtype.type(1.0 / count)
+    else:
+        mean, var = mean.astype(dtype, copy=False), var.astype(dtype, copy=False)
+        x_hat = xp.subtract(x, mean, dtype=dtype)
+    inv_std = 1.0 / xp.sqrt(var + dtype.type(eps))
+    x_hat *= inv_std
+    return x_hat, inv_std, mean, var
+
+
+def scale_shift(x_hat: Any, weight: Any, bias: Any, dtype: Any) -> Any:
+    """weight * x_hat + bias (either may be None), as ``dtype`` (the input's)."""
+    y = x_hat if weight is None else x_hat * weight
+    if bias is not None:
+        y = y + bias if y is x_hat else backend.get_array_module(y).add(y, bias, out=y)
+    return y.astype(dtype, copy=False)
+
+
+def normalize_backward(dy: Any, x_hat: Any, inv_std: Any, axes: Axes, weight: Any = None,
+                       param_axes: Sequence[int] = (), batch_statistics: bool = True,
+                       input_grad: bool = True) -> tuple[Any, Any, Any]:
+    """(dx, dweight, dbias) for ``y = weight * x_hat + bias`` with x_hat from ``normalize``.
+
+    ``weight`` broadcasts against x (None: no affine, dweight and dbias are None); its gradients
+    are summed over ``param_axes`` (kept as size 1). ``batch_statistics``: the mean and variance
+    were x's own (training), not constants. ``input_grad=False`` skips dx (None).
+    """
+    xp = backend.get_array_module(dy, x_hat)
+    dtype = x_hat.dtype
+    # Sums over the axes both reductions share, once; the rest of each sum is on small arrays.
+    common = tuple(a for a in axes if a in param_axes)
+    need_products = weight is not None or (input_grad and batch_statistics)
+    dy_sum = _sum(dy, common, dtype)
+    dy_xhat_sum = _sum_of_products(dy, x_hat, common, dtype) if need_products else None
+    dweight = dbias = None
+    if weight is not None:
+        rest = tuple(a for a in param_axes if a not in common)
+        dbias = _sum(dy_sum, rest, dtype)
+        dweight = _sum(dy_xhat_sum, rest, dtype)
+    if not input_grad:
+        return None, dweight, dbias
+    if weight is None:
+        dx = xp.multiply(dy, inv_std, dtype=dtype)
+    elif _broadcast_size(weight.shape, inv_std.shape) < dy.size:
+        dx = xp.multiply(dy, weight * inv_std, dtype=dtype)     # one full pass, not two
+    else:
+        dx = xp.multiply(dy, weight, dtype=dtype)
+        dx *= inv_std
+    if batch_statistics:
+        only = tuple(a for a in axes if a not in common)
+        count = dtype.type(1.0 / (x_hat.size // inv_std.size))
+        w = dtype.type(1) if weight is None else weight
+        mean_dxhat = _sum(w * dy_sum, only, dtype) * count
+        mean_dxhat_xhat = _sum(w * dy_xhat_sum, only, dtype) * count
+        dx -= mean_dxhat * inv_std
+        products = xp.multiply(x_hat, mean_dxhat_xhat * inv_std, dtype=dtype)
+        dx -= products
+    return dx, dweight, dbias
+
+
+class _BatchNorm(Layer):
+    """Per-channel batch normalisation of (N, C, ...) input: the shared body of BatchNorm1D
+    and BatchNorm2D, which differ only in the input ranks they accept."""
 
     running_mean: Any
     running_var: Any
+    _ranks: tuple[int, ...] = ()
+    _layout = ""
 
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5):
         super().__init__()
+        name = type(self).__name__
+        if not isinstance(num_features, int) or isinstance(num_features, bool) or \
+                num_features < 1:
+            raise ValueError(f"{name}: num_features must be a positive int, "
+                             f"got {num_features!r}")
+        if not 0 <= momentum <= 1 or not eps > 0:
+            raise ValueError(f"{name}: expected 0 <= momentum <= 1 and eps > 0, got "
+                             f"momentum={momentum!r}, eps={eps!r}")
         self.num_features, self.momentum, self.eps = num_features, float(momentum), float(eps)
         self.weight = Parameter(initializers.ones((num_features,)), "weight")
         self.bias = Parameter(initializers.zeros((num_features,)), "bias")
@@ -33,40 +170,72 @@ class BatchNorm2D(Layer):
         return not self.training                    # batch statistics mix the samples
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        if len(input_shape) != 3 or input_shape[0] != self.num_features:
-            raise ValueError(f"{self.label()}: expected input shape ({self.num_features}, H, W), "
-                             f"got {tuple(input_shape)}")
+        if len(input_shape) + 1 not in self._ranks or input_shape[0] != self.num_features:
+            raise ValueError(f"{self.label()}: expected input shape {self._layout} per sample "
+                             f"with C = {self.num_features}, got {tuple(input_shape)}")
         return tuple(input_shape)
 
     def forward(self, x: Any) -> Any:
-        self.check_input(x, 4, "(N, C, H, W)", channels=self.num_features)
-        xp = backend.get_array_module(x)
-        x_nhwc = x.transpose(0, 2, 3, 1)            # channels last: per-channel stats broadcast
+        ndim = getattr(x, "ndim", None)
+        self.check_input(x, ndim if ndim in self._ranks else self._ranks[0],
+                         self._layout, channels=self.num_features)
+        c = self.num_features
+        view = x.reshape(x.shape[0], c, -1)         # (N, C, S): stats over axes 0 and 2
         if self.training:
-            count = x.size // self.num_features
+            count = view.shape[0] * view.shape[2]
             if count < 2:
                 raise ValueError(f"{self.label()}: training needs more than one value per "
                                  f"channel, got input shape {tuple(x.shape)}")
-            mean = x_nhwc.mean(axis=(0, 1, 2))
-            var = x_nhwc.var(axis=(0, 1, 2))
+            x_hat, inv_std, mean, var = normalize(view, (0, 2), self.eps)
             m = self.momentum
-            self.running_mean = (1 - m) * self.running_mean + m * mean
-            self.running_var = (1 - m) * self.running_var + m * var * (count / (count - 1))
+            self._update_running(mean.reshape(c), var.reshape(c), m, count / (count - 1))
         else:
-            mean, var = self.running_mean, self.running_var
-        inv_std = 1.0 / xp.sqrt(var + self.eps)
-        x_hat = (x_nhwc - mean) * inv_std
+            x_hat, inv_std, _, _ = normalize(view, (0, 2), self.eps,
+                                             self.running_mean.reshape(1, c, 1),
+                                             self.running_var.reshape(1, c, 1))
         self.save_for_backward(x_hat, inv_std, self.training)
-        return (x_hat * self.weight.data + self.bias.data).transpose(0, 3, 1, 2)
+        y = scale_shift(x_hat, self.weight.data.reshape(1, c, 1), self.bias.data.reshape(1, c, 1),
+                   x.dtype)
+        return y.reshape(x.shape)
 
-    def backward(self, grad_out: Any) -> Any:
+    def _update_running(self, mean: Any, var: Any, m: float, unbias: float) -> None:
+        """running = (1 - m) * running + m * batch, in the running statistics' own dtype."""
+        for name, batch in (("running_mean", mean), ("running_var", var * unbias)):
+            running = getattr(self, name)
+            kind = running.dtype.type
+            setattr(self, name, kind(1 - m) * running + kind(m) * batch.astype(running.dtype))
+
+    def backward(self, grad_out: Any, input_grad: bool = True) -> Any:
         x_hat, inv_std, training = self.pop_saved()
-        dy = grad_out.transpose(0, 2, 3, 1)
-        self.bias.grad += dy.sum(axis=(0, 1, 2))
-        self.weight.grad += (dy * x_hat).sum(axis=(0, 1, 2))
-        dx_hat = dy * self.weight.data
-        if not training:                             # statistics are constants in eval mode
-            return (dx_hat * inv_std).transpose(0, 3, 1, 2)
-        dx = (dx_hat - dx_hat.mean(axis=(0, 1, 2))
-              - x_hat * (dx_hat * x_hat).mean(axis=(0, 1, 2))) * inv_std
-        return dx.transpose(0, 3, 1, 2)
+        c = self.num_features
+        dx, dweight, dbias = normalize_backward(
+            grad_out.reshape(x_hat.shape), x_hat, inv_std, (0, 2),
+            self.weight.data.reshape(1, c, 1), (0, 2), training, input_grad)
+        self.weight.grad += dweight.reshape(c).astype(self.weight.grad.dtype, copy=False)
+        self.bias.grad += dbias.reshape(c).astype(self.bias.grad.dtype, copy=False)
+        return None if dx is None else dx.astype(grad_out.dtype, copy=False).reshape(
+            grad_out.shape)
+
+    def to_onnx(self, ctx: Any, inputs: list[str]) -> str:
+        """BatchNormalization in inference form (the running statistics); ONNX takes (N, C)
+        and (N, C, D1, ...) input alike."""
+        args = [inputs[0]] + [ctx.add_initializer(f"{ctx.name}.{key}", value) for key, value in (
+            ("weight", self.weight.data), ("bias", self.bias.data),
+            ("running_mean", self.running_mean), ("running_var", self.running_var))]
+        return ctx.add_node("BatchNormalization", args, [ctx.name], epsilon=self.eps)[0]
+
+
+class BatchNorm2D(_BatchNorm):
+    """y = weight * (x - mean) / sqrt(var + eps) + bias per channel of (N, C, H, W) input,
+    statistics over (N, H, W); weight, bias, running_mean, running_var: (C,)."""
+
+    _ranks = (4,)
+    _layout = "(N, C, H, W)"
+
+
+class BatchNorm1D(_BatchNorm):
+    """BatchNorm2D's normalisation for (N, C) or (N, C, L) input (PyTorch's BatchNorm1d),
+    statistics over N (and L) per channel; weight, bias, running statistics: (C,)."""
+
+    _ranks = (2, 3)
+    _layout = "(N, C) or (N, C, L)"
