@@ -342,3 +342,37 @@ def log_softmax(x, axis):
         log_sum = m + math.log(sum(math.exp(v - m) for v in row))
         out[index] = [v - log_sum for v in row]
     return np.moveaxis(out, -1, axis)
+
+
+# ------------------------------------------------------------------ more losses
+# cross-entropy with class weights and label smoothing, BCE with logits (PyTorch's formulas)
+
+def cross_entropy_smoothed(logits, labels, smoothing=0.0, weight=None):
+    """((1 - eps) sum_i w[y_i] l[i, y_i] + eps/K sum_i sum_k w[k] l[i, k]) / sum_i w[y_i],
+    l[i, k] = -log softmax(logits[i])[k], by loops in Python floats."""
+    n, k = len(logits), len(logits[0])
+    w = [1.0] * k if weight is None else [float(v) for v in weight]
+    numerator = denominator = 0.0
+    for i in range(n):
+        row = [float(v) for v in logits[i]]
+        m = max(row)
+        log_sum = m + math.log(sum(math.exp(v - m) for v in row))
+        nll = [log_sum - v for v in row]
+        y = int(labels[i])
+        numerator += (1 - smoothing) * w[y] * nll[y]
+        numerator += smoothing / k * sum(w[j] * nll[j] for j in range(k))
+        denominator += w[y]
+    return numerator / denominator
+
+
+def bce_with_logits(logits, targets):
+    """Mean over elements of -(y log sigmoid(x) + (1 - y) log(1 - sigmoid(x))), each log
+    written with log1p/exp of -|x| so it stays finite."""
+    xs = np.asarray(logits, dtype=np.float64).reshape(-1)
+    ys = np.asarray(targets, dtype=np.float64).reshape(-1)
+    total = 0.0
+    for x, y in zip(xs.tolist(), ys.tolist()):
+        log_sig = -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+        log_one_minus = -x + log_sig                      # log(1 - sigmoid(x))
+        total += -(y * log_sig + (1 - y) * log_one_minus)
+    return total / len(xs)
