@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=positive, help=f"epochs (default {r.epochs})")
     t.add_argument("--batch-size", type=positive, help=f"batch size (default {r.batch_size})")
     t.add_argument("--optimizer", choices=tuple(training.OPTIMIZER_DEFAULTS),
-                   help="sgd (default), adam or adamw")
+                   help="sgd (default), adam, adamw, rmsprop or adagrad")
     t.add_argument("--lr", type=positive_float, help=f"peak learning rate (default {r.lr} for "
                    "sgd, 0.001 for adam and adamw)")
     t.add_argument("--momentum", type=non_negative_float,
@@ -287,7 +287,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=non_negative_float, help=f"weight decay (default "
                    f"{r.weight_decay} for sgd, 0 for adam, 0.01 for adamw)")
     t.add_argument("--schedule", choices=training.SCHEDULES,
-                   help=f"lr schedule (default {r.schedule})")
+                   help=f"lr schedule (default {r.schedule}; plateau: x0.1 after 2 epochs "
+                   "without a better validation loss)")
+    t.add_argument("--warmup-steps", type=non_negative, metavar="N",
+                   help="linear warm-up from 0.1 x lr over the first N steps, before the "
+                   "schedule (default 0)")
+    t.add_argument("--clip-norm", type=positive_float, metavar="X",
+                   help="clip the gradients' global L2 norm to X before each update (the "
+                   "norm is logged per epoch; default: off)")
+    t.add_argument("--clip-value", type=positive_float, metavar="X",
+                   help="clip each gradient element to [-X, X] (default: off)")
     t.add_argument("--augment", type=int, metavar="K",
                    help=f"random shifts of up to K pixels (default {r.augment}; 0: none)")
     t.add_argument("--seed", type=int, help="random seed (default 0)")

@@ -41,14 +41,16 @@ from minicnn.viz import plots
 
 # Settings a run is defined by: on --resume they default to the saved ones and may not change.
 RUN_KEYS = ("dataset", "model", "batch_size", "lr", "momentum", "weight_decay", "schedule",
-            "seed", "limit", "augment", "optimizer", "val_split", "precision")
+            "seed", "limit", "augment", "optimizer", "val_split", "precision", "clip_norm",
+            "clip_value", "warmup_steps")
 
 
 def _resolve(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str, Any]:
     """The run's settings: explicit options, else the saved run's (on --resume), else the
     reference recipe's defaults. A resumed run may change only --epochs and --test-limit."""
     defaults = {"dataset": "mnist", "model": "ref-cnn", "seed": 0, "limit": None,
-                "test_limit": None, "precision": "fp32",
+                "test_limit": None, "precision": "fp32", "clip_norm": None, "clip_value": None,
+                "warmup_steps": 0,
                 **training.REFERENCE_RECIPE.as_dict()}
     saved = saved or {}
     optimizer = getattr(args, "optimizer", None) or saved.get("optimizer", "sgd")
@@ -156,7 +158,13 @@ def _train(args: argparse.Namespace, comm: distributed.Communicator) -> int:
     loader = DataLoader(x, y, batch_size=s["batch_size"], shuffle=True, seed=s["seed"],
                         transform=transform,
                         augment=RandomShift(s["augment"]) if s["augment"] else None)
-    schedule = training.make_schedule(s["schedule"], s["lr"], s["epochs"] * len(loader))
+    if s["schedule"] == "plateau" and not s["val_split"]:
+        raise CLIError("--schedule plateau watches the validation loss: it needs --val-split > 0")
+    try:
+        schedule = training.make_schedule(s["schedule"], s["lr"], s["epochs"] * len(loader),
+                                          s["warmup_steps"])
+    except ValueError as exc:
+        raise CLIError(f"--warmup-steps {s['warmup_steps']}: {exc}") from None
 
     out.mkdir(parents=True, exist_ok=True)
     metrics = out / METRICS
@@ -183,7 +191,8 @@ def _train(args: argparse.Namespace, comm: distributed.Communicator) -> int:
                       resume=bool(args.resume), meta=meta, progress=not args.quiet and root,
                       verbose=root, comm=comm, early_stop=args.early_stop,
                       best_checkpoint=out / BEST if len(xv) else None,
-                      precision=s["precision"])
+                      precision=s["precision"], clip_norm=s["clip_norm"],
+                      clip_value=s["clip_value"])
     except TrainingError:
         if root and out.is_dir() and not any(out.iterdir()):
             out.rmdir()                           # a run that wrote nothing leaves nothing
