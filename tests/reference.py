@@ -376,3 +376,83 @@ def bce_with_logits(logits, targets):
         log_one_minus = -x + log_sig                      # log(1 - sigmoid(x))
         total += -(y * log_sig + (1 - y) * log_one_minus)
     return total / len(xs)
+
+
+# ------------------------------------------------------------------ resizing and padding
+
+def upsample_source_nearest(d, scale):
+    """Nearest: output index d reads input index floor(d / scale)."""
+    return int(np.floor(d / scale))
+
+
+def upsample_source_bilinear(d, size_in, scale, align_corners):
+    """Bilinear: ((lower, weight), (upper, weight)) that output index d blends, PyTorch's rule:
+    src = d * (L - 1) / (L*s - 1) with align_corners, else (d + 0.5) / s - 0.5 clamped at 0;
+    lower = floor(src), upper = lower + 1 clamped to L - 1, weights 1 - f and f, f = src - lower."""
+    size_out = size_in * scale
+    if align_corners:
+        src = d * (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
+    else:
+        src = max((d + 0.5) / scale - 0.5, 0.0)
+    lower = min(int(np.floor(src)), size_in - 1)
+    upper = min(lower + 1, size_in - 1)
+    frac = src - lower
+    return (lower, 1.0 - frac), (upper, frac)
+
+
+def _upsample_taps(h, w, scale, mode, align_corners):
+    """For each output cell (oh, ow): the (ih, iw, weight) input cells it sums."""
+    sh, sw = pair(scale)
+    for oh in range(h * sh):
+        for ow in range(w * sw):
+            if mode == "nearest":
+                yield oh, ow, [(upsample_source_nearest(oh, sh),
+                                upsample_source_nearest(ow, sw), 1.0)]
+            else:
+                rows = upsample_source_bilinear(oh, h, sh, align_corners)
+                cols = upsample_source_bilinear(ow, w, sw, align_corners)
+                yield oh, ow, [(ih, iw, a * b) for ih, a in rows for iw, b in cols]
+
+
+def upsample_forward(x, scale, mode="nearest", align_corners=False):
+    """y[n, c, oh, ow] = sum over the taps (ih, iw, weight) of weight * x[n, c, ih, iw]."""
+    n, c, h, w = x.shape
+    sh, sw = pair(scale)
+    y = np.zeros((n, c, h * sh, w * sw))
+    for oh, ow, taps in _upsample_taps(h, w, scale, mode, align_corners):
+        for ih, iw, weight in taps:
+            y[:, :, oh, ow] += weight * x[:, :, ih, iw]
+    return y
+
+
+def upsample_backward(x_shape, grad_out, scale, mode="nearest", align_corners=False):
+    """dx[n, c, ih, iw] = sum over the outputs that read (ih, iw) of weight * dy there."""
+    n, c, h, w = x_shape
+    dx = np.zeros((n, c, h, w))
+    for oh, ow, taps in _upsample_taps(h, w, scale, mode, align_corners):
+        for ih, iw, weight in taps:
+            dx[:, :, ih, iw] += weight * grad_out[:, :, oh, ow]
+    return dx
+
+
+def zero_pad_forward(x, left, right, top, bottom):
+    """y[n, c, i, j] = x[n, c, i - top, j - left] where that is inside x, else 0 (negative
+    amounts remove rows / columns)."""
+    n, c, h, w = x.shape
+    y = np.zeros((n, c, h + top + bottom, w + left + right))
+    for i in range(y.shape[2]):
+        for j in range(y.shape[3]):
+            if 0 <= i - top < h and 0 <= j - left < w:
+                y[:, :, i, j] = x[:, :, i - top, j - left]
+    return y
+
+
+def zero_pad_backward(x_shape, grad_out, left, right, top, bottom):
+    """dx[n, c, i, j] = dy[n, c, i + top, j + left] where that is inside y, else 0."""
+    n, c, h, w = x_shape
+    dx = np.zeros((n, c, h, w))
+    for i in range(h):
+        for j in range(w):
+            if 0 <= i + top < grad_out.shape[2] and 0 <= j + left < grad_out.shape[3]:
+                dx[:, :, i, j] = grad_out[:, :, i + top, j + left]
+    return dx

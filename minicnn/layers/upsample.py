@@ -1,0 +1,164 @@
+"""Upsample2D: enlarge NCHW images by integer factors, nearest or bilinear, as PyTorch's
+``torch.nn.functional.interpolate(x, scale_factor=s, mode=..., align_corners=...)``.
+
+The output is (N, C, H * sh, W * sw). Resizing is separable: forward resizes along W, then
+along H; backward applies the adjoint of each step, in reverse order. Along an axis of input
+length L, output element d reads:
+
+* nearest: the input at floor(d / s), so forward repeats each element s times and backward
+  sums each block of s gradients (one strided slice per phase d mod s);
+* bilinear: 1 - f of the input at i = floor(src) and f of the one at i + 1 (clamped to L - 1),
+  f = src - i, with src = max((d + 0.5) / s - 0.5, 0) (align_corners=False: half-pixel
+  centres) or d * (L - 1) / (s*L - 1) (align_corners=True: corners onto corners). That is one
+  (s*L, L) matrix per axis with two non-zeros a row (``bilinear_matrix``), applied by matmul in
+  forward and its transpose in backward: exactly the adjoint, no scatter, BLAS-fast for the
+  feature-map sizes CNNs upsample (it costs 2L multiply-adds per output element, so for inputs
+  beyond ~100 pixels a side it falls behind a two-tap gather).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy
+
+from minicnn.core import backend
+from minicnn.layers.base import Layer
+
+MODES = ("nearest", "bilinear")
+
+
+def _slab(axis: int, index: slice | int) -> tuple[Any, ...]:
+    """An index selecting ``index`` along ``axis`` (negative, counted from the end) of an array."""
+    return (Ellipsis, index) + (slice(None),) * (-axis - 1)
+
+
+def _phase_view(y: Any, axis: int, scale: int) -> Any:
+    """``y`` (length L * scale along ``axis``) viewed with that axis split into (L, scale):
+    phase r of every block is then ``view[_slab(axis, r)]`` (axis counted from the end)."""
+    shape = y.shape[:y.ndim + axis] + (y.shape[axis] // scale, scale) + \
+        y.shape[y.ndim + axis + 1:]
+    return y.reshape(shape)
+
+
+@functools.lru_cache(maxsize=64)
+def _host_bilinear_matrix(size_in: int, scale: int, align_corners: bool) -> numpy.ndarray:
+    size_out = size_in * scale
+    d = numpy.arange(size_out, dtype=numpy.float64)
+    if align_corners:
+        src = d * ((size_in - 1) / (size_out - 1) if size_out > 1 else 0.0)
+    else:
+        src = numpy.maximum((d + 0.5) / scale - 0.5, 0.0)
+    lower = numpy.minimum(numpy.floor(src).astype(numpy.int64), size_in - 1)
+    upper = numpy.minimum(lower + 1, size_in - 1)
+    frac = src - lower
+    matrix = numpy.zeros((size_out, size_in))
+    rows = numpy.arange(size_out)
+    matrix[rows, lower] += 1.0 - frac       # lower == upper at the last input: both land there
+    matrix[rows, upper] += frac
+    matrix.flags.writeable = False
+    return matrix
+
+
+def bilinear_matrix(size_in: int, scale: int, align_corners: bool, xp: Any = numpy,
+                    dtype: Any = numpy.float64) -> Any:
+    """The (size_in * scale, size_in) matrix of PyTorch's bilinear weights along one axis:
+    row d holds 1 - f at floor(src) and f at floor(src) + 1 (clamped to the last input), with
+    f = src - floor(src) and src = max((d + 0.5) / scale - 0.5, 0) (align_corners=False) or
+    d * (size_in - 1) / (size_in * scale - 1) (True; 0 for a single output)."""
+    return xp.asarray(_host_bilinear_matrix(size_in, scale, align_corners), dtype=dtype)
+
+
+def _resize_axis(x: Any, axis: int, scale: int, mode: str, align_corners: bool) -> Any:
+    """Resize ``x`` by ``scale`` along ``axis`` (-1 or -2)."""
+    if scale == 1:
+        return x
+    xp = backend.get_array_module(x)
+    if mode == "nearest":
+        return xp.repeat(x, scale, axis=axis)
+    matrix = bilinear_matrix(x.shape[axis], scale, align_corners, xp, x.dtype)
+    return x @ matrix.T if axis == -1 else matrix @ x
+
+
+def _resize_axis_backward(g: Any, axis: int, scale: int, mode: str, align_corners: bool) -> Any:
+    """The adjoint of ``_resize_axis``: the gradient of its input from that of its output."""
+    if scale == 1:
+        return g
+    xp = backend.get_array_module(g)
+    if mode == "nearest":
+        phases = _phase_view(g, axis, scale)
+        dx = phases[_slab(axis, 0)] + phases[_slab(axis, 1)]
+        for r in range(2, scale):
+            dx += phases[_slab(axis, r)]
+        return dx
+    matrix = bilinear_matrix(g.shape[axis] // scale, scale, align_corners, xp, g.dtype)
+    return g @ matrix if axis == -1 else matrix.T @ g
+
+
+class Upsample2D(Layer):
+    """Enlarge (N, C, H, W) images to (N, C, H * sh, W * sw), as PyTorch's ``interpolate``.
+
+    ``scale_factor``: a positive int or a pair (sh, sw) of them; ``mode``: "nearest" (source
+    index floor(d / s)) or "bilinear"; ``align_corners`` (bilinear only): False for half-pixel
+    centres clamped at 0, True to map the corner pixels onto each other ((L-1)/(s*L-1)).
+    """
+
+    per_sample = True
+
+    def __init__(self, scale_factor: int | tuple[int, int] = 2, mode: str = "nearest",
+                 align_corners: bool = False):
+        super().__init__()
+        pair = (scale_factor, scale_factor) if not isinstance(scale_factor, tuple | list) \
+            else tuple(scale_factor)
+        if len(pair) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1
+                                     for s in pair):
+            raise ValueError(f"Upsample2D: scale_factor must be a positive int or a pair of "
+                             f"them, got {scale_factor!r}")
+        if mode not in MODES:
+            raise ValueError(f"Upsample2D: mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if not isinstance(align_corners, bool):
+            raise TypeError(f"Upsample2D: align_corners must be a bool, got {align_corners!r}")
+        if align_corners and mode == "nearest":
+            raise ValueError("Upsample2D: align_corners=True needs mode='bilinear' (nearest "
+                             "has no corners to align), got mode='nearest'")
+        self.scale_factor: tuple[int, int] = (int(pair[0]), int(pair[1]))
+        self.mode = mode
+        self.align_corners = align_corners
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(input_shape) != 3:
+            raise ValueError(f"{self.label()}: expected input shape (C, H, W), "
+                             f"got {tuple(input_shape)}")
+        c, h, w = input_shape
+        sh, sw = self.scale_factor
+        return (c, h * sh, w * sw)
+
+    def forward(self, x: Any) -> Any:
+        self.check_input(x, 4, "(N, C, H, W)")
+        sh, sw = self.scale_factor
+        y = _resize_axis(x, -1, sw, self.mode, self.align_corners)
+        y = _resize_axis(y, -2, sh, self.mode, self.align_corners)
+        self.save_for_backward(tuple(x.shape))
+        return y if y is not x else x.copy()
+
+    def backward(self, grad_out: Any) -> Any:
+        self.pop_saved()
+        sh, sw = self.scale_factor
+        g = _resize_axis_backward(grad_out, -2, sh, self.mode, self.align_corners)
+        g = _resize_axis_backward(g, -1, sw, self.mode, self.align_corners)
+        return g if g is not grad_out else grad_out.copy()
+
+    def to_onnx(self, ctx: Any, inputs: list[str]) -> str:
+        """ONNX ``Resize`` (opset >= 13: inputs X, roi '', scales) with the coordinate rule
+        that matches: nearest "asymmetric" + "floor"; linear "pytorch_half_pixel" (which is
+        half_pixel with the clamp at 0) or "align_corners"."""
+        sh, sw = self.scale_factor
+        scales = ctx.add_initializer(f"{ctx.name}.scales",
+                                     numpy.array([1.0, 1.0, sh, sw], dtype=numpy.float32))
+        if self.mode == "nearest":
+            attrs = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
+                     "nearest_mode": "floor"}
+        else:
+            attrs = {"mode": "linear", "coordinate_transformation_mode":
+                     "align_corners" if self.align_corners else "pytorch_half_pixel"}
+        return ctx.add_node("Resize", [inputs[0], "", scales], [ctx.name], **attrs)[0]
