@@ -1,4 +1,5 @@
-"""ONNX: export a trained model (``export_onnx``). Sits above the models it converts."""
+"""ONNX: export a trained model (``export_onnx``) and import one (``import_onnx``). Sits above
+the models it converts."""
 from minicnn.onnx.export import (
     DEFAULT_OPSET,
     MIN_OPSET,
@@ -6,5 +7,7 @@ from minicnn.onnx.export import (
     ExportError,
     export_onnx,
 )
+from minicnn.onnx.importer import OnnxImportError, import_onnx
 
-__all__ = ["ExportError", "ExportContext", "export_onnx", "DEFAULT_OPSET", "MIN_OPSET"]
+__all__ = ["ExportError", "ExportContext", "export_onnx", "DEFAULT_OPSET", "MIN_OPSET",
+           "OnnxImportError", "import_onnx"]
