@@ -100,67 +100,100 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
 
 # --------------------------------------------------------------------------- pooling
 
-def _windows(h, w, kernel_size, stride, padding):
+def pool_out_size(size, k, s, p, d=1, ceil_mode=False):
+    """PyTorch's pooling output length: floor (or ceil) of (size + 2p - d(k-1) - 1) / s, plus
+    one; in ceil mode a last window starting at size + p or later is dropped."""
+    span = size + 2 * p - d * (k - 1) - 1
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def _windows(h, w, kernel_size, stride, padding, dilation=1, ceil_mode=False):
+    """(oh, ow, the window's cells (r, q) in row-major tap order, padding and beyond included)."""
     (kh, kw), (sh, sw), (ph, pw) = pair(kernel_size), pair(stride), pair(padding)
-    ho, wo = out_size(h, kh, sh, ph, 1), out_size(w, kw, sw, pw, 1)
+    dh, dw = pair(dilation)
+    ho = pool_out_size(h, kh, sh, ph, dh, ceil_mode)
+    wo = pool_out_size(w, kw, sw, pw, dw, ceil_mode)
     for oh in range(ho):
         for ow in range(wo):
-            yield oh, ow, [(oh * sh - ph + i, ow * sw - pw + j) for i in range(kh)
+            yield oh, ow, [(oh * sh - ph + i * dh, ow * sw - pw + j * dw) for i in range(kh)
                            for j in range(kw)]
 
 
-def _pool_forward(x, kernel_size, stride, padding, reduce):
-    """y[b, ch, oh, ow] = reduce(the window's cells inside the image, kh * kw)."""
+def _avg_divisor(h, w, taps, padding, count_include_pad):
+    """PyTorch's avg_pool2d divisor: the window's cells inside the input and its padding, or
+    inside the input alone (cells past the right padding, from ceil_mode, never count)."""
+    ph, pw = pair(padding)
+    if count_include_pad:
+        return sum(1 for r, q in taps if r < h + ph and q < w + pw)
+    return sum(1 for r, q in taps if 0 <= r < h and 0 <= q < w)
+
+
+def _pool_forward(x, kernel_size, stride, padding, dilation, ceil_mode, reduce):
+    """y[b, ch, oh, ow] = reduce(the window's cells inside the image, all its cells)."""
     stride = kernel_size if stride is None else stride
     n, c, h, w = x.shape
-    (kh, kw), (sh, sw), (ph, pw) = pair(kernel_size), pair(stride), pair(padding)
-    y = np.zeros((n, c, out_size(h, kh, sh, ph, 1), out_size(w, kw, sw, pw, 1)))
+    geometry = (kernel_size, stride, padding, dilation, ceil_mode)
+    windows = list(_windows(h, w, *geometry))
+    y = np.zeros((n, c, windows[-1][0] + 1, windows[-1][1] + 1))
     for b in range(n):
         for ch in range(c):
-            for oh, ow, taps in _windows(h, w, kernel_size, stride, padding):
+            for oh, ow, taps in windows:
                 y[b, ch, oh, ow] = reduce([x[b, ch, r, q] for r, q in taps
-                                           if 0 <= r < h and 0 <= q < w], kh * kw)
+                                           if 0 <= r < h and 0 <= q < w], taps)
     return y
 
 
-def maxpool_forward(x, kernel_size, stride=None, padding=0):
-    """Max over each window, padding cells excluded (they never win)."""
-    return _pool_forward(x, kernel_size, stride, padding, lambda cells, size: max(cells))
+def maxpool_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """Max over each window, padding cells excluded (they never win; -inf for a window of
+    padding alone)."""
+    return _pool_forward(x, kernel_size, stride, padding, dilation, ceil_mode,
+                         lambda cells, taps: max(cells, default=-np.inf))
 
 
-def maxpool_backward(x, grad_out, kernel_size, stride=None, padding=0):
+def maxpool_backward(x, grad_out, kernel_size, stride=None, padding=0, dilation=1,
+                     ceil_mode=False):
     """Each window's gradient goes to its first maximal element (row-major); overlaps add up."""
     stride = kernel_size if stride is None else stride
     n, c, h, w = x.shape
     dx = np.zeros(x.shape)
     for b in range(n):
         for ch in range(c):
-            for oh, ow, taps in _windows(h, w, kernel_size, stride, padding):
+            for oh, ow, taps in _windows(h, w, kernel_size, stride, padding, dilation,
+                                         ceil_mode):
                 best = None
                 for r, q in taps:
                     if 0 <= r < h and 0 <= q < w and (best is None or x[b, ch, r, q] >
                                                       x[b, ch, best[0], best[1]]):
                         best = (r, q)
-                dx[b, ch, best[0], best[1]] += grad_out[b, ch, oh, ow]
+                if best is not None:
+                    dx[b, ch, best[0], best[1]] += grad_out[b, ch, oh, ow]
     return dx
 
 
-def avgpool_forward(x, kernel_size, stride=None, padding=0):
-    """Mean over each window of kh*kw cells, padding cells counted as zeros."""
-    return _pool_forward(x, kernel_size, stride, padding, lambda cells, size: sum(cells) / size)
+def avgpool_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
+                    count_include_pad=True):
+    """Sum over each window's cells inside the image (padding counts as zeros) divided by
+    _avg_divisor (kh * kw for a window inside input and padding, with count_include_pad)."""
+    h, w = x.shape[2:]
+    return _pool_forward(x, kernel_size, stride, padding, 1, ceil_mode, lambda cells, taps:
+                         sum(cells) / _avg_divisor(h, w, taps, padding, count_include_pad))
 
 
-def avgpool_backward(x, grad_out, kernel_size, stride=None, padding=0):
+def avgpool_backward(x, grad_out, kernel_size, stride=None, padding=0, ceil_mode=False,
+                     count_include_pad=True):
     stride = kernel_size if stride is None else stride
     n, c, h, w = x.shape
-    kh, kw = pair(kernel_size)
     dx = np.zeros(x.shape)
     for b in range(n):
         for ch in range(c):
-            for oh, ow, taps in _windows(h, w, kernel_size, stride, padding):
+            for oh, ow, taps in _windows(h, w, kernel_size, stride, padding, 1, ceil_mode):
+                divisor = _avg_divisor(h, w, taps, padding, count_include_pad)
                 for r, q in taps:
                     if 0 <= r < h and 0 <= q < w:
-                        dx[b, ch, r, q] += grad_out[b, ch, oh, ow] / (kh * kw)
+                        dx[b, ch, r, q] += grad_out[b, ch, oh, ow] / divisor
     return dx
 
 
@@ -455,4 +488,67 @@ def zero_pad_backward(x_shape, grad_out, left, right, top, bottom):
         for j in range(w):
             if 0 <= i + top < grad_out.shape[2] and 0 <= j + left < grad_out.shape[3]:
                 dx[:, :, i, j] = grad_out[:, :, i + top, j + left]
+    return dx
+
+
+# ------------------------------------------------------------------ global and adaptive pooling
+
+def global_maxpool_forward(x):
+    """y[b, ch] = max over every (r, q) of x[b, ch, r, q]."""
+    n, c, h, w = x.shape
+    y = np.zeros((n, c))
+    for b in range(n):
+        for ch in range(c):
+            y[b, ch] = max(x[b, ch, r, q] for r in range(h) for q in range(w))
+    return y
+
+
+def global_maxpool_backward(x, grad_out):
+    """Each (sample, channel)'s gradient goes to its first maximum in row-major order."""
+    n, c, h, w = x.shape
+    dx = np.zeros(x.shape)
+    for b in range(n):
+        for ch in range(c):
+            best = (0, 0)
+            for r in range(h):
+                for q in range(w):
+                    if x[b, ch, r, q] > x[b, ch, best[0], best[1]]:
+                        best = (r, q)
+            dx[b, ch, best[0], best[1]] += grad_out[b, ch]
+    return dx
+
+
+def adaptive_window(i, size, out):
+    """PyTorch's adaptive window i of out over size cells: [floor(i*size/out),
+    ceil((i+1)*size/out))."""
+    return (i * size) // out, -(-((i + 1) * size) // out)
+
+
+def adaptive_avgpool_forward(x, output_size):
+    """y[b, ch, i, j] = mean of x[b, ch] over rows and columns of adaptive windows i and j."""
+    (oh, ow), (n, c, h, w) = pair(output_size), x.shape
+    y = np.zeros((n, c, oh, ow))
+    for b in range(n):
+        for ch in range(c):
+            for i in range(oh):
+                r0, r1 = adaptive_window(i, h, oh)
+                for j in range(ow):
+                    q0, q1 = adaptive_window(j, w, ow)
+                    cells = [x[b, ch, r, q] for r in range(r0, r1) for q in range(q0, q1)]
+                    y[b, ch, i, j] = sum(cells) / len(cells)
+    return y
+
+
+def adaptive_avgpool_backward(x, grad_out, output_size):
+    (oh, ow), (n, c, h, w) = pair(output_size), x.shape
+    dx = np.zeros(x.shape)
+    for b in range(n):
+        for ch in range(c):
+            for i in range(oh):
+                r0, r1 = adaptive_window(i, h, oh)
+                for j in range(ow):
+                    q0, q1 = adaptive_window(j, w, ow)
+                    for r in range(r0, r1):
+                        for q in range(q0, q1):
+                            dx[b, ch, r, q] += grad_out[b, ch, i, j] / ((r1 - r0) * (q1 - q0))
     return dx

@@ -24,7 +24,7 @@ import reference as ref
 
 from minicnn.kernels import cuda as cuda_kernels
 from minicnn.kernels.im2col import col2im, conv_output_size
-from minicnn.layers.pooling import AvgPool2D, MaxPool2D
+from minicnn.layers.pooling import AvgPool2D, MaxPool2D, pool_output_size
 
 # ------------------------------------------------------------------------------ the static rule
 
@@ -60,19 +60,38 @@ GATHER_LINES = {
         "x[idx] = acc;",
     ],
     "maxpool_backward_nhwc": [
-        "const int th = h + ph - i;", "if (th < 0) break;", "if (th % sh != 0) continue;",
-        "const int tw = w + pw - j;", "if (tw < 0) break;", "if (tw % sw != 0) continue;",
+        "const int th = h + ph - i * dh;", "if (th < 0) break;", "if (th % sh != 0) continue;",
+        "const int tw = w + pw - j * dw;", "if (tw < 0) break;", "if (tw % sw != 0) continue;",
         "if (argmax[o] == i * kw + j) acc += dy[o];", "dx[idx] = acc;",
     ],
     "avgpool_backward_nhwc": [
         "const int th = h + ph - i;", "if (th < 0) break;", "if (th % sh != 0) continue;",
         "const int tw = w + pw - j;", "if (tw < 0) break;", "if (tw % sw != 0) continue;",
-        "acc += dy[((n * Ho + oh) * Wo + ow) * C + c];", "dx[idx] = acc / T(kh * kw);",
+        "const int d = avgpool_divisor(oh * sh - ph, ow * sw - pw, H, W, kh, kw,"
+        " ph, pw, count_include_pad);",
+        "acc += dy[((n * Ho + oh) * Wo + ow) * C + c] / T(d);", "dx[idx] = acc;",
     ],
     "maxpool_forward_nhwc": [
+        "const int h = h0 + i * dh;", "const int w = w0 + j * dw;",
         "if (best_k < 0 || v > best || (v != v && best == best))", "best_k = i * kw + j;",
     ],
+    "avgpool_forward_nhwc": [
+        "y[idx] = acc / T(avgpool_divisor(h0, w0, H, W, kh, kw, ph, pw, count_include_pad));",
+    ],
 }
+
+# The divisor helper's lines, which avgpool_divisor below copies.
+DIVISOR_LINES = [
+    "const int h1 = min(h0 + kh, H + ph);", "const int w1 = min(w0 + kw, W + pw);",
+    "if (count_include_pad) return (h1 - h0) * (w1 - w0);",
+    "return (min(h1, H) - max(h0, 0)) * (min(w1, W) - max(w0, 0));",
+]
+
+
+def test_emulated_divisor_is_in_the_cuda_source():
+    source = re.sub(r"\s+", "", cuda_kernels.KERNEL_SOURCES["pool"])
+    for line in DIVISOR_LINES:
+        assert re.sub(r"\s+", "", line) in source, f"avgpool_divisor: {line!r} not in the source"
 
 
 @pytest.mark.parametrize("name", sorted(GATHER_LINES))
@@ -123,8 +142,18 @@ def col2im_thread(idx, cols, T, H, W, C, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw)
     return acc
 
 
-def _pool_backward_thread(idx, dy, argmax, T, H, W, C, Ho, Wo, kh, kw, sh, sw, ph, pw):
-    """maxpool_backward_nhwc when argmax is given, else avgpool_backward_nhwc."""
+def avgpool_divisor(h0, w0, H, W, kh, kw, ph, pw, count_include_pad):
+    """The kernels' avgpool_divisor (PyTorch's avg_pool2d divisor)."""
+    h1 = min(h0 + kh, H + ph)
+    w1 = min(w0 + kw, W + pw)
+    if count_include_pad:
+        return (h1 - h0) * (w1 - w0)
+    return (min(h1, H) - max(h0, 0)) * (min(w1, W) - max(w0, 0))
+
+
+def _pool_backward_thread(idx, dy, argmax, T, H, W, C, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw,
+                          count_include_pad):
+    """maxpool_backward_nhwc when argmax is given, else avgpool_backward_nhwc (dh = dw = 1)."""
     t = idx
     c = t % C
     t //= C
@@ -134,7 +163,7 @@ def _pool_backward_thread(idx, dy, argmax, T, H, W, C, Ho, Wo, kh, kw, sh, sw, p
     n = t // H
     acc = T(0)
     for i in range(kh):
-        th = h + ph - i
+        th = h + ph - i * dh
         if th < 0:
             break
         if th % sh != 0:
@@ -143,7 +172,7 @@ def _pool_backward_thread(idx, dy, argmax, T, H, W, C, Ho, Wo, kh, kw, sh, sw, p
         if oh >= Ho:
             continue
         for j in range(kw):
-            tw = w + pw - j
+            tw = w + pw - j * dw
             if tw < 0:
                 break
             if tw % sw != 0:
@@ -153,13 +182,15 @@ def _pool_backward_thread(idx, dy, argmax, T, H, W, C, Ho, Wo, kh, kw, sh, sw, p
                 continue
             o = ((n * Ho + oh) * Wo + ow) * C + c
             if argmax is None:
-                acc = T(acc + dy[o])
+                d = avgpool_divisor(oh * sh - ph, ow * sw - pw, H, W, kh, kw, ph, pw,
+                                    count_include_pad)
+                acc = T(acc + T(dy[o] / T(d)))
             elif argmax[o] == i * kw + j:
                 acc = T(acc + dy[o])
-    return acc if argmax is not None else T(acc / T(kh * kw))
+    return acc
 
 
-def maxpool_forward_thread(idx, x, T, H, W, C, Ho, Wo, kh, kw, sh, sw, ph, pw):
+def maxpool_forward_thread(idx, x, T, H, W, C, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw):
     """(y, argmax) of one output of maxpool_forward_nhwc: the first maximum wins ties."""
     t = idx
     c = t % C
@@ -168,13 +199,13 @@ def maxpool_forward_thread(idx, x, T, H, W, C, Ho, Wo, kh, kw, sh, sw, ph, pw):
     t //= Wo
     oh = t % Ho
     n = t // Ho
-    best, best_k = T(0), -1
+    best, best_k = T(-np.inf), -1
     for i in range(kh):
-        h = oh * sh - ph + i
+        h = oh * sh - ph + i * dh
         if h < 0 or h >= H:
             continue
         for j in range(kw):
-            w = ow * sw - pw + j
+            w = ow * sw - pw + j * dw
             if w < 0 or w >= W:
                 continue
             v = x[((n * H + h) * W + w) * C + c]
@@ -212,23 +243,26 @@ def emulate_col2im(cols, H, W, kh, kw, sh, sw, ph, pw, dh, dw):
     return flat.reshape(n, H, W, c)
 
 
-def emulate_maxpool_forward(x, kh, kw, sh, sw, ph, pw):
+def emulate_maxpool_forward(x, kh, kw, sh, sw, ph, pw, dh=1, dw=1, ceil_mode=False):
     n, h, w, c = x.shape
-    ho, wo = conv_output_size(h, kh, sh, ph, 1), conv_output_size(w, kw, sw, pw, 1)
+    ho = pool_output_size(h, kh, sh, ph, dh, ceil_mode)
+    wo = pool_output_size(w, kw, sw, pw, dw, ceil_mode)
     T = x.dtype.type
-    flat, args = x.ravel(), (T, h, w, c, ho, wo, kh, kw, sh, sw, ph, pw)
+    flat, args = x.ravel(), (T, h, w, c, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw)
     pairs = [maxpool_forward_thread(idx, flat, *args) for idx in range(n * ho * wo * c)]
     y = np.array([p[0] for p in pairs], x.dtype).reshape(n, ho, wo, c)
     argmax = np.array([p[1] for p in pairs], np.int32).reshape(n, ho, wo, c)
     return y, argmax
 
 
-def emulate_pool_backward(dy, argmax, H, W, kh, kw, sh, sw, ph, pw):
+def emulate_pool_backward(dy, argmax, H, W, kh, kw, sh, sw, ph, pw, dh=1, dw=1,
+                          count_include_pad=True):
     n, ho, wo, c = dy.shape
     T = dy.dtype.type
     flat = launch_both_orders(
         _pool_backward_thread, n * H * W * c, dy.dtype, dy.ravel(),
-        None if argmax is None else argmax.ravel(), T, H, W, c, ho, wo, kh, kw, sh, sw, ph, pw)
+        None if argmax is None else argmax.ravel(), T, H, W, c, ho, wo, kh, kw, sh, sw, ph, pw,
+        dh, dw, count_include_pad)
     return flat.reshape(n, H, W, c)
 
 
@@ -247,19 +281,26 @@ CONV_CASES = [
     ((3, 3), (2, 1), (1, 2), (2, 2)),
 ]
 
-# ((kh, kw), (sh, sw), (ph, pw)); padding at most half the kernel (the layers' rule)
+# ((kh, kw), (sh, sw), (ph, pw), (dh, dw), ceil_mode); padding at most half the kernel (the
+# layers' rule); dilation only for max pooling
 POOL_CASES = [
-    ((2, 2), (2, 2), (0, 0)),
-    ((3, 3), (2, 2), (1, 1)),      # overlapping windows with padding
-    ((3, 3), (1, 1), (1, 1)),
-    ((2, 3), (1, 2), (1, 1)),
-    ((3, 2), (3, 1), (1, 0)),
-    ((1, 1), (2, 2), (0, 0)),
+    ((2, 2), (2, 2), (0, 0), (1, 1), False),
+    ((3, 3), (2, 2), (1, 1), (1, 1), False),      # overlapping windows with padding
+    ((3, 3), (1, 1), (1, 1), (1, 1), False),
+    ((2, 3), (1, 2), (1, 1), (1, 1), False),
+    ((3, 2), (3, 1), (1, 0), (1, 1), False),
+    ((1, 1), (2, 2), (0, 0), (1, 1), False),
+    ((3, 3), (2, 2), (1, 1), (1, 1), True),       # ceil_mode: last windows past the padding
+    ((2, 3), (3, 2), (1, 0), (1, 1), True),
+    ((3, 2), (2, 3), (0, 1), (2, 1), False),      # dilation
+    ((2, 3), (1, 2), (1, 1), (2, 2), True),
 ]
+AVG_CASES = [g for g in POOL_CASES if g[3] == (1, 1)]
 
 
-def _fits(shape, k, s, p, d=(1, 1)):
-    return all(conv_output_size(shape[a + 1], k[a], s[a], p[a], d[a]) >= 1 for a in (0, 1))
+def _fits(shape, k, s, p, d=(1, 1), ceil_mode=False):
+    return all(pool_output_size(shape[a + 1], k[a], s[a], p[a], d[a], ceil_mode) >= 1
+               for a in (0, 1))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -296,48 +337,51 @@ def _pool_input(shape, dtype, ties):
 @pytest.mark.parametrize("geom", POOL_CASES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_fake_maxpool_backward_matches_layer_and_reference(shape, geom, dtype, ties):
-    (kh, kw), (sh, sw), (ph, pw) = geom
-    if not _fits(shape, (kh, kw), (sh, sw), (ph, pw)):
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), ceil_mode = geom
+    if not _fits(shape, (kh, kw), (sh, sw), (ph, pw), (dh, dw), ceil_mode):
         pytest.skip("window larger than padded input")
     n, h, w, c = shape
     x = _pool_input(shape, dtype, ties)
-    y, argmax = emulate_maxpool_forward(x, kh, kw, sh, sw, ph, pw)
-    layer = MaxPool2D((kh, kw), (sh, sw), (ph, pw))
+    y, argmax = emulate_maxpool_forward(x, kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode)
+    layer = MaxPool2D((kh, kw), (sh, sw), (ph, pw), (dh, dw), ceil_mode)
     y_layer = layer.forward(x.transpose(0, 3, 1, 2))
     np.testing.assert_array_equal(y, y_layer.transpose(0, 2, 3, 1))
     dy = np.random.default_rng(3).standard_normal(y.shape).astype(dtype)
-    fake = emulate_pool_backward(dy, argmax, h, w, kh, kw, sh, sw, ph, pw)
+    fake = emulate_pool_backward(dy, argmax, h, w, kh, kw, sh, sw, ph, pw, dh, dw)
     dx_layer = layer.backward(dy.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
     # same tie rule (first maximum), same windows, same (i, j) order: bit-identical
     np.testing.assert_array_equal(fake, dx_layer)
     dx_ref = ref.maxpool_backward(x.transpose(0, 3, 1, 2).astype(np.float64),
                                   dy.transpose(0, 3, 1, 2).astype(np.float64),
-                                  (kh, kw), (sh, sw), (ph, pw))
+                                  (kh, kw), (sh, sw), (ph, pw), (dh, dw), ceil_mode)
     np.testing.assert_allclose(fake, dx_ref.transpose(0, 2, 3, 1),
                                rtol=1e-6 if dtype == np.float32 else 1e-13, atol=1e-6)
 
 
+@pytest.mark.parametrize("count_include_pad", [True, False])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("geom", POOL_CASES)
+@pytest.mark.parametrize("geom", AVG_CASES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_fake_avgpool_backward_matches_layer_and_reference(shape, geom, dtype):
-    (kh, kw), (sh, sw), (ph, pw) = geom
-    if not _fits(shape, (kh, kw), (sh, sw), (ph, pw)):
+def test_fake_avgpool_backward_matches_layer_and_reference(shape, geom, dtype, count_include_pad):
+    (kh, kw), (sh, sw), (ph, pw), _, ceil_mode = geom
+    if not _fits(shape, (kh, kw), (sh, sw), (ph, pw), (1, 1), ceil_mode):
         pytest.skip("window larger than padded input")
     n, h, w, c = shape
-    ho, wo = conv_output_size(h, kh, sh, ph, 1), conv_output_size(w, kw, sw, pw, 1)
+    ho = pool_output_size(h, kh, sh, ph, 1, ceil_mode)
+    wo = pool_output_size(w, kw, sw, pw, 1, ceil_mode)
     x = _pool_input(shape, dtype, False)
     dy = np.random.default_rng(4).standard_normal((n, ho, wo, c)).astype(dtype)
-    fake = emulate_pool_backward(dy, None, h, w, kh, kw, sh, sw, ph, pw)
-    layer = AvgPool2D((kh, kw), (sh, sw), (ph, pw))
+    fake = emulate_pool_backward(dy, None, h, w, kh, kw, sh, sw, ph, pw,
+                                 count_include_pad=count_include_pad)
+    layer = AvgPool2D((kh, kw), (sh, sw), (ph, pw), ceil_mode, count_include_pad)
     layer.forward(x.transpose(0, 3, 1, 2))
     dx_layer = layer.backward(dy.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
-    # the layer scales dy before summing, the kernel divides the sum: equal up to rounding
+    # the layer multiplies dy by 1/divisor, the kernel divides: equal up to rounding
     tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-14}
     np.testing.assert_allclose(fake, dx_layer, **tol)
     dx_ref = ref.avgpool_backward(x.transpose(0, 3, 1, 2).astype(np.float64),
                                   dy.transpose(0, 3, 1, 2).astype(np.float64),
-                                  (kh, kw), (sh, sw), (ph, pw))
+                                  (kh, kw), (sh, sw), (ph, pw), ceil_mode, count_include_pad)
     np.testing.assert_allclose(fake, dx_ref.transpose(0, 2, 3, 1), **tol)
 
 

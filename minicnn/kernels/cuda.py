@@ -111,9 +111,23 @@ __global__ void col2im_nhwc(const T* __restrict__ cols, T* __restrict__ x,
 """
 
 _POOL_SOURCE = _PRELUDE + r"""
-// y[n, oh, ow, c] = max of x over the window's real (non-padding) cells;
-// argmax = i*kw + j of the first maximal cell in row-major window order.
-// The caller guarantees every window holds at least one real cell.
+// PyTorch's avg_pool2d divisor of the window starting at (h0, w0): its cells
+// inside the input and its padding (count_include_pad), or inside the input
+// alone. ceil_mode's last window may hang past the right padding; those cells
+// are never counted.
+__device__ __forceinline__ int avgpool_divisor(int h0, int w0, int H, int W,
+                                               int kh, int kw, int ph, int pw,
+                                               int count_include_pad) {
+  const int h1 = min(h0 + kh, H + ph);
+  const int w1 = min(w0 + kw, W + pw);
+  if (count_include_pad) return (h1 - h0) * (w1 - w0);
+  return (min(h1, H) - max(h0, 0)) * (min(w1, W) - max(w0, 0));
+}
+
+// y[n, oh, ow, c] = max of x over the window's real (non-padding) cells
+// x[n, oh*sh - ph + i*dh, ow*sw - pw + j*dw, c]; argmax = i*kw + j of the
+// first maximal cell in row-major window order (-1, and y = -inf, for a
+// window of padding alone, as PyTorch gives -inf there).
 // x: (N, H, W, C); y, argmax: (N, Ho, Wo, C); total = y.size.
 template <typename T>
 __global__ void maxpool_forward_nhwc(const T* __restrict__ x,
@@ -121,7 +135,8 @@ __global__ void maxpool_forward_nhwc(const T* __restrict__ x,
                                      int* __restrict__ argmax,
                                      long long total, int H, int W, int C,
                                      int Ho, int Wo, int kh, int kw,
-                                     int sh, int sw, int ph, int pw) {
+                                     int sh, int sw, int ph, int pw,
+                                     int dh, int dw) {
   MINICNN_FOR_EACH(idx, total) {
     long long t = idx;
     const int c = (int)(t % C); t /= C;
@@ -130,13 +145,14 @@ __global__ void maxpool_forward_nhwc(const T* __restrict__ x,
     const long long n = t / Ho;
     const int h0 = oh * sh - ph;
     const int w0 = ow * sw - pw;
-    T best = T(0);
+    // -inf (double bits 0xfff0...), for a window holding padding alone
+    T best = static_cast<T>(__longlong_as_double((long long)0xfff0000000000000ULL));
     int best_k = -1;
     for (int i = 0; i < kh; ++i) {
-      const int h = h0 + i;
+      const int h = h0 + i * dh;
       if (h < 0 || h >= H) continue;
       for (int j = 0; j < kw; ++j) {
-        const int w = w0 + j;
+        const int w = w0 + j * dw;
         if (w < 0 || w >= W) continue;
         const T v = x[((n * H + h) * W + w) * C + c];
         // Strict '>' keeps the first maximum. The NaN clause makes the
@@ -161,7 +177,8 @@ __global__ void maxpool_backward_nhwc(const T* __restrict__ dy,
                                       T* __restrict__ dx,
                                       long long total, int H, int W, int C,
                                       int Ho, int Wo, int kh, int kw,
-                                      int sh, int sw, int ph, int pw) {
+                                      int sh, int sw, int ph, int pw,
+                                      int dh, int dw) {
   MINICNN_FOR_EACH(idx, total) {
     long long t = idx;
     const int c = (int)(t % C); t /= C;
@@ -170,13 +187,15 @@ __global__ void maxpool_backward_nhwc(const T* __restrict__ dy,
     const long long n = t / H;
     T acc = T(0);
     for (int i = 0; i < kh; ++i) {
-      const int th = h + ph - i;
-      if (th < 0) break;
+      // (h, w) is tap (i, j) of window (oh, ow) exactly when
+      // oh*sh == h + ph - i*dh (and likewise for w), with oh in [0, Ho).
+      const int th = h + ph - i * dh;
+      if (th < 0) break;  // th only decreases as i grows
       if (th % sh != 0) continue;
       const int oh = th / sh;
       if (oh >= Ho) continue;
       for (int j = 0; j < kw; ++j) {
-        const int tw = w + pw - j;
+        const int tw = w + pw - j * dw;
         if (tw < 0) break;
         if (tw % sw != 0) continue;
         const int ow = tw / sw;
@@ -189,15 +208,16 @@ __global__ void maxpool_backward_nhwc(const T* __restrict__ dy,
   }
 }
 
-// y[n, oh, ow, c] = (sum of x over the window's real cells) / (kh*kw),
-// i.e. padding counts as zeros (count_include_pad).
+// y[n, oh, ow, c] = (sum of x over the window's real cells) / its divisor
+// (avgpool_divisor): padding counts as zeros.
 // x: (N, H, W, C); y: (N, Ho, Wo, C); total = y.size.
 template <typename T>
 __global__ void avgpool_forward_nhwc(const T* __restrict__ x,
                                      T* __restrict__ y,
                                      long long total, int H, int W, int C,
                                      int Ho, int Wo, int kh, int kw,
-                                     int sh, int sw, int ph, int pw) {
+                                     int sh, int sw, int ph, int pw,
+                                     int count_include_pad) {
   MINICNN_FOR_EACH(idx, total) {
     long long t = idx;
     const int c = (int)(t % C); t /= C;
@@ -216,18 +236,21 @@ __global__ void avgpool_forward_nhwc(const T* __restrict__ x,
         acc += x[((n * H + h) * W + w) * C + c];
       }
     }
-    y[idx] = acc / T(kh * kw);
+    y[idx] = acc / T(avgpool_divisor(h0, w0, H, W, kh, kw, ph, pw,
+                                     count_include_pad));
   }
 }
 
-// dx[n, h, w, c] = (sum of dy over the windows containing (h, w)) / (kh*kw).
+// dx[n, h, w, c] = sum over the windows containing (h, w) of dy / that
+// window's divisor (avgpool_divisor).
 // dy: (N, Ho, Wo, C); dx: (N, H, W, C); total = dx.size.
 template <typename T>
 __global__ void avgpool_backward_nhwc(const T* __restrict__ dy,
                                       T* __restrict__ dx,
                                       long long total, int H, int W, int C,
                                       int Ho, int Wo, int kh, int kw,
-                                      int sh, int sw, int ph, int pw) {
+                                      int sh, int sw, int ph, int pw,
+                                      int count_include_pad) {
   MINICNN_FOR_EACH(idx, total) {
     long long t = idx;
     const int c = (int)(t % C); t /= C;
@@ -247,10 +270,12 @@ __global__ void avgpool_backward_nhwc(const T* __restrict__ dy,
         if (tw % sw != 0) continue;
         const int ow = tw / sw;
         if (ow >= Wo) continue;
-        acc += dy[((n * Ho + oh) * Wo + ow) * C + c];
+        const int d = avgpool_divisor(oh * sh - ph, ow * sw - pw, H, W, kh, kw,
+                                      ph, pw, count_include_pad);
+        acc += dy[((n * Ho + oh) * Wo + ow) * C + c] / T(d);
       }
     }
-    dx[idx] = acc / T(kh * kw);
+    dx[idx] = acc;
   }
 }
 """
@@ -352,16 +377,21 @@ def _output(out: Any, shape: tuple[int, ...], dtype: Any, name: str) -> Any:
     return out
 
 
-def _output_size(size: int, k: int, s: int, p: int, d: int, axis: str) -> int:
-    """Output length of a window sweep: (size + 2p - d(k-1) - 1)//s + 1."""
+def _output_size(size: int, k: int, s: int, p: int, d: int, axis: str,
+                 ceil_mode: bool = False) -> int:
+    """Output length of a window sweep: (size + 2p - d(k-1) - 1)//s + 1, or with ``ceil_mode``
+    (pooling) that division rounded up, less a last window starting at ``size + p`` or later
+    (PyTorch's rule)."""
     if k < 1 or s < 1 or d < 1 or p < 0:
         raise ValueError(
             f"{axis}: need kernel, stride, dilation >= 1 and padding >= 0, "
             f"got k={k} s={s} d={d} p={p}"
         )
-    if size + 2 * p > _INT32_MAX or d * (k - 1) > _INT32_MAX:
+    if size + 2 * p + s > _INT32_MAX or d * (k - 1) > _INT32_MAX:
         raise ValueError(f"{axis}: padded size exceeds the int32 kernel limit")
-    out = (size + 2 * p - d * (k - 1) - 1) // s + 1
+    out = (size + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
     if out < 1:
         raise ValueError(
             f"{axis}: window (k={k}, d={d}) larger than padded input "
@@ -445,23 +475,26 @@ def col2im_nhwc(
 
 def maxpool_forward_nhwc(
     x: Any, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int,
+    *, dh: int = 1, dw: int = 1, ceil_mode: bool = False,
     out: Any = None, argmax: Any = None,
 ) -> tuple[Any, Any]:
     """Max pooling: x (N, H, W, C) -> (y, argmax), both (N, Ho, Wo, C).
 
+    Window (oh, ow) reads ``x[n, oh*sh - ph + i*dh, ow*sw - pw + j*dw, c]``.
     Padding cells never win (they act as -inf); ``ph < kh`` and ``pw < kw``
-    are required so every window has a real cell. ``argmax`` (int32) holds
-    ``i*kw + j``, the window offset of the first maximal cell in row-major
-    order (ties go to the first). ``Ho = (H + 2*ph - kh)//sh + 1``.
+    are required. ``argmax`` (int32) holds ``i*kw + j``, the window offset
+    of the first maximal cell in row-major order (ties go to the first).
+    ``Ho = (H + 2*ph - dh*(kh-1) - 1)//sh + 1``, rounded up with
+    ``ceil_mode`` as PyTorch does (see :func:`_output_size`).
     """
     x = _as_input(x, "x", 4)
     _check_pool_padding(kh, kw, ph, pw)
     n, h, w, c = x.shape
-    ho = _output_size(h, kh, sh, ph, 1, "height")
-    wo = _output_size(w, kw, sw, pw, 1, "width")
+    ho = _output_size(h, kh, sh, ph, dh, "height", ceil_mode)
+    wo = _output_size(w, kw, sw, pw, dw, "width", ceil_mode)
     y = _output(out, (n, ho, wo, c), x.dtype, "out")
     arg = _output(argmax, (n, ho, wo, c), np.int32, "argmax")
-    args = _ints(h, w, c, ho, wo, kh, kw, sh, sw, ph, pw)
+    args = _ints(h, w, c, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw)
     _launch(
         _kernel("pool", "maxpool_forward_nhwc", x.dtype), y.size,
         (x, y, arg, np.int64(y.size), *args),
@@ -472,6 +505,7 @@ def maxpool_forward_nhwc(
 def maxpool_backward_nhwc(
     dy: Any, argmax: Any, H: int, W: int,
     kh: int, kw: int, sh: int, sw: int, ph: int, pw: int,
+    *, dh: int = 1, dw: int = 1, ceil_mode: bool = False,
     out: Any = None,
 ) -> Any:
     """Max-pool gradient: dy, argmax (N, Ho, Wo, C) -> dx (N, H, W, C).
@@ -484,8 +518,8 @@ def maxpool_backward_nhwc(
     dy = _as_input(dy, "dy", 4)
     _check_pool_padding(kh, kw, ph, pw)
     n, ho, wo, c = dy.shape
-    exp = (_output_size(H, kh, sh, ph, 1, "height"),
-           _output_size(W, kw, sw, pw, 1, "width"))
+    exp = (_output_size(H, kh, sh, ph, dh, "height", ceil_mode),
+           _output_size(W, kw, sw, pw, dw, "width", ceil_mode))
     if (ho, wo) != exp:
         raise ValueError(f"dy shape {dy.shape} does not match Ho, Wo = {exp}")
     if not isinstance(argmax, _cupy().ndarray):
@@ -499,7 +533,7 @@ def maxpool_backward_nhwc(
         )
     argmax = _cupy().ascontiguousarray(argmax)
     dx = _output(out, (n, H, W, c), dy.dtype, "out")
-    args = _ints(H, W, c, ho, wo, kh, kw, sh, sw, ph, pw)
+    args = _ints(H, W, c, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw)
     _launch(
         _kernel("pool", "maxpool_backward_nhwc", dy.dtype), dx.size,
         (dy, argmax, dx, np.int64(dx.size), *args),
@@ -509,20 +543,24 @@ def maxpool_backward_nhwc(
 
 def avgpool_forward_nhwc(
     x: Any, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int,
+    *, ceil_mode: bool = False, count_include_pad: bool = True,
     out: Any = None,
 ) -> Any:
     """Average pooling: x (N, H, W, C) -> y (N, Ho, Wo, C).
 
-    ``y`` is the window sum divided by ``kh*kw`` (padding counts as zeros,
-    i.e. count_include_pad). ``Ho = (H + 2*ph - kh)//sh + 1``.
+    ``y`` is the window sum (padding counts as zeros) divided by PyTorch's
+    divisor: the window's cells inside the input and its padding
+    (``count_include_pad``, ``kh*kw`` unless a ceil_mode window hangs past
+    the right padding) or inside the input alone.
+    ``Ho = (H + 2*ph - kh)//sh + 1``, rounded up with ``ceil_mode``.
     """
     x = _as_input(x, "x", 4)
     _check_pool_padding(kh, kw, ph, pw)
     n, h, w, c = x.shape
-    ho = _output_size(h, kh, sh, ph, 1, "height")
-    wo = _output_size(w, kw, sw, pw, 1, "width")
+    ho = _output_size(h, kh, sh, ph, 1, "height", ceil_mode)
+    wo = _output_size(w, kw, sw, pw, 1, "width", ceil_mode)
     y = _output(out, (n, ho, wo, c), x.dtype, "out")
-    args = _ints(h, w, c, ho, wo, kh, kw, sh, sw, ph, pw)
+    args = _ints(h, w, c, ho, wo, kh, kw, sh, sw, ph, pw, int(bool(count_include_pad)))
     _launch(
         _kernel("pool", "avgpool_forward_nhwc", x.dtype), y.size,
         (x, y, np.int64(y.size), *args),
@@ -533,23 +571,25 @@ def avgpool_forward_nhwc(
 def avgpool_backward_nhwc(
     dy: Any, H: int, W: int,
     kh: int, kw: int, sh: int, sw: int, ph: int, pw: int,
+    *, ceil_mode: bool = False, count_include_pad: bool = True,
     out: Any = None,
 ) -> Any:
     """Average-pool gradient: dy (N, Ho, Wo, C) -> dx (N, H, W, C).
 
-    ``dx[n, h, w, c]`` is the sum of ``dy`` over the windows containing
-    ``(h, w)``, divided by ``kh*kw``. Deterministic (gather form, fixed
+    ``dx[n, h, w, c]`` is the sum, over the windows containing ``(h, w)``,
+    of ``dy`` divided by that window's divisor (as in
+    :func:`avgpool_forward_nhwc`). Deterministic (gather form, fixed
     summation order, no atomics).
     """
     dy = _as_input(dy, "dy", 4)
     _check_pool_padding(kh, kw, ph, pw)
     n, ho, wo, c = dy.shape
-    exp = (_output_size(H, kh, sh, ph, 1, "height"),
-           _output_size(W, kw, sw, pw, 1, "width"))
+    exp = (_output_size(H, kh, sh, ph, 1, "height", ceil_mode),
+           _output_size(W, kw, sw, pw, 1, "width", ceil_mode))
     if (ho, wo) != exp:
         raise ValueError(f"dy shape {dy.shape} does not match Ho, Wo = {exp}")
     dx = _output(out, (n, H, W, c), dy.dtype, "out")
-    args = _ints(H, W, c, ho, wo, kh, kw, sh, sw, ph, pw)
+    args = _ints(H, W, c, ho, wo, kh, kw, sh, sw, ph, pw, int(bool(count_include_pad)))
     _launch(
         _kernel("pool", "avgpool_backward_nhwc", dy.dtype), dx.size,
         (dy, dx, np.int64(dx.size), *args),

@@ -144,15 +144,28 @@ def _dense(ctx: ExportContext, layer: Dense, x: str) -> str:
         export_layer(ctx, act, [z], f"{ctx.name}.{type(act).__name__.lower()}")
 
 
-def _pool(op_type: str, **extra: int) -> Callable[[ExportContext, Any, str], str]:
-    """MaxPool / AveragePool with minicnn's geometry: floor output size (ceil_mode 0), symmetric
-    padding; max padding never wins, average padding counts as zeros (count_include_pad 1)."""
-    def export(ctx: ExportContext, layer: Any, x: str) -> str:
-        ph, pw = layer.padding
-        return ctx.add_node(op_type, [x], [ctx.name], kernel_shape=list(layer.kernel_size),
-                            strides=list(layer.stride), pads=[ph, pw, ph, pw], ceil_mode=0,
-                            **extra)[0]
-    return export
+def _pool(ctx: ExportContext, layer: MaxPool2D | AvgPool2D, x: str) -> str:
+    """MaxPool (with dilations) / AveragePool (with count_include_pad) with minicnn's geometry:
+    symmetric padding, where max padding never wins and average padding counts as zeros, and
+    ceil_mode as PyTorch's (ONNX Runtime and onnx's shape inference drop a last window starting
+    in the right padding too). ceil_mode is written 0 when the layer's input shape (known from
+    the model) gives as many windows either way, so every runtime agrees."""
+    ph, pw = layer.padding
+    ceil, input_hw = layer.ceil_mode, getattr(layer, "_input_hw", None)
+    if ceil and input_hw is not None:
+        from minicnn.layers.pooling import pool_output_size
+
+        ceil = any(pool_output_size(n, k, s, p, d, True) != pool_output_size(n, k, s, p, d)
+                   for n, k, s, p, d in zip(input_hw, layer.kernel_size, layer.stride,
+                                            layer.padding, layer.dilation))
+    attrs: dict[str, Any] = {"kernel_shape": list(layer.kernel_size),
+                             "strides": list(layer.stride), "pads": [ph, pw, ph, pw],
+                             "ceil_mode": int(ceil)}
+    if isinstance(layer, MaxPool2D):
+        return ctx.add_node("MaxPool", [x], [ctx.name], dilations=list(layer.dilation),
+                            **attrs)[0]
+    return ctx.add_node("AveragePool", [x], [ctx.name],
+                        count_include_pad=int(layer.count_include_pad), **attrs)[0]
 
 
 def _global_avg_pool(ctx: ExportContext, layer: GlobalAvgPool2D, x: str) -> str:
@@ -188,7 +201,7 @@ def _simple(op_type: str, **attrs: Callable[[Any], Any]) -> Callable[..., str]:
 
 BUILTIN: dict[type, Callable[..., str]] = {
     Conv2D: _conv, Dense: _dense, BatchNorm2D: _batch_norm, Add: _add,
-    MaxPool2D: _pool("MaxPool"), AvgPool2D: _pool("AveragePool", count_include_pad=1),
+    MaxPool2D: _pool, AvgPool2D: _pool,
     GlobalAvgPool2D: _global_avg_pool,
     Flatten: _simple("Flatten", axis=lambda layer: 1),       # C order, as minicnn's reshape
     Concatenate: _simple("Concat", axis=lambda layer: layer.axis),
