@@ -26,56 +26,69 @@ def zero_pad(x, ph, pw, fill=0.0):
 
 # --------------------------------------------------------------------------- convolution
 
-def conv2d_forward(x, weight, bias, stride=1, padding=0, dilation=1):
+def conv2d_forward(x, weight, bias, stride=1, padding=0, dilation=1, groups=1):
     """y[n, o, oh, ow] = b[o] + sum over (c, i, j) of
-    W[o, c, i, j] * xpad[n, c, oh*s + i*d, ow*s + j*d].
+    W[o, c, i, j] * xpad[n, g*C/G + c, oh*s + i*d, ow*s + j*d],  g = o // (O/G).
 
     Each output value is the sum of the element-wise product of one (dilated) window of the
-    zero-padded input with one filter.
+    zero-padded input with one filter; with ``groups`` G, output o sees only input group g.
+    ``padding`` is an int, a pair or (top, left, bottom, right).
     """
-    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
+    (sh, sw), (dh, dw) = pair(stride), pair(dilation)
     n, c, h, w = x.shape
-    o, c2, kh, kw = weight.shape
-    assert c == c2
-    ho, wo = out_size(h, kh, sh, ph, dh), out_size(w, kw, sw, pw, dw)
-    xpad = zero_pad(x, ph, pw)
+    o, cg, kh, kw = weight.shape
+    assert c == cg * groups and o % groups == 0
+    xpad = _pad_sides(x, padding)
+    ho = (xpad.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    wo = (xpad.shape[3] - dw * (kw - 1) - 1) // sw + 1
     y = np.zeros((n, o, ho, wo))
     for b in range(n):
         for f in range(o):
+            g = f // (o // groups)
             for oh in range(ho):
                 for ow in range(wo):
                     r, q = oh * sh, ow * sw
-                    window = xpad[b, :, r:r + dh * (kh - 1) + 1:dh, q:q + dw * (kw - 1) + 1:dw]
+                    window = xpad[b, g * cg:(g + 1) * cg, r:r + dh * (kh - 1) + 1:dh,
+                                  q:q + dw * (kw - 1) + 1:dw]
                     y[b, f, oh, ow] = np.sum(window * weight[f]) + (0.0 if bias is None
                                                                     else bias[f])
     return y
 
 
-def conv2d_backward(x, weight, grad_out, stride=1, padding=0, dilation=1):
+def _pad_sides(x, padding):
+    """Zero-pad (N, C, H, W) by an int, a pair or (top, left, bottom, right)."""
+    top, left, bottom, right = (tuple(padding) if not isinstance(padding, int)
+                                and len(padding) == 4 else pair(padding) * 2)
+    return np.pad(x.astype(np.float64), ((0, 0), (0, 0), (top, bottom), (left, right)))
+
+
+def conv2d_backward(x, weight, grad_out, stride=1, padding=0, dilation=1, groups=1):
     """Gradients of L = sum(y * grad_out) for ``conv2d_forward``: (dx, dW, db), by the same loops.
 
-    Every term W[o,c,i,j] * xpad[n,c,r,q] of the forward sum contributes grad_out[n,o,oh,ow]
+    Every term W[o,c,i,j] * xpad[n,g*C/G+c,r,q] of the forward sum contributes grad_out[n,o,oh,ow]
     times the other factor to the gradient of each factor; padding cells are cropped at the end.
     """
-    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
+    (sh, sw), (dh, dw) = pair(stride), pair(dilation)
     n, c, h, w = x.shape
-    o, _, kh, kw = weight.shape
+    o, cg, kh, kw = weight.shape
     ho, wo = grad_out.shape[2:]
-    xpad = zero_pad(x, ph, pw)
+    xpad = _pad_sides(x, padding)
+    top, left = (padding[0], padding[1]) if not isinstance(padding, int) else (padding, padding)
     dxpad = np.zeros_like(xpad)
     dweight = np.zeros(weight.shape)
     dbias = np.zeros(o)
     for b in range(n):
         for f in range(o):
+            chans = slice(f // (o // groups) * cg, (f // (o // groups) + 1) * cg)
             for oh in range(ho):
                 for ow in range(wo):
                     g = grad_out[b, f, oh, ow]
                     rows = slice(oh * sh, oh * sh + dh * (kh - 1) + 1, dh)
                     cols = slice(ow * sw, ow * sw + dw * (kw - 1) + 1, dw)
-                    dxpad[b, :, rows, cols] += g * weight[f]
-                    dweight[f] += g * xpad[b, :, rows, cols]
+                    dxpad[b, chans, rows, cols] += g * weight[f]
+                    dweight[f] += g * xpad[b, chans, rows, cols]
                     dbias[f] += g
-    return dxpad[:, :, ph:ph + h, pw:pw + w], dweight, dbias
+    return dxpad[:, :, top:top + h, left:left + w], dweight, dbias
 
 
 def im2col(x, kernel_size, stride=1, padding=0, dilation=1):

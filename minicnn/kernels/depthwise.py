@@ -56,12 +56,16 @@ def _taps(kh: int, kw: int, ho: int, wo: int, stride: tuple[int, int],
              slice(j * dw, j * dw + (wo - 1) * sw + 1, sw)) for i in range(kh) for j in range(kw)]
 
 
-def _tap_weights(weight: Any, c: int, k: int) -> Any:
-    """(kh, kw, C) or, with a depth multiplier k > 1, (kh, kw, C, k): one vector per tap."""
+def _tap_weights(weight: Any, c: int, k: int, wo: int) -> Any:
+    """(kh, kw, Wo, C) or, with a depth multiplier k > 1, (kh, kw, Wo, C, k): each tap's
+    per-channel weights repeated along an output row. A row of a channels-last slice is Wo*C
+    contiguous values; a (Wo, C) weight lets NumPy run one loop over all of them where a (C,)
+    vector broadcast along Wo would cut it into loops of C."""
     kh, kw = weight.shape[2:]
     taps = weight.reshape(c, k, kh, kw).transpose(2, 3, 0, 1)
+    taps = taps[:, :, None, :, 0] if k == 1 else taps[:, :, None]
     xp = backend.get_array_module(weight)
-    return xp.ascontiguousarray(taps[:, :, :, 0] if k == 1 else taps)
+    return xp.ascontiguousarray(xp.broadcast_to(taps, (kh, kw, wo) + taps.shape[3:]))
 
 
 class _PaddedSlices:
@@ -103,7 +107,7 @@ def depthwise_forward(x: Any, weight: Any, bias: Any | None, stride: tuple[int, 
     xp = backend.get_array_module(x)
     n, c, h, w, k, kh, kw, ho, wo = _geometry(x.shape, weight.shape, stride, dilation, pads)
     taps = _taps(kh, kw, ho, wo, stride, dilation)
-    tap_w = _tap_weights(weight, c, k)
+    tap_w = _tap_weights(weight, c, k, wo)
     tail = (c,) if k == 1 else (c, k)
     y = xp.empty((n, ho, wo) + tail, dtype=x.dtype)
     step = _slice_step(x, pads)
@@ -134,7 +138,7 @@ def depthwise_backward(x: Any, weight: Any, grad_out: Any, stride: tuple[int, in
     xp = backend.get_array_module(grad_out)
     n, c, h, w, k, kh, kw, ho, wo = _geometry(x.shape, weight.shape, stride, dilation, pads)
     taps = _taps(kh, kw, ho, wo, stride, dilation)
-    tap_w = _tap_weights(weight, c, k)
+    tap_w = _tap_weights(weight, c, k, wo)
     tail = (c,) if k == 1 else (c, k)
     dy = xp.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)).reshape((n, ho, wo) + tail)
     dw = xp.zeros((kh, kw, c * k), dtype=grad_out.dtype)
