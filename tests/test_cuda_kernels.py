@@ -152,6 +152,20 @@ def test_wrappers_validate_arguments_before_launching():
     assert cupy is not None
 
 
+def test_pool_output_size_with_ceil_mode_is_the_layers():
+    """The wrappers size ceil_mode outputs as the layers do (PyTorch's rule: ceil, less a last
+    window starting in the right padding), with and without dilation; no GPU needed."""
+    from minicnn.layers.pooling import pool_output_size
+    for size, k, s, d, ceil in itertools.product(range(1, 12), range(1, 5), range(1, 4), (1, 2),
+                                                 (False, True)):
+        for p in range(k // 2 + 1):
+            want = pool_output_size(size, k, s, p, d, ceil)
+            if want < 1:
+                continue
+            assert cuda_kernels._output_size(size, k, s, p, d, "h", ceil) == want
+    assert cuda_kernels._output_size(4, 2, 2, 1, 1, "h", True) == 3   # a 4th would start at 5
+
+
 # --------------------------------------------------------------------------
 # NumPy references (naive, independent of the kernels' index math)
 # --------------------------------------------------------------------------
@@ -438,3 +452,36 @@ def test_backward_kernels_are_bit_identical_across_runs(cp):
     for first, other in ((runs[0], runs[1]), (runs[0], runs[2]), (runs[3], runs[4]),
                          (runs[3], runs[5])):
         _assert_bit_identical(first, other)
+
+
+# MaxPool2D / AvgPool2D options on the GPU against the same layers on NumPy (which
+# tests/test_pooling_options.py checks against PyTorch and tests/reference.py).
+POOL_OPTION_CASES = [
+    ("max", dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
+    ("max", dict(kernel_size=(2, 3), stride=(1, 2), padding=1, dilation=2, ceil_mode=True)),
+    ("max", dict(kernel_size=2, stride=2, padding=1, ceil_mode=True)),
+    ("max", dict(kernel_size=3, stride=1, padding=0, dilation=(2, 1))),
+    ("avg", dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
+    ("avg", dict(kernel_size=3, stride=2, padding=1, count_include_pad=False)),
+    ("avg", dict(kernel_size=(2, 3), stride=(3, 2), padding=(1, 1), ceil_mode=True,
+                 count_include_pad=False)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind, kwargs", POOL_OPTION_CASES)
+def test_pool_options_match_the_numpy_layers(cp, kind, kwargs, dtype):
+    from minicnn.layers.pooling import AvgPool2D, MaxPool2D
+    make = MaxPool2D if kind == "max" else AvgPool2D
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 3, 9, 8)).astype(dtype)
+    host, device = make(**kwargs), make(**kwargs)
+    y = host.forward(x)
+    y_gpu = device.forward(cp.asarray(x))
+    np.testing.assert_allclose(cp.asnumpy(y_gpu), y, **_tol(dtype))
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = host.backward(dy)
+    dx_gpu = device.backward(cp.asarray(dy))
+    np.testing.assert_allclose(cp.asnumpy(dx_gpu), dx, **_tol(dtype))
+    device.forward(cp.asarray(x))
+    _assert_bit_identical(dx_gpu, device.backward(cp.asarray(dy)))
