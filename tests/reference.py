@@ -565,3 +565,87 @@ def adaptive_avgpool_backward(x, grad_out, output_size):
                         for q in range(q0, q1):
                             dx[b, ch, r, q] += grad_out[b, ch, i, j] / ((r1 - r0) * (q1 - q0))
     return dx
+
+
+# ------------------------------------------------------------------ normalisation layers
+
+def _normalize_groups(x, group_of, weight_of, weight, bias, eps, grad_out=None, stats=None):
+    """The definition every normalisation shares, one group of elements at a time.
+
+    ``group_of(index)`` names the group an element of x is normalised with, ``weight_of(index)``
+    the weight/bias entry it is scaled by (weight None: no affine). y = w * (x - mean) /
+    sqrt(var + eps) + b with the group's mean and biased variance (or ``stats[group]`` =
+    (mean, var), constants). With ``grad_out``, also (dx, dweight, dbias) by the chain rule
+    through the Jacobian of x_hat: d x_hat_j / d x_i = (delta_ij - 1/m - x_hat_i x_hat_j / m)
+    / sqrt(var + eps), its last two terms absent when the statistics are constants.
+    """
+    groups = {}
+    for index in np.ndindex(*x.shape):
+        groups.setdefault(group_of(index), []).append(index)
+    y, dx = np.zeros(x.shape), np.zeros(x.shape)
+    dweight = None if weight is None else np.zeros(weight.shape)
+    dbias = None if weight is None else np.zeros(weight.shape)
+    for key, members in groups.items():
+        m = len(members)
+        if stats is None:
+            mean = sum(x[i] for i in members) / m
+            var = sum((x[i] - mean) ** 2 for i in members) / m
+        else:
+            mean, var = stats[key]
+        std = np.sqrt(var + eps)
+        x_hat = {i: (x[i] - mean) / std for i in members}
+        for i in members:
+            w, b = (1.0, 0.0) if weight is None else (weight[weight_of(i)], bias[weight_of(i)])
+            y[i] = w * x_hat[i] + b
+        if grad_out is None:
+            continue
+        for i in members:
+            if weight is not None:
+                dweight[weight_of(i)] += grad_out[i] * x_hat[i]
+                dbias[weight_of(i)] += grad_out[i]
+            for j in members:
+                w = 1.0 if weight is None else weight[weight_of(j)]
+                jacobian = (i == j) - ((1 + x_hat[i] * x_hat[j]) / m if stats is None else 0)
+                dx[i] += grad_out[j] * w * jacobian / std
+    return y if grad_out is None else (y, dx, dweight, dbias)
+
+
+def batchnorm_reference(x, weight, bias, eps=1e-5, grad_out=None, running=None):
+    """BatchNorm of (N, C, ...) x: channel c's statistics over every sample and position
+    (``running`` = (mean, var) arrays of shape (C,): evaluation mode)."""
+    stats = None if running is None else {c: (running[0][c], running[1][c])
+                                          for c in range(x.shape[1])}
+    return _normalize_groups(x, lambda i: i[1], lambda i: i[1], weight, bias, eps,
+                             grad_out, stats)
+
+
+def layernorm_reference(x, normalized_ndim, weight, bias, eps=1e-5, grad_out=None):
+    """LayerNorm over the last ``normalized_ndim`` axes: one group per leading index, weight
+    indexed by the trailing ones."""
+    k = normalized_ndim
+    return _normalize_groups(x, lambda i: i[:-k], lambda i: i[-k:], weight, bias, eps,
+                             grad_out)
+
+
+def groupnorm_reference(x, num_groups, weight, bias, eps=1e-5, grad_out=None):
+    """GroupNorm of (N, C, ...) x: sample n's group g holds channels g*C/G .. (g+1)*C/G - 1
+    at every position; weight per channel."""
+    per_group = x.shape[1] // num_groups
+    return _normalize_groups(x, lambda i: (i[0], i[1] // per_group), lambda i: i[1], weight,
+                             bias, eps, grad_out)
+
+
+def running_statistics_reference(batches, momentum=0.1):
+    """BatchNorm's running (mean, var) over the channels (axis 1) after training forwards on
+    ``batches``: running = (1 - momentum) * running + momentum * batch statistic, with the
+    unbiased batch variance, from mean 0 and var 1."""
+    c = batches[0].shape[1]
+    mean, var = np.zeros(c), np.ones(c)
+    for x in batches:
+        for ch in range(c):
+            values = np.moveaxis(x, 1, 0)[ch].ravel()
+            mu = sum(values) / len(values)
+            unbiased = sum((v - mu) ** 2 for v in values) / (len(values) - 1)
+            mean[ch] = (1 - momentum) * mean[ch] + momentum * mu
+            var[ch] = (1 - momentum) * var[ch] + momentum * unbiased
+    return mean, var
