@@ -392,3 +392,40 @@ def test_onnx_adaptive_with_unequal_windows_is_one_export_error(tmp_path):
     with pytest.raises(ExportError, match="adaptiveavgpool2d.*7x8.*3x2") as info:
         export_onnx(model, tmp_path / "bad.onnx")
     assert "\n" not in str(info.value)
+
+
+def test_onnx_graph_model_with_adaptive_and_global_pools(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from test_onnx import export_and_compare
+    minicnn.manual_seed(0)
+    x = minicnn.Input((2, 12, 10))
+    a = AdaptiveAvgPool2D((4, 5))(Conv2D(2, 3, 3, padding=1)(x))
+    b = AvgPool2D(3, 2, 1, ceil_mode=True, count_include_pad=False)(x)
+    y = Dense(5, 2)(minicnn.layers.Concatenate(axis=1)([GlobalMaxPool2D()(a),
+                                                        GlobalMaxPool2D()(b)]))
+    export_and_compare(minicnn.Model(x, y), tmp_path, name="graph")
+
+
+def test_padding_rule_is_pytorchs_half_the_undilated_kernel():
+    torch = pytest.importorskip("torch")
+    for k, p, d in itertools.product(range(1, 5), range(0, 4), (1, 2, 3)):
+        try:
+            torch.nn.functional.max_pool2d(torch.zeros(1, 1, 20, 20), k, 1, p, d)
+            torch_ok = True
+        except RuntimeError:
+            torch_ok = False
+        try:
+            MaxPool2D(k, 1, p, d)
+            ours = True
+        except ValueError:
+            ours = False
+        assert ours == torch_ok, (k, p, d)
+
+
+def test_configs_without_the_new_options_load_with_pytorchs_defaults():
+    from minicnn.layers.base import layer_from_config
+    old = layer_from_config({"class": "MaxPool2D", "config": {"kernel_size": [2, 2],
+                                                              "stride": [2, 2], "padding": 0}})
+    assert (old.dilation, old.ceil_mode) == ((1, 1), False)
+    avg = layer_from_config({"class": "AvgPool2D", "config": {"kernel_size": 3}})
+    assert (avg.ceil_mode, avg.count_include_pad) == (False, True)
