@@ -13,7 +13,7 @@ from conftest import randn
 from torch_parity import torch_parity
 
 import minicnn
-from minicnn.core.special import erf
+from minicnn.core.special import erf, normal_cdf
 from minicnn.layers.activations import ACTIVATIONS, LogSoftmax, Softmax, get_activation
 from minicnn.layers.dense import Dense
 from minicnn.layers.piecewise_activations import Hardswish, PReLU, ReLU6
@@ -80,6 +80,34 @@ def test_erf_keeps_shape_and_layout_and_refuses_integers():
     np.testing.assert_allclose(erf(x), np.vectorize(math.erf)(x), rtol=1e-15, atol=0)
     with pytest.raises(TypeError, match="erf: expected a floating-point array"):
         erf(np.arange(3))
+
+
+def test_normal_cdf_float32_to_rounding_also_in_the_lower_tail():
+    x = np.concatenate([np.linspace(-14, 8, 100001), [0.0, 40.0, -40.0, 1e30, -1e30]])
+    x = x.astype(np.float32)
+    got = normal_cdf(x)
+    want = np.array([0.5 * math.erfc(-float(v) / math.sqrt(2)) for v in x])
+    assert got.dtype == np.float32
+    ulp = np.spacing(want.astype(np.float32)).astype(np.float64)
+    normal = want > 1e-35                   # float32's tail below that is subnormal
+    assert float((np.abs(got.astype(np.float64) - want) / ulp)[normal].max()) <= 8
+    assert got[-1] == 0 and got[-2] == 1
+
+
+def test_normal_cdf_float64():
+    x = np.linspace(-8, 8, 20001)
+    want = np.array([0.5 * math.erfc(-v / math.sqrt(2)) for v in x])
+    # relative 2e-13: 1 + erf(x / sqrt 2) cancels a little between -2.8 and -1 (reference: its
+    # own rounding of x / sqrt 2 costs up to 1e-14 at -8)
+    np.testing.assert_allclose(normal_cdf(x), want, rtol=2e-13, atol=0)
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 40
+    tail = np.array([-9.0, -20.0, -37.5])
+    exact = np.array([float(mpmath.ncdf(mpmath.mpf(v))) for v in tail])
+    np.testing.assert_allclose(normal_cdf(tail), exact, rtol=1e-14, atol=0)
+    assert np.isnan(normal_cdf(np.array([np.nan])))[0]
+    with pytest.raises(TypeError, match="normal_cdf: expected a floating-point array"):
+        normal_cdf(np.arange(2))
 
 
 # --------------------------------------------------------------------------- references

@@ -14,11 +14,29 @@ from typing import Any
 
 from minicnn.core import backend
 
-__all__ = ["BLOCK", "blockwise"]
+__all__ = ["BLOCK", "blockwise", "zeros_like"]
 
 BLOCK = 65536
 """Elements per block: 256 KB of float32, a few temporaries of which fit in a core's L2 cache
 (measured on the 2-core EPYC here: 32768 and 131072 were both slower)."""
+
+
+_ZEROS: dict[tuple[str, str], Any] = {}
+
+
+def zeros_like(x: Any) -> Any:
+    """A read-only array of zeros of x's shape and dtype, for ``xp.maximum(x, zeros_like(x))``:
+    on NumPy (2.4) a maximum against an array is vectorised and about three times faster than
+    against the scalar 0. Blocks share one cached buffer; CuPy gets the scalar's broadcast."""
+    xp = backend.get_array_module(x)
+    if backend.is_cupy_array(x) or x.size > BLOCK:
+        return xp.zeros((), dtype=x.dtype)
+    key = (xp.__name__, x.dtype.str)
+    if key not in _ZEROS:
+        zeros = xp.zeros(BLOCK, dtype=x.dtype)
+        zeros.flags.writeable = False
+        _ZEROS[key] = zeros
+    return _ZEROS[key][:x.size].reshape(x.shape)
 
 
 def blockwise(fn: Callable[..., Any], *arrays: Any) -> Any:
