@@ -251,3 +251,25 @@ def test_pytorch_cnn_round_trip_and_fine_tune(tmp_path):
     model.train()
     losses = _fine_tune(model, x, y, steps=10, lr=0.05)
     assert losses[-1] < losses[0], losses
+
+
+# =========================================================================== command line
+
+def test_command_line_import(tmp_path, capsys):
+    from minicnn.cli.commands import main
+    rng = np.random.default_rng(5)
+    minicnn.manual_seed(5)
+    model = random_sequential(rng)[0]
+    source = export_onnx(model, tmp_path / "m.onnx")
+    assert main(["import", str(source), str(tmp_path / "m.npz")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    x = rng.standard_normal((2, *model.input_shape)).astype(np.float32)
+    np.testing.assert_allclose(infer(minicnn.load(tmp_path / "m.npz"), x), infer(model, x),
+                               rtol=RTOL, atol=1e-6)
+    (tmp_path / "bad.onnx").write_bytes(source.read_bytes()[:200])
+    for argv in (["import", str(tmp_path / "bad.onnx"), str(tmp_path / "b.npz")],
+                 ["import", str(tmp_path / "missing.onnx"), str(tmp_path / "b.npz")]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("minicnn import: error: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "b.npz").exists()

@@ -31,6 +31,7 @@ import numpy
 
 import minicnn
 from minicnn import training, zoo
+from minicnn.cli import onnx_import
 from minicnn.cli.common import (
     DATASETS,
     EVAL_CONFUSION,
@@ -360,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--include-preprocessing", action="store_true",
                    help="take uint8 pixels and apply the checkpoint's input transform inside")
     x.set_defaults(func=cmd_export)
+    onnx_import.add_parser(sub)
 
     v = sub.add_parser("visualize", help="filters, feature maps and im2col as PNG pictures")
     v.add_argument("checkpoint", metavar="MODEL", help="a .npz checkpoint or a run folder")
