@@ -75,3 +75,13 @@ def test_inconsistent_settings_are_one_line_errors(tmp_path, capsys, extra, mess
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and message in err
     assert not (tmp_path / "run").exists()
+
+
+def test_augment_spec_trains_and_is_kept(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out, "--epochs", "1", "--augment", "crop=2,cutout=4") == 0
+    ckpt = minicnn.checkpoint.load_checkpoint(out / "last.npz")
+    assert ckpt.meta["run"]["augment"] == "crop=2,cutout=4"
+    assert ckpt.meta["augment"]["class"] == "Compose"
+    assert _train(tmp_path / "bad", "--augment", "crop=two") == 2
+    assert "--augment: augmentation 'crop=two': expected shift=K" in capsys.readouterr().err

@@ -37,6 +37,7 @@ from minicnn.cli.common import (
     EVAL_CONFUSION,
     CLIError,
     Parser,
+    augmentation_spec,
     can_plot,
     checkpoint_path,
     class_names,
@@ -298,8 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "norm is logged per epoch; default: off)")
     t.add_argument("--clip-value", type=positive_float, metavar="X",
                    help="clip each gradient element to [-X, X] (default: off)")
-    t.add_argument("--augment", type=int, metavar="K",
-                   help=f"random shifts of up to K pixels (default {r.augment}; 0: none)")
+    t.add_argument("--augment", type=augmentation_spec, metavar="SPEC",
+                   help=f"K: random shifts of up to K pixels (default {r.augment}; 0: none), or "
+                   "a list such as crop=2,flip or affine=10,cutout=8 (shift=K, crop=P, "
+                   "flip[=p], affine=DEGREES, cutout=SIZE; flips do not suit digits)")
     t.add_argument("--seed", type=int, help="random seed (default 0)")
     t.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/MODEL-DATASET)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")

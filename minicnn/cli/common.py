@@ -72,6 +72,18 @@ def non_negative(text: str) -> int:
     return int(text)
 
 
+def augmentation_spec(text: str) -> int | str:
+    """--augment: an int K (random shifts of up to K pixels) or a spec such as 'crop=2,flip'
+    (``minicnn.data.augment.parse_augmentation``), checked here."""
+    from minicnn.data.augment import parse_augmentation
+    value: int | str = int(text) if text.strip().isdigit() else text.strip()
+    try:
+        parse_augmentation(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def checkpoint_path(arg: str) -> Path:
     """A checkpoint file, or a run folder's model.npz (as ``minicnn.load`` reads them)."""
     return checkpoint_file(arg)

@@ -31,7 +31,7 @@ from minicnn.cli.common import (
 from minicnn.cli.ranks import run_rank
 from minicnn.core import backend
 from minicnn.core.atomic import atomic_write_bytes
-from minicnn.data import DataLoader, Normalize, RandomShift
+from minicnn.data import DataLoader, Normalize, parse_augmentation
 from minicnn.data.datasets import DatasetError
 from minicnn.saving.checkpoint import CheckpointError, load_checkpoint, save
 from minicnn.training import distributed
@@ -157,7 +157,7 @@ def _train(args: argparse.Namespace, comm: distributed.Communicator) -> int:
     transform = Normalize(s["mean"], s["std"])
     loader = DataLoader(x, y, batch_size=s["batch_size"], shuffle=True, seed=s["seed"],
                         transform=transform,
-                        augment=RandomShift(s["augment"]) if s["augment"] else None)
+                        augment=parse_augmentation(s["augment"]))
     if s["schedule"] == "plateau" and not s["val_split"]:
         raise CLIError("--schedule plateau watches the validation loss: it needs --val-split > 0")
     try:

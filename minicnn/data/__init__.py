@@ -3,6 +3,15 @@ files or bounded downloads) and image files.
 
     from minicnn.data import DataLoader, Normalize, RandomShift, load_mnist
 """
+from minicnn.data.augment import (
+    Compose,
+    Cutout,
+    RandomAffine,
+    RandomCrop,
+    RandomHorizontalFlip,
+    augmentation_from_config,
+    parse_augmentation,
+)
 from minicnn.data.datasets import (
     data_root,
     dataset_files,
@@ -25,4 +34,5 @@ from minicnn.data.transforms import (
 __all__ = ["DataLoader", "ToFloat", "Normalize", "RandomShift", "transform_from_config",
            "load_mnist", "load_fashion_mnist", "data_root", "dataset_files", "DatasetError",
            "read_idx", "write_idx", "read_image", "fit_to_input", "model_transform",
-           "raw_input_transform"]
+           "raw_input_transform", "RandomCrop", "RandomHorizontalFlip", "RandomAffine", "Cutout",
+           "Compose", "augmentation_from_config", "parse_augmentation"]

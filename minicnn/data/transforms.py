@@ -125,6 +125,7 @@ class RandomShift:
             return x
         xp = backend.get_array_module(x)
         n, _, h, w = x.shape
+        shifts = shifts.astype(xp.int64, copy=False)      # float rows, from a Compose
         padded = xp.pad(x, ((0, 0), (0, 0), (k, k), (k, k)))
         rows = xp.arange(h)[None, :] + (k - shifts[:, 0:1])          # (N, H)
         cols = xp.arange(w)[None, :] + (k - shifts[:, 1:2])          # (N, W)
@@ -132,6 +133,9 @@ class RandomShift:
         # Advanced indices around a slice put their axes first: the result is (N, H, W, C).
         out = padded[batch, :, rows[:, :, None], cols[:, None, :]]
         return xp.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+    def config(self) -> dict[str, Any]:
+        return {"class": "RandomShift", "max_shift": self.max_shift}
 
     def __repr__(self) -> str:
         return f"RandomShift(max_shift={self.max_shift})"

@@ -406,6 +406,8 @@ def fit(model: Any, train_data: Any, epochs: int, optimizer: Any, loss: Any = No
     if hasattr(loader.transform, "config"):
         meta.setdefault("transform", loader.transform.config())
         model.input_transform = loader.transform
+    if hasattr(loader.augment, "config"):              # what the model was trained with
+        meta.setdefault("augment", loader.augment.config())
     if early_stop is not None and (val_loader is None or early_stop < 1):
         raise ValueError("fit: early_stop needs val_data and a patience of at least 1 epoch")
     clip = GradientClip(clip_norm, clip_value) if clip_norm or clip_value else None
