@@ -140,22 +140,3 @@ class AdaptiveAvgPool2D(Layer):
         by_cols = by_cols.reshape(n * c, oh, w).transpose(1, 0, 2).reshape(oh, n * c * w)
         dx = (rows.T @ by_cols).reshape(h, n * c, w).transpose(1, 0, 2)
         return dx.reshape(n, c, h, w)
-
-    def to_onnx(self, ctx: Any, inputs: list[str]) -> str:
-        """GlobalAveragePool for a 1x1 output, AveragePool when the input divides into equal
-        windows; other sizes have no ONNX operator (ExportError)."""
-        from minicnn.onnx.export import ExportError
-
-        if self._input_hw is None:
-            raise ExportError(f"export_onnx: {self.label()}: input shape unknown (build the "
-                              "model with input_shape=(C, H, W))")
-        (h, w), (oh, ow) = self._input_hw, self.output_size
-        if (oh, ow) == (1, 1):
-            return ctx.add_node("GlobalAveragePool", [inputs[0]], [ctx.name])[0]
-        if h % oh or w % ow:
-            raise ExportError(f"export_onnx: {self.label()}: input {h}x{w} does not divide into "
-                              f"{oh}x{ow} equal windows, which ONNX has no operator for")
-        kernel = [h // oh, w // ow]
-        return ctx.add_node("AveragePool", [inputs[0]], [ctx.name], kernel_shape=kernel,
-                            strides=kernel, pads=[0, 0, 0, 0], ceil_mode=0,
-                            count_include_pad=0)[0]

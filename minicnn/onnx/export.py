@@ -51,6 +51,7 @@ from minicnn.layers import (
     Softmax,
     Tanh,
 )
+from minicnn.layers.adaptive_pooling import AdaptiveAvgPool2D
 from minicnn.layers.base import Layer
 from minicnn.models import Model, Sequential
 from minicnn.saving.checkpoint import Checkpoint, LoadedModel, load_checkpoint
@@ -173,6 +174,24 @@ def _global_avg_pool(ctx: ExportContext, layer: GlobalAvgPool2D, x: str) -> str:
     return ctx.add_node("Flatten", [pooled], [ctx.name], axis=1)[0]
 
 
+def _adaptive_avg_pool(ctx: ExportContext, layer: AdaptiveAvgPool2D, x: str) -> str:
+    """GlobalAveragePool for a 1x1 output, AveragePool when the input (its shape known from the
+    model's) divides into equal windows; unequal windows have no ONNX operator: ExportError."""
+    hw, (oh, ow) = getattr(layer, "_input_hw", None), layer.output_size
+    if (oh, ow) == (1, 1):
+        return ctx.add_node("GlobalAveragePool", [x], [ctx.name])[0]
+    if hw is None:
+        raise ExportError(f"export_onnx: {layer.label()}: input shape unknown (build the model "
+                          "with input_shape=(C, H, W))")
+    h, w = hw
+    if h % oh or w % ow:
+        raise ExportError(f"export_onnx: {layer.label()}: input {h}x{w} does not divide into "
+                          f"{oh}x{ow} equal windows, and ONNX has no operator for unequal ones")
+    kernel = [h // oh, w // ow]
+    return ctx.add_node("AveragePool", [x], [ctx.name], kernel_shape=kernel, strides=kernel,
+                        pads=[0, 0, 0, 0], ceil_mode=0, count_include_pad=0)[0]
+
+
 def _batch_norm(ctx: ExportContext, layer: BatchNorm2D, x: str) -> str:
     """Inference form: the running mean and variance."""
     state = layer.state_arrays()                    # what checkpoints save: the one walk's
@@ -202,7 +221,7 @@ def _simple(op_type: str, **attrs: Callable[[Any], Any]) -> Callable[..., str]:
 BUILTIN: dict[type, Callable[..., str]] = {
     Conv2D: _conv, Dense: _dense, BatchNorm2D: _batch_norm, Add: _add,
     MaxPool2D: _pool, AvgPool2D: _pool,
-    GlobalAvgPool2D: _global_avg_pool,
+    GlobalAvgPool2D: _global_avg_pool, AdaptiveAvgPool2D: _adaptive_avg_pool,
     Flatten: _simple("Flatten", axis=lambda layer: 1),       # C order, as minicnn's reshape
     Concatenate: _simple("Concat", axis=lambda layer: layer.axis),
     ReLU: _simple("Relu"), Sigmoid: _simple("Sigmoid"), Tanh: _simple("Tanh"),
