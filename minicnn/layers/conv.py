@@ -263,9 +263,9 @@ class Conv2D(Layer):
         for group in range(g):
             im2col(x[:, group * cg:(group + 1) * cg], self.kernel_size, self.stride,
                    self.padding, self.dilation, out=cols[group].reshape(n, ho, wo, kh, kw, cg))
-        y = xp.empty((n * ho * wo, g, self.out_channels // g), dtype=x.dtype)
-        xp.matmul(cols, self._group_weights(), out=y.transpose(1, 0, 2))
-        y = y.reshape(n, ho, wo, self.out_channels)
+        # (G, N*Ho*Wo, O/G) -> channels-last (N, Ho, Wo, O): the reshape copies
+        y = xp.matmul(cols, self._group_weights()).transpose(1, 0, 2).reshape(
+            n, ho, wo, self.out_channels)
         if self.bias is not None:
             y += self.bias.data
         self.save_for_backward(tuple(x.shape), cols, size)
