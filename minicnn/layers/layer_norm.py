@@ -184,18 +184,14 @@ class GroupNorm(Layer):
         per-channel weight and bias, then back to the input's shape. (ONNX's own
         GroupNormalization changed its scale's meaning from per group to per channel between
         opsets 18 and 21, so the decomposition is what every runtime agrees on.)"""
-        import numpy
-
         x = inputs[0]
         name = ctx.name
-        grouped_shape = ctx.add_initializer(
-            f"{name}.grouped_shape", numpy.array([0, self.num_groups, -1], dtype=numpy.int64))
+        grouped_shape = onnx_constant(ctx, f"{name}.grouped_shape", [0, self.num_groups, -1])
         grouped = ctx.add_node("Reshape", [x, grouped_shape], [f"{name}.grouped"])[0]
         y = onnx_normalize(ctx, grouped, [2], self.eps)
         if self.weight is not None and self.bias is not None:
             c = self.num_channels
-            channel_shape = ctx.add_initializer(
-                f"{name}.channel_shape", numpy.array([0, c, -1], dtype=numpy.int64))
+            channel_shape = onnx_constant(ctx, f"{name}.channel_shape", [0, c, -1])
             y = ctx.add_node("Reshape", [y, channel_shape], [f"{name}.channels"])[0]
             weight = ctx.add_initializer(f"{name}.weight", self.weight.data.reshape(c, 1))
             bias = ctx.add_initializer(f"{name}.bias", self.bias.data.reshape(c, 1))
@@ -209,13 +205,11 @@ def onnx_normalize(ctx: Any, x: str, axes: list[int], eps: float) -> str:
     """ONNX nodes computing (x - mean) / sqrt(var + eps) over ``axes`` (biased variance):
     ReduceMean, Sub, Mul, ReduceMean, Add, Sqrt, Div. ReduceMean takes its axes as an
     attribute before opset 18 and as an input from 18 on."""
-    import numpy
-
     name = ctx.name
 
     def mean(value: str, what: str) -> str:
         if ctx.opset >= 18:
-            axes_input = ctx.add_initializer(f"{name}.axes", numpy.array(axes, numpy.int64))
+            axes_input = onnx_constant(ctx, f"{name}.axes", axes)
             return ctx.add_node("ReduceMean", [value, axes_input], [f"{name}.{what}"],
                                 keepdims=1)[0]
         return ctx.add_node("ReduceMean", [value], [f"{name}.{what}"], axes=axes,
@@ -223,7 +217,20 @@ def onnx_normalize(ctx: Any, x: str, axes: list[int], eps: float) -> str:
 
     centered = ctx.add_node("Sub", [x, mean(x, "mean")], [f"{name}.centered"])[0]
     squared = ctx.add_node("Mul", [centered, centered], [f"{name}.squared"])[0]
-    eps_value = ctx.add_initializer(f"{name}.eps", numpy.array(eps, dtype=numpy.float32))
+    eps_value = onnx_constant(ctx, f"{name}.eps", eps)
     var_eps = ctx.add_node("Add", [mean(squared, "var"), eps_value], [f"{name}.var_eps"])[0]
     std = ctx.add_node("Sqrt", [var_eps], [f"{name}.std"])[0]
     return ctx.add_node("Div", [centered, std], [f"{name}.normalized"])[0]
+
+
+def onnx_constant(ctx: Any, name: str, value: list[int] | float) -> str:
+    """An initializer under a fresh name made from ``name``: a 1-D int64 tensor for a list
+    (shapes, axes), a float32 scalar for a float (made with onnx's helper: no array needed)."""
+    onnx = ctx.onnx
+    name = ctx.fresh_name(name)
+    if isinstance(value, list):
+        tensor = onnx.helper.make_tensor(name, onnx.TensorProto.INT64, [len(value)], value)
+    else:
+        tensor = onnx.helper.make_tensor(name, onnx.TensorProto.FLOAT, [], [float(value)])
+    ctx.initializers.append(tensor)
+    return name

@@ -37,13 +37,13 @@ __all__ = ["BatchNorm1D", "BatchNorm2D", "normalize", "normalize_backward", "sca
 Axes = tuple[int, ...]
 
 
-def statistics_dtype(dtype: Any) -> Any:
-    """The dtype normalisation computes in for input of ``dtype``: float32 for half precision
-    (float16, bfloat16), the input's own dtype otherwise."""
-    import numpy
-
-    dtype = numpy.dtype(dtype)
-    return numpy.dtype(numpy.float32) if dtype.itemsize < 4 else dtype
+def statistics_dtype(x: Any) -> Any:
+    """The dtype normalisation computes in for the array ``x``: float32 for half precision
+    (float16, bfloat16), x's own dtype otherwise."""
+    if x.dtype.itemsize >= 4:
+        return x.dtype
+    xp = backend.get_array_module(x)
+    return xp.dtype(xp.float32)
 
 
 def _sum_of_products(a: Any, b: Any, axes: Axes, dtype: Any) -> Any:
@@ -74,7 +74,7 @@ def normalize(x: Any, axes: Axes, eps: float, mean: Any = None,
     or for the given ``mean`` and ``var`` (broadcastable to that shape, e.g. running
     statistics); computed in ``statistics_dtype(x.dtype)``."""
     xp = backend.get_array_module(x)
-    dtype = statistics_dtype(x.dtype)
+    dtype = statistics_dtype(x)
     if mean is None:
         count = 1
         for a in axes:
