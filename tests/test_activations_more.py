@@ -90,7 +90,7 @@ def test_normal_cdf_float32_to_rounding_also_in_the_lower_tail():
     assert got.dtype == np.float32
     ulp = np.spacing(want.astype(np.float32)).astype(np.float64)
     normal = want > 1e-35                   # float32's tail below that is subnormal
-    assert float((np.abs(got.astype(np.float64) - want) / ulp)[normal].max()) <= 8
+    assert float((np.abs(got.astype(np.float64) - want) / ulp)[normal].max()) <= 9
     assert got[-1] == 0 and got[-2] == 1
 
 
