@@ -175,7 +175,8 @@ def test_ctrl_c_then_resume_matches_an_uninterrupted_run(tmp_path):
 def test_unknown_model_exits_2_with_one_line():
     result = run_cli("train", "--model", "resnet9000")
     assert result.returncode == 2
-    assert "invalid choice: 'resnet9000'" in one_line_error(result.stderr)
+    assert "--model: expected one of ref-cnn" in one_line_error(result.stderr)
+    assert "got 'resnet9000'" in one_line_error(result.stderr)
 
 
 def test_missing_data_root_exits_1_with_one_line(tmp_path):

@@ -188,7 +188,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_summary(args: argparse.Namespace) -> int:
     if (args.model is None) == (args.checkpoint is None):
         raise CLIError("give either --model NAME (the zoo) or a checkpoint")
-    model = zoo.build_model(args.model) if args.model else \
+    model: Any = zoo.build_model(args.model) if args.model else \
         load_checkpoint(checkpoint_path(args.checkpoint)).model
     model.summary()
     return 0
@@ -254,6 +254,14 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- parser, main
 
+def model_name(text: str) -> str:
+    """--model: a zoo name, or module:function (imported when the run starts)."""
+    if text in zoo.MODELS or (":" in text and all(text.partition(":")[::2])):
+        return text
+    raise argparse.ArgumentTypeError(f"expected one of {', '.join(zoo.MODELS)} or "
+                                     f"module:function, got {text!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="minicnn", description="Train and use small CNNs on MNIST and "
                      "Fashion-MNIST with minicnn.")
@@ -277,7 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model; writes a run directory")
     t.add_argument("--dataset", choices=DATASETS, help="mnist (default) or fashion-mnist")
-    t.add_argument("--model", choices=zoo.MODELS, help="ref-cnn (default) or lenet5")
+    t.add_argument("--model", type=model_name, metavar="MODEL",
+                   help=f"{', '.join(zoo.MODELS)} (default ref-cnn), or module:function for "
+                   "a model of your own (a function returning a minicnn model; it may take "
+                   "in_channels, input_size and classes; with --import for a .py file)")
     t.add_argument("--epochs", type=positive, help=f"epochs (default {r.epochs})")
     t.add_argument("--batch-size", type=positive, help=f"batch size (default {r.batch_size})")
     t.add_argument("--optimizer", choices=tuple(training.OPTIMIZER_DEFAULTS),
@@ -349,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("summary", help="print a model's layers and parameter counts")
-    s.add_argument("--model", choices=zoo.MODELS, help="a model of the zoo")
+    s.add_argument("--model", type=model_name, metavar="MODEL",
+                   help=f"a model of the zoo ({', '.join(zoo.MODELS)}) or module:function")
     s.add_argument("checkpoint", nargs="?", metavar="MODEL.npz",
                    help="or a checkpoint (or run folder) to summarise")
     imports(s)

@@ -48,13 +48,14 @@ RUN_KEYS = ("dataset", "model", "batch_size", "lr", "momentum", "weight_decay", 
 def _resolve(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str, Any]:
     """The run's settings: explicit options, else the saved run's (on --resume), else the
     reference recipe's defaults. A resumed run may change only --epochs and --test-limit."""
+    saved = saved or {}
+    model = getattr(args, "model", None) or saved.get("model", "ref-cnn")
     defaults = {"dataset": "mnist", "model": "ref-cnn", "seed": 0, "limit": None,
                 "test_limit": None, "precision": "fp32", "clip_norm": None, "clip_value": None,
-                "warmup_steps": 0,
-                **training.REFERENCE_RECIPE.as_dict()}
-    saved = saved or {}
-    optimizer = getattr(args, "optimizer", None) or saved.get("optimizer", "sgd")
-    defaults.update(optimizer=optimizer, **training.OPTIMIZER_DEFAULTS[optimizer])
+                "warmup_steps": 0, **zoo.recipe_for(model).as_dict()}
+    optimizer = getattr(args, "optimizer", None) or saved.get("optimizer", defaults["optimizer"])
+    if optimizer != defaults["optimizer"]:             # another optimizer: its own defaults
+        defaults.update(optimizer=optimizer, **training.OPTIMIZER_DEFAULTS[optimizer])
     settings = {}
     for key in defaults:
         given = getattr(args, key, None)
@@ -69,6 +70,8 @@ def _resolve(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str
                        "another count would bend it mid-run; resume with --epochs "
                        f"{saved['epochs']}, or start a new run (--schedule constant runs may "
                        "be extended)")
+    if settings["augment"] == "auto":
+        settings["augment"] = zoo.AUTO_AUGMENT.get(settings["dataset"], "crop=2")
     return settings
 
 
@@ -148,7 +151,14 @@ def _train(args: argparse.Namespace, comm: distributed.Communicator) -> int:
     classes = DATASETS[s["dataset"]][1]
 
     minicnn.manual_seed(s["seed"])
-    model = zoo.build_model(s["model"])
+    if ":" in s["model"] and "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())       # module:function found as python -m finds it
+    try:
+        shape = x.shape[1:] if x.ndim == 4 else (1, *x.shape[1:])    # (C, H, W)
+        model = zoo.build_model(s["model"], in_channels=shape[0], input_size=shape[1],
+                                classes=len(classes))
+    except (ValueError, TypeError) as exc:
+        raise CLIError(f"--model {s['model']}: {exc}") from None
     try:
         optimizer = training.make_optimizer(model, s["optimizer"], s["lr"], s["momentum"],
                                             s["weight_decay"])

@@ -27,7 +27,8 @@ class Recipe:
     epochs: int = 3
     mean: float = 0.1307
     std: float = 0.3081
-    augment: int = 1               # random shifts of up to 1 pixel while training (0: none)
+    augment: int | str = 1         # random shifts of up to 1 pixel while training (0: none;
+    #                                or a spec such as "crop=2,flip", or "auto": the data set's)
     optimizer: str = "sgd"
     val_split: int = 5000          # training images held out for validation (0: none)
 
