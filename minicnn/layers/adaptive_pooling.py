@@ -13,26 +13,23 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from minicnn.core import backend
 from minicnn.kernels.im2col import IntPair, pair
 from minicnn.layers.base import Layer
 
 
-def adaptive_windows(size: int, out: int) -> tuple[np.ndarray, np.ndarray]:
+def adaptive_windows(size: int, out: int) -> tuple[list[int], list[int]]:
     """(starts, ends) of the ``out`` adaptive windows over ``size`` cells: PyTorch's
     ``floor(i*size/out)`` and ``ceil((i+1)*size/out)``."""
-    i = np.arange(out)
-    return (i * size) // out, -((-(i + 1) * size) // out)
+    return ([i * size // out for i in range(out)],
+            [-(-(i + 1) * size // out) for i in range(out)])
 
 
-def _averaging_matrix(size: int, out: int) -> np.ndarray:
-    """(out, size) float64 matrix whose row i averages window i: 1/len on the window, 0 off."""
+def _averaging_matrix(size: int, out: int) -> list[list[float]]:
+    """(out, size) matrix, as lists, whose row i averages window i: 1/len on it, 0 off it."""
     starts, ends = adaptive_windows(size, out)
-    cells = np.arange(size)
-    inside = (cells >= starts[:, None]) & (cells < ends[:, None])
-    return inside / (ends - starts)[:, None]
+    return [[1.0 / (end - start) if start <= cell < end else 0.0 for cell in range(size)]
+            for start, end in zip(starts, ends)]
 
 
 def _per_sample_shape(layer: Layer, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -101,8 +98,8 @@ class AdaptiveAvgPool2D(Layer):
         """The averaging matrices (oh, H) and (ow, W) in ``like``'s array module and dtype."""
         xp = backend.get_array_module(like)
         oh, ow = self.output_size
-        return (xp.asarray(_averaging_matrix(h, oh).astype(like.dtype)),
-                xp.asarray(_averaging_matrix(w, ow).astype(like.dtype)))
+        return (xp.asarray(_averaging_matrix(h, oh), dtype=like.dtype),
+                xp.asarray(_averaging_matrix(w, ow), dtype=like.dtype))
 
     def forward(self, x: Any) -> Any:
         self.check_input(x, 4, "(N, C, H, W)")

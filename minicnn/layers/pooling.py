@@ -21,8 +21,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from minicnn.core import backend
 from minicnn.kernels.im2col import IntPair, pair
 from minicnn.layers.base import Layer, grad_enabled
@@ -49,14 +47,14 @@ def _taps(kh: int, kw: int, ho: int, wo: int, sh: int, sw: int, dh: int = 1, dw:
                                slice(j * dw, j * dw + sw * (wo - 1) + 1, sw))
 
 
-def _window_counts(size: int, k: int, s: int, p: int, out: int, include_pad: bool) -> np.ndarray:
+def _window_counts(size: int, k: int, s: int, p: int, out: int, include_pad: bool) -> list[int]:
     """Per window along one axis, how many of its k cells lie inside the input and its padding
     (``include_pad``) or inside the input alone; PyTorch's avg_pool2d divisor, one axis."""
-    start = np.arange(out) * s - p
-    end = np.minimum(start + k, size + p)
-    if not include_pad:
-        start, end = np.maximum(start, 0), np.minimum(end, size)
-    return end - start
+    counts = []
+    for start in range(-p, out * s - p, s):
+        end = min(start + k, size + p)
+        counts.append(end - start if include_pad else min(end, size) - max(start, 0))
+    return counts
 
 
 class _Pool2D(Layer):
@@ -208,11 +206,10 @@ class AvgPool2D(_Pool2D):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         rows = _window_counts(h, kh, sh, ph, ho, self.count_include_pad)
         cols = _window_counts(w, kw, sw, pw, wo, self.count_include_pad)
-        dtype = like.dtype.type
-        if (rows == kh).all() and (cols == kw).all():
-            return dtype(1.0 / (kh * kw))
-        inverse = 1.0 / (rows[:, None, None] * cols[None, :, None])
-        return backend.get_array_module(like).asarray(inverse.astype(like.dtype))
+        if all(r == kh for r in rows) and all(c == kw for c in cols):
+            return like.dtype.type(1.0 / (kh * kw))
+        inverse = [[[1.0 / (r * c)] for c in cols] for r in rows]
+        return backend.get_array_module(like).asarray(inverse, dtype=like.dtype)
 
     def forward(self, x: Any) -> Any:
         self.check_input(x, 4, "(N, C, H, W)")
