@@ -338,6 +338,38 @@ def test_float16_is_close_to_float32_with_float32_statistics(make, shape):
                                        rtol=2e-3, atol=2e-3 * np.abs(y).max())
 
 
+def test_fit_in_fp16_keeps_float32_masters_and_running_statistics():
+    from minicnn import data
+    from minicnn.training import SGD, fit
+    from minicnn.training.precision import Precision
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 64)
+    x = rng.integers(0, 100, (64, 6, 6)).astype(np.uint8)
+    x[np.arange(64), 2 * y, 2 * y] = 255
+    runs = {}
+    for precision in ("fp32", Precision("fp16", init_scale=2.0 ** 8)):
+        minicnn.manual_seed(0)
+        model = minicnn.Sequential([
+            Conv2D(1, 4, 3, padding=1), GroupNorm(2, 4), ReLU(), Flatten(), Dense(144, 8),
+            BatchNorm1D(8), LayerNorm(8), Dense(8, 3)], input_shape=(1, 6, 6))
+        loader = data.DataLoader(x, y, batch_size=16, shuffle=True, seed=0,
+                                 transform=data.Normalize(0.25, 0.3))
+        history = fit(model, loader, 2, SGD(model.parameters(), lr=0.05), progress=False,
+                      verbose=False, precision=precision)
+        runs[str(precision)] = model, history
+    (ref, _), (half, history) = runs["fp32"], runs["Precision('fp16')"]
+    assert sum(history["skipped_steps"]) == 0
+    assert all(p.data.dtype == np.float32 for p in half.parameters())
+    bn_ref, bn = ref.layers[5], half.layers[5]
+    assert bn.running_mean.dtype == np.float32 and bn.running_var.dtype == np.float32
+    assert not np.allclose(bn.running_var, 1)                            # they moved
+    np.testing.assert_allclose(bn.running_mean, bn_ref.running_mean, rtol=2e-2, atol=2e-3)
+    np.testing.assert_allclose(bn.running_var, bn_ref.running_var, rtol=5e-3)
+    for a, b in zip(ref.parameters(), half.parameters()):
+        assert np.linalg.norm(a.data - b.data) <= 2e-2 * np.linalg.norm(a.data)
+
+
 @pytest.mark.parametrize("make,shape", [
     (lambda: BatchNorm2D(3), (4, 3, 2, 2)), (lambda: BatchNorm1D(3), (4, 3)),
     (lambda: LayerNorm(3), (4, 3)), (lambda: GroupNorm(3, 3), (4, 3, 2)),

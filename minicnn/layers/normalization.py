@@ -47,7 +47,8 @@ def statistics_dtype(x: Any) -> Any:
 
 
 def _sum_of_products(a: Any, b: Any, axes: Axes, dtype: Any) -> Any:
-    """sum(a * b) over ``axes`` (kept as size 1), without an array of the products."""
+    """sum(a * b) over ``axes`` (kept as size 1), without an array of the products (no axes:
+    the products themselves)."""
     if not axes:
         return backend.get_array_module(a, b).multiply(a, b, dtype=dtype)
     letters = string.ascii_letters[:a.ndim]
@@ -72,7 +73,7 @@ def normalize(x: Any, axes: Axes, eps: float, mean: Any = None,
               var: Any = None) -> tuple[Any, Any, Any, Any]:
     """(x_hat, inv_std, mean, var) for the statistics of ``x`` over ``axes`` (kept as size 1),
     or for the given ``mean`` and ``var`` (broadcastable to that shape, e.g. running
-    statistics); computed in ``statistics_dtype(x.dtype)``."""
+    statistics); computed in ``statistics_dtype(x)``."""
     xp = backend.get_array_module(x)
     dtype = statistics_dtype(x)
     if mean is None:
@@ -131,9 +132,10 @@ def normalize_backward(dy: Any, x_hat: Any, inv_std: Any, axes: Axes, weight: An
     if batch_statistics:
         only = tuple(a for a in axes if a not in common)
         count = dtype.type(1.0 / (x_hat.size // inv_std.size))
-        w = dtype.type(1) if weight is None else weight
-        mean_dxhat = _sum(w * dy_sum, only, dtype) * count
-        mean_dxhat_xhat = _sum(w * dy_xhat_sum, only, dtype) * count
+        def mean_weighted(total: Any) -> Any:       # mean over ``axes`` of weight * sums
+            return _sum(total if weight is None else weight * total, only, dtype) * count
+
+        mean_dxhat, mean_dxhat_xhat = mean_weighted(dy_sum), mean_weighted(dy_xhat_sum)
         dx -= mean_dxhat * inv_std
         products = xp.multiply(x_hat, mean_dxhat_xhat * inv_std, dtype=dtype)
         dx -= products
