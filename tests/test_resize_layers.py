@@ -9,7 +9,7 @@ import reference as ref
 from conftest import randn
 
 import minicnn
-from minicnn.layers import Conv2D, Dense, Dropout, Flatten, ReLU
+from minicnn.layers import Conv2D, Dense, Dropout, Flatten, ReLU, upsample
 from minicnn.layers.dropout import Dropout2D
 from minicnn.layers.padding import ZeroPad2D
 from minicnn.layers.upsample import Upsample2D, bilinear_matrix
@@ -20,9 +20,20 @@ EPS, TOL = 1e-5, 1e-6          # as tests/test_layers.py (see the comment there)
 SCALES = [2, 3, (2, 3), 1]
 MODES = [("nearest", False), ("bilinear", False), ("bilinear", True)]
 MODE_IDS = ["nearest", "bilinear", "bilinear-align"]
+PATHS = [mode + ("matmul",) for mode in MODES] + [("bilinear", False, "gather"),
+                                                  ("bilinear", True, "gather")]
+"""The modes, bilinear twice: its interpolation matrix is applied by matmul with the dense
+matrix for short axes, and by gathers of its non-zeros for long ones (``use_path`` sets
+DENSE_MAX to 0 for "gather", so every axis takes that way)."""
+PATH_IDS = MODE_IDS + ["bilinear-gather", "bilinear-align-gather"]
 PADDINGS = [1, (1, 2, 0, 3), (2, 0, 1, 1), (-1, 2, 1, -2)]
 
 pytestmark = pytest.mark.usefixtures("seeded")
+
+
+def use_path(path, monkeypatch):
+    if path == "gather":
+        monkeypatch.setattr(upsample, "DENSE_MAX", 0)
 
 
 def check(layer, shape, **kwargs):
@@ -45,16 +56,19 @@ def _torch_interpolate(scale, mode, align_corners):
 
 # =========================================================================== Upsample2D
 
-@pytest.mark.parametrize("mode,align_corners", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("mode,align_corners,path", PATHS, ids=PATH_IDS)
 @pytest.mark.parametrize("scale", SCALES, ids=str)
-def test_upsample_gradcheck(mode, align_corners, scale):
+def test_upsample_gradcheck(mode, align_corners, path, scale, monkeypatch):
+    use_path(path, monkeypatch)
     check(Upsample2D(scale, mode, align_corners), (2, 2, 3, 4))
 
 
-@pytest.mark.parametrize("mode,align_corners", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("mode,align_corners,path", PATHS, ids=PATH_IDS)
 @pytest.mark.parametrize("scale", SCALES + [(1, 4)], ids=str)
 @pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 2, 1, 3), (1, 1, 2, 1)], ids=str)
-def test_upsample_matches_the_loop_definition(mode, align_corners, scale, shape):
+def test_upsample_matches_the_loop_definition(mode, align_corners, path, scale, shape,
+                                              monkeypatch):
+    use_path(path, monkeypatch)
     x = randn(*shape, seed=1)
     layer = Upsample2D(scale, mode, align_corners).astype(np.float64)
     y = layer.forward(x)
@@ -67,9 +81,10 @@ def test_upsample_matches_the_loop_definition(mode, align_corners, scale, shape)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("mode,align_corners", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("mode,align_corners,path", PATHS, ids=PATH_IDS)
 @pytest.mark.parametrize("scale", SCALES, ids=str)
-def test_upsample_matches_torch(mode, align_corners, scale, dtype):
+def test_upsample_matches_torch(mode, align_corners, path, scale, dtype, monkeypatch):
+    use_path(path, monkeypatch)
     pytest.importorskip("torch")
     from torch_parity import torch_parity
 
@@ -78,7 +93,9 @@ def test_upsample_matches_torch(mode, align_corners, scale, dtype):
                  dtype=dtype)
 
 
-def test_upsample_keeps_the_dtype_and_returns_fresh_arrays():
+@pytest.mark.parametrize("path", ["matmul", "gather"])
+def test_upsample_keeps_the_dtype_and_returns_fresh_arrays(path, monkeypatch):
+    use_path(path, monkeypatch)
     x = randn(1, 2, 3, 3, dtype=np.float32)
     for mode, align_corners in MODES:
         for scale in (1, 2):
@@ -99,6 +116,19 @@ def test_bilinear_rows_are_convex_weights_of_two_neighbours():
             assert ((m != 0).sum(axis=1) <= 2).all() and (m >= 0).all()
     corners = bilinear_matrix(4, 3, True)
     assert corners[0, 0] == 1.0 and corners[-1, -1] == 1.0
+
+
+def test_long_axes_take_the_gather_path_and_agree_with_the_loops():
+    """An axis longer than DENSE_MAX is interpolated by gathers, a short one by matmul."""
+    x = randn(1, 1, 2, upsample.DENSE_MAX + 3, seed=8)
+    for align_corners in (False, True):
+        layer = Upsample2D(2, "bilinear", align_corners).astype(np.float64)
+        y = layer.forward(x)
+        np.testing.assert_allclose(y, ref.upsample_forward(x, 2, "bilinear", align_corners),
+                                   rtol=1e-13, atol=1e-13)
+        dy = randn(*y.shape, seed=9)
+        np.testing.assert_allclose(layer.backward(dy), ref.upsample_backward(
+            x.shape, dy, 2, "bilinear", align_corners), rtol=1e-13, atol=1e-13)
 
 
 def test_upsample_output_shape_and_summary():

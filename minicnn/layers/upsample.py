@@ -10,10 +10,10 @@ length L, output element d reads:
 * bilinear: 1 - f of the input at i = floor(src) and f of the one at i + 1 (clamped to L - 1),
   f = src - i, with src = max((d + 0.5) / s - 0.5, 0) (align_corners=False: half-pixel
   centres) or d * (L - 1) / (s*L - 1) (align_corners=True: corners onto corners). That is one
-  (s*L, L) matrix per axis with two non-zeros a row (``bilinear_matrix``), applied by matmul in
-  forward and its transpose in backward: exactly the adjoint, no scatter, BLAS-fast for the
-  feature-map sizes CNNs upsample (it costs 2L multiply-adds per output element, so for inputs
-  beyond ~100 pixels a side it falls behind a two-tap gather).
+  (s*L, L) matrix per axis with two non-zeros a row (``bilinear_matrix``), applied in forward
+  and its transpose in backward: exactly the adjoint, with no scatter. Up to ``DENSE_MAX``
+  inputs along the axis it is one matmul (BLAS); beyond, where a dense matrix costs 2L
+  multiply-adds per element, it is a few gathers of each row's non-zeros.
 """
 from __future__ import annotations
 
@@ -41,8 +41,10 @@ def _phase_view(y: Any, axis: int, scale: int) -> Any:
     return y.reshape(shape)
 
 
-@functools.lru_cache(maxsize=64)
-def _host_bilinear_matrix(size_in: int, scale: int, align_corners: bool) -> numpy.ndarray:
+def _host_taps(size_in: int, scale: int,
+               align_corners: bool) -> tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+    """(lower, upper, f) for every output index along one axis: it reads 1 - f of input
+    ``lower`` and f of input ``upper`` (PyTorch's source rule, in float64)."""
     size_out = size_in * scale
     d = numpy.arange(size_out, dtype=numpy.float64)
     if align_corners:
@@ -51,9 +53,14 @@ def _host_bilinear_matrix(size_in: int, scale: int, align_corners: bool) -> nump
         src = numpy.maximum((d + 0.5) / scale - 0.5, 0.0)
     lower = numpy.minimum(numpy.floor(src).astype(numpy.int64), size_in - 1)
     upper = numpy.minimum(lower + 1, size_in - 1)
-    frac = src - lower
-    matrix = numpy.zeros((size_out, size_in))
-    rows = numpy.arange(size_out)
+    return lower, upper, src - lower
+
+
+@functools.lru_cache(maxsize=16)
+def _host_bilinear_matrix(size_in: int, scale: int, align_corners: bool) -> numpy.ndarray:
+    lower, upper, frac = _host_taps(size_in, scale, align_corners)
+    matrix = numpy.zeros((size_in * scale, size_in))
+    rows = numpy.arange(size_in * scale)
     matrix[rows, lower] += 1.0 - frac       # lower == upper at the last input: both land there
     matrix[rows, upper] += frac
     matrix.flags.writeable = False
@@ -69,6 +76,63 @@ def bilinear_matrix(size_in: int, scale: int, align_corners: bool, xp: Any = num
     return xp.asarray(_host_bilinear_matrix(size_in, scale, align_corners), dtype=dtype)
 
 
+@functools.lru_cache(maxsize=16)
+def _host_sparse_rows(size_in: int, scale: int, align_corners: bool,
+                      transpose: bool) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """The non-zeros of each row of ``bilinear_matrix`` (or of its transpose), without
+    building it: (columns, weights), both (rows, K) for the most non-zeros K of any row,
+    shorter rows padded with weight 0 at column 0."""
+    lower, upper, frac = _host_taps(size_in, scale, align_corners)
+    outputs = numpy.arange(size_in * scale)
+    rows, columns = numpy.concatenate([outputs, outputs]), numpy.concatenate([lower, upper])
+    weights = numpy.concatenate([1.0 - frac, frac])
+    if transpose:
+        rows, columns = columns, rows
+    keep = weights != 0                     # f = 0: the upper tap reads nothing
+    rows, columns, weights = rows[keep], columns[keep], weights[keep]
+    order = numpy.lexsort((columns, rows))
+    rows, columns, weights = rows[order], columns[order], weights[order]
+    n_rows = size_in if transpose else size_in * scale
+    counts = numpy.bincount(rows, minlength=n_rows)
+    slot = numpy.arange(rows.size) - numpy.repeat(numpy.cumsum(counts) - counts, counts)
+    width = int(counts.max())
+    packed_columns = numpy.zeros((n_rows, width), dtype=numpy.int64)
+    packed_weights = numpy.zeros((n_rows, width))
+    packed_columns[rows, slot] = columns
+    packed_weights[rows, slot] = weights
+    packed_columns.flags.writeable = packed_weights.flags.writeable = False
+    return packed_columns, packed_weights
+
+
+DENSE_MAX = 128
+"""Axes up to this long (the input's, forward and backward) are interpolated by one matmul
+with the dense matrix (BLAS: fastest for the feature maps CNNs upsample); longer ones by K
+gathers of the matrix's non-zeros, which cost the same per element at any length."""
+
+
+def _interpolate_axis(x: Any, axis: int, size_in: int, scale: int, align_corners: bool,
+                      transpose: bool) -> Any:
+    """``bilinear_matrix`` (transposed for backward) applied along ``axis`` (-1 or -2)."""
+    xp = backend.get_array_module(x)
+    if size_in <= DENSE_MAX:
+        matrix = bilinear_matrix(size_in, scale, align_corners, xp, x.dtype)
+        matrix = matrix.T if transpose else matrix
+        return x @ matrix.T if axis == -1 else matrix @ x
+    columns, weights = _host_sparse_rows(size_in, scale, align_corners, transpose)
+    columns = xp.asarray(columns)
+    weights = xp.asarray(weights, dtype=x.dtype)
+    out = None
+    for k in range(columns.shape[1]):
+        w = weights[:, k] if axis == -1 else weights[:, k, None]
+        term = xp.take(x, columns[:, k], axis=axis)
+        if out is None:
+            out = xp.multiply(term, w, out=term)
+        else:
+            term *= w
+            out += term
+    return out
+
+
 def _resize_axis(x: Any, axis: int, scale: int, mode: str, align_corners: bool) -> Any:
     """Resize ``x`` by ``scale`` along ``axis`` (-1 or -2)."""
     if scale == 1:
@@ -76,23 +140,20 @@ def _resize_axis(x: Any, axis: int, scale: int, mode: str, align_corners: bool) 
     xp = backend.get_array_module(x)
     if mode == "nearest":
         return xp.repeat(x, scale, axis=axis)
-    matrix = bilinear_matrix(x.shape[axis], scale, align_corners, xp, x.dtype)
-    return x @ matrix.T if axis == -1 else matrix @ x
+    return _interpolate_axis(x, axis, x.shape[axis], scale, align_corners, False)
 
 
 def _resize_axis_backward(g: Any, axis: int, scale: int, mode: str, align_corners: bool) -> Any:
     """The adjoint of ``_resize_axis``: the gradient of its input from that of its output."""
     if scale == 1:
         return g
-    xp = backend.get_array_module(g)
     if mode == "nearest":
         phases = _phase_view(g, axis, scale)
         dx = phases[_slab(axis, 0)] + phases[_slab(axis, 1)]
         for r in range(2, scale):
             dx += phases[_slab(axis, r)]
         return dx
-    matrix = bilinear_matrix(g.shape[axis] // scale, scale, align_corners, xp, g.dtype)
-    return g @ matrix if axis == -1 else matrix.T @ g
+    return _interpolate_axis(g, axis, g.shape[axis] // scale, scale, align_corners, True)
 
 
 class Upsample2D(Layer):
