@@ -154,8 +154,10 @@ class MaxPool2D(_Pool2D):
                 better = tap > y                     # strict: ties keep the earlier tap
                 xp.maximum(y, tap, out=y)
                 # taps come in increasing k, so "argmax = k where better" is a running maximum
-                xp.maximum(argmax, better.astype(argmax.dtype) * argmax.dtype.type(k),
-                           out=argmax)
+                # (a bool array is read as uint8 0/1 without a copy)
+                flags = better.view(xp.uint8) if argmax.dtype == xp.uint8 else \
+                    better.astype(argmax.dtype)
+                xp.maximum(argmax, flags * argmax.dtype.type(k), out=argmax)
         self.save_for_backward(tuple(x.shape), argmax)
         return y.transpose(0, 3, 1, 2)
 
