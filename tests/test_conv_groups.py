@@ -116,13 +116,15 @@ def test_check_layer(config):
     check_layer(layer, (4,) + shape[1:])
 
 
-def test_inference_forward_equals_training_forward():
+@pytest.mark.parametrize("columns", [conv_module.INFERENCE_COLUMNS, 1])   # 1: a slice a sample
+def test_inference_forward_equals_training_forward(columns, monkeypatch):
+    monkeypatch.setattr(conv_module, "INFERENCE_COLUMNS", columns)
     for config in CONFIGS:
         layer, shape = make(config)
         x = randn(*shape, seed=5).astype(np.float32)
         y = layer.forward(x)
         with minicnn.no_grad():
-            np.testing.assert_array_equal(layer.forward(x), y)
+            np.testing.assert_allclose(layer.forward(x), y, rtol=1e-6, atol=1e-6)
 
 
 def test_depthwise_makes_no_im2col(monkeypatch):

@@ -253,23 +253,43 @@ class Conv2D(Layer):
 
     def _grouped_forward(self, x: Any, ho: int, wo: int, size: tuple[int, ...]) -> Any:
         """1 < groups < C: each input group's im2col into one (G, N*Ho*Wo, kh*kw*C/G) array,
-        times the group weights in one batched matrix multiply -> (G, N*Ho*Wo, O/G)."""
+        times the group weights in one batched matrix multiply -> (G, N*Ho*Wo, O/G). Under
+        ``no_grad()`` one slice of the batch at a time (as ``_forward_in_slices``)."""
         xp = backend.get_array_module(x)
         n, g, (kh, kw) = x.shape[0], self.groups, self.kernel_size
-        cg = self.in_channels // g
-        shape = (g, n * ho * wo, kh * kw * cg)
-        cols = self.workspace("group_cols", shape, x.dtype, xp) if grad_enabled() else \
-            xp.empty(shape, dtype=x.dtype)
-        for group in range(g):
+        k = kh * kw * self.in_channels // g
+        weights = self._group_weights()
+        if grad_enabled():
+            cols = self._grouped_columns(x, ho, wo, self.workspace(
+                "group_cols", (g, n * ho * wo, k), x.dtype, xp))
+            self.save_for_backward(tuple(x.shape), cols, size)
+            return self._grouped_product(cols, weights, n, ho, wo).transpose(0, 3, 1, 2)
+        y = xp.empty((n, ho, wo, self.out_channels), dtype=x.dtype)
+        step = max(1, INFERENCE_COLUMNS // (ho * wo * k * g))
+        buffer = xp.empty((g, min(step, n) * ho * wo, k), dtype=x.dtype)
+        for start in range(0, n, step):
+            part = x[start:start + step]
+            cols = self._grouped_columns(part, ho, wo, buffer[:, :part.shape[0] * ho * wo])
+            y[start:start + part.shape[0]] = self._grouped_product(cols, weights, part.shape[0],
+                                                                   ho, wo)
+        return y.transpose(0, 3, 1, 2)
+
+    def _grouped_columns(self, x: Any, ho: int, wo: int, cols: Any) -> Any:
+        """im2col of each input group of x into ``cols[group]``, (N*Ho*Wo, kh*kw*C/G)."""
+        n, (kh, kw) = x.shape[0], self.kernel_size
+        cg = self.in_channels // self.groups
+        for group in range(self.groups):                # cols[group]: contiguous rows
             im2col(x[:, group * cg:(group + 1) * cg], self.kernel_size, self.stride,
                    self.padding, self.dilation, out=cols[group].reshape(n, ho, wo, kh, kw, cg))
-        # (G, N*Ho*Wo, O/G) -> channels-last (N, Ho, Wo, O): the reshape copies
-        y = xp.matmul(cols, self._group_weights()).transpose(1, 0, 2).reshape(
-            n, ho, wo, self.out_channels)
+        return cols
+
+    def _grouped_product(self, cols: Any, weights: Any, n: int, ho: int, wo: int) -> Any:
+        """(G, N*Ho*Wo, K) @ (G, K, O/G) -> (N, Ho, Wo, O) (channels-last), plus the bias."""
+        y = backend.get_array_module(cols).matmul(cols, weights).transpose(1, 0, 2).reshape(
+            n, ho, wo, self.out_channels)               # the reshape copies
         if self.bias is not None:
             y += self.bias.data
-        self.save_for_backward(tuple(x.shape), cols, size)
-        return y.transpose(0, 3, 1, 2)
+        return y
 
     def _grouped_backward(self, grad_out: Any, input_grad: bool) -> Any:
         """dW_g = cols_g.T @ dy_g for every group in one batched multiply; dx group by group
