@@ -30,16 +30,15 @@ exp(-x^2/2) computed from a split of x^2 so its rounding is not amplified. Worst
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Callable
 from typing import Any
-
-import numpy
-from numpy.polynomial import Chebyshev, Polynomial
 
 from minicnn.core import backend
 
-__all__ = ["erf", "normal_cdf"]
+__all__ = ["erf", "normal_cdf", "ignoring_overflow"]
 
 _CUT, _SERIES_TERMS, _FRACTION_DEPTH = 2.0, 30, 40
 """float64: where the series hands over to the continued fraction, and their lengths (the
@@ -103,32 +102,65 @@ def _half_gauss(x: Any) -> Any:
     return xp.exp(h * h * c(-0.5)) * xp.exp((x - h) * (x + h) * c(-0.5))
 
 
+def ignoring_overflow(xp: Any) -> contextlib.AbstractContextManager[Any]:
+    """``xp.errstate`` ignoring overflow and invalid values where the module has one (NumPy),
+    for computations whose inf/NaN elements are replaced afterwards; else nothing."""
+    errstate = getattr(xp, "errstate", None)
+    return errstate(over="ignore", invalid="ignore") if errstate else contextlib.nullcontext()
+
+
+def _chebyshev_fit(f: Callable[[float], float], degree: int, lo: float, hi: float,
+                   in_unit_variable: bool = False) -> tuple[float, ...]:
+    """Power-basis coefficients (lowest first) of the polynomial interpolating f at the
+    degree + 1 Chebyshev points of [lo, hi]: in t itself, or with ``in_unit_variable`` in
+    u = (2t - lo - hi) / (hi - lo), which spans [-1, 1]. Python floats: done once, on the host."""
+    n = degree + 1
+    nodes = [math.cos(math.pi * (j + 0.5) / n) for j in range(n)]
+    values = [f(lo + (hi - lo) * (u + 1) / 2) for u in nodes]
+    cheb = [2 / n * sum(v * math.cos(math.pi * k * (j + 0.5) / n) for j, v in enumerate(values))
+            for k in range(n)]
+    cheb[0] /= 2
+    coefficients = [0.0] * n                   # sum_k cheb[k] T_k(u), T_{k+1} = 2u T_k - T_{k-1}
+    previous, current = [1.0], [0.0, 1.0]
+    for k in range(n):
+        basis = previous if k == 0 else current
+        for i, b in enumerate(basis):
+            coefficients[i] += cheb[k] * b
+        if k >= 1:
+            following = [2 * b for b in [0.0] + current]
+            for i, b in enumerate(previous):
+                following[i] -= b
+            previous, current = current, following
+    if in_unit_variable:
+        return tuple(coefficients)
+    scale, shift = 2 / (hi - lo), -(hi + lo) / (hi - lo)          # u = scale * t + shift
+    in_t = [coefficients[-1]]
+    for a in reversed(coefficients[:-1]):      # Horner on polynomials: in_t (scale t + shift) + a
+        times_t = [0.0] + [scale * c for c in in_t]
+        in_t = [shift * c for c in in_t] + [0.0]
+        in_t = [x + y for x, y in zip(in_t, times_t)]
+        in_t[0] += a
+    return tuple(in_t)
+
+
 @functools.cache
 def _float32_polynomials() -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Power-basis coefficients (lowest first) of P(t) ~ erf(sqrt t) / sqrt t on [0, 1] and
-    Q ~ exp(a^2) erfc(a) on a in [1, 4] (as a polynomial in u, see ``_q``), interpolated at
-    Chebyshev points in float64."""
-    def p(t: Any) -> Any:
-        return numpy.array([math.erf(math.sqrt(v)) / math.sqrt(v) if v > 0 else
-                            2 / math.sqrt(math.pi) for v in numpy.atleast_1d(t)])
+    """Power-basis coefficients (lowest first) of P(t) ~ erf(sqrt t) / sqrt t on [0, 1.5^2]
+    and of Q ~ exp(a^2) erfc(a) on a in [1, 4] (as a polynomial in u, see ``_q``),
+    interpolated at Chebyshev points from ``math.erf``."""
+    def p(t: float) -> float:
+        return math.erf(math.sqrt(t)) / math.sqrt(t) if t > 0 else 2 / math.sqrt(math.pi)
 
-    def q(u: Any) -> Any:
-        a = _q_variable_inverse(numpy.atleast_1d(u))
-        return numpy.array([math.exp(v * v) * math.erfc(v) for v in a])
+    def q(a: float) -> float:
+        return math.exp(a * a) * math.erfc(a)
 
-    # Q in u = (2a - 5) / 3 in [-1, 1]: in a itself the power basis cancels badly in float32
-    fits = (Chebyshev.interpolate(p, _P_DEGREE, domain=[0.0, _CUT32 ** 2]),
-            Chebyshev.interpolate(q, _Q_DEGREE, domain=[-1.0, 1.0]))
-    p_coef, q_coef = (tuple(float(v) for v in f.convert(kind=Polynomial).coef) for f in fits)
-    return p_coef, q_coef
+    # Q in u in [-1, 1]: in a itself the power basis cancels badly in float32
+    return (_chebyshev_fit(p, _P_DEGREE, 0.0, _CUT32 ** 2),
+            _chebyshev_fit(q, _Q_DEGREE, _LOW32, _ONE32, in_unit_variable=True))
 
 
 _Q_SCALE, _Q_SHIFT = 2 / (_ONE32 - _LOW32), (_ONE32 + _LOW32) / (_ONE32 - _LOW32)
 """u = a * _Q_SCALE - _Q_SHIFT maps [_LOW32, _ONE32] onto [-1, 1]."""
-
-
-def _q_variable_inverse(u: Any) -> Any:
-    return (u + _Q_SHIFT) / _Q_SCALE
 
 
 def _q(coefficients: tuple[float, ...], a: Any) -> Any:
@@ -153,7 +185,7 @@ def _erf_float32(x: Any) -> Any:
     xp = backend.get_array_module(x)
     c = x.dtype.type
     p_coef, q_coef = _float32_polynomials()
-    with numpy.errstate(over="ignore", invalid="ignore"):    # huge |x|: replaced below
+    with ignoring_overflow(xp):                               # huge |x|: replaced below
         t = x * x
         out = _horner(p_coef, t)
         out *= x
@@ -209,7 +241,7 @@ def _normal_cdf_float32(x: Any) -> Any:
     p_coef, q_coef = _float32_polynomials()
     # Phi(x) - 1/2 = (x / sqrt 2) P(x^2 / 2) / 2: P's coefficients scaled once
     r_coef = tuple(v / 2 ** k / (2 * math.sqrt(2)) for k, v in enumerate(p_coef))
-    with numpy.errstate(over="ignore", invalid="ignore"):    # huge |x|: replaced below
+    with ignoring_overflow(xp):                               # huge |x|: replaced below
         t = x * x
         out = _horner(r_coef, t)
         out *= x

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy
-
 from minicnn.core import backend
 from minicnn.layers import initializers
 from minicnn.layers.activation_base import Activation
@@ -29,8 +27,8 @@ class ReLU6(Activation):
 
     def to_onnx(self, ctx: Any, inputs: list[str]) -> str:
         """Clip with min and max as inputs (as from opset 11)."""
-        lo = ctx.add_initializer(f"{ctx.name}.min", numpy.float32(0))
-        hi = ctx.add_initializer(f"{ctx.name}.max", numpy.float32(6))
+        lo = ctx.add_initializer(f"{ctx.name}.min", 0.0)       # written as float32
+        hi = ctx.add_initializer(f"{ctx.name}.max", 6.0)
         return str(ctx.add_node("Clip", [inputs[0], lo, hi], [ctx.name])[0])
 
 
@@ -125,13 +123,13 @@ class PReLU(Activation):
         if self.num_parameters > 1:
             shape = ctx.add_node("Shape", [x], [f"{n}.shape"])[0]
             rank = ctx.add_node("Shape", [shape], [f"{n}.rank"])[0]
-            two = ctx.add_initializer(f"{n}.two", numpy.array([2], dtype=numpy.int64))
+            two = ctx.add_initializer(f"{n}.two", backend.to_numpy([2]).astype("int64"))
             trailing = ctx.add_node("Sub", [rank, two], [f"{n}.trailing"])[0]
             ones = ctx.add_node("ConstantOfShape", [trailing], [f"{n}.ones"],
-                                value=ctx.onnx.numpy_helper.from_array(
-                                    numpy.array([1], dtype=numpy.int64)))[0]
-            channels = ctx.add_initializer(f"{n}.channels",
-                                           numpy.array([self.num_parameters], dtype=numpy.int64))
+                                value=ctx.onnx.helper.make_tensor(
+                                    "value", ctx.onnx.TensorProto.INT64, [1], [1]))[0]
+            channels = ctx.add_initializer(
+                f"{n}.channels", backend.to_numpy([self.num_parameters]).astype("int64"))
             target = ctx.add_node("Concat", [channels, ones], [f"{n}.slope_shape"], axis=0)[0]
             slope = ctx.add_node("Reshape", [slope, target], [f"{n}.slope"])[0]
         return str(ctx.add_node("PRelu", [x, slope], [n])[0])

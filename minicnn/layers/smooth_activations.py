@@ -10,10 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy
-
 from minicnn.core import backend
-from minicnn.core.special import normal_cdf
+from minicnn.core.special import ignoring_overflow, normal_cdf
 from minicnn.layers.activation_base import Activation
 from minicnn.layers.blockwise import blockwise, zeros_like
 
@@ -26,14 +24,14 @@ _KAPPA = 0.044715
 
 
 def _scalar(ctx: Any, name: str, value: float) -> str:
-    """A float32 0-d constant for an ONNX graph."""
-    return str(ctx.add_initializer(f"{ctx.name}.{name}", numpy.float32(value)))
+    """A 0-d constant for an ONNX graph (written as float32)."""
+    return str(ctx.add_initializer(f"{ctx.name}.{name}", float(value)))
 
 
 def _sigmoid(z: Any) -> Any:
     """1 / (1 + exp(-z)); exp overflows to inf for z < -88 (float32), giving exactly 0."""
     xp = backend.get_array_module(z)
-    with numpy.errstate(over="ignore"):
+    with ignoring_overflow(xp):
         s = xp.exp(-z)
     s += z.dtype.type(1)
     return xp.reciprocal(s, out=s)
