@@ -33,7 +33,6 @@ import minicnn
 from minicnn import training, zoo
 from minicnn.cli import onnx_import
 from minicnn.cli.common import (
-    DATASETS,
     EVAL_CONFUSION,
     CLIError,
     Parser,
@@ -41,6 +40,7 @@ from minicnn.cli.common import (
     can_plot,
     checkpoint_path,
     class_names,
+    dataset_name,
     non_negative,
     non_negative_float,
     positive,
@@ -284,7 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder holding mnist/ and fashion-mnist/ (default: $MINICNN_DATA)")
 
     t = sub.add_parser("train", help="train a model; writes a run directory")
-    t.add_argument("--dataset", choices=DATASETS, help="mnist (default) or fashion-mnist")
+    t.add_argument("--dataset", type=dataset_name, metavar="DATASET",
+                   help="mnist (default), fashion-mnist, cifar10, or folder:PATH (one "
+                   "subfolder of images per class; train/ and test/ inside, or a tenth held out)")
+    t.add_argument("--channels", type=int, choices=(1, 3),
+                   help="folder:PATH images read as grey (1) or RGB (3, default)")
+    t.add_argument("--image-size", type=positive, metavar="N",
+                   help="folder:PATH images resized to NxN (default 32)")
     t.add_argument("--model", type=model_name, metavar="MODEL",
                    help=f"{', '.join(zoo.MODELS)} (default ref-cnn), or module:function for "
                    "a model of your own (a function returning a minicnn model; it may take "
@@ -340,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="accuracy, per-class accuracy, confusion matrix")
     e.add_argument("checkpoint", help="a .npz checkpoint or a run folder (its model.npz)")
-    e.add_argument("--dataset", choices=DATASETS, help="default: the checkpoint's")
+    e.add_argument("--dataset", type=dataset_name, metavar="DATASET",
+                   help="default: the checkpoint's")
     e.add_argument("--batch-size", type=positive, default=256)
     e.add_argument("--limit", type=positive, metavar="N", help="only the first N test images")
     common(e)
@@ -351,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="an image file (any size; PNG/PGM, or any format with Pillow) or a "
                    "test-set index")
-    p.add_argument("--dataset", choices=DATASETS, help="test set for indices (default: the "
+    p.add_argument("--dataset", type=dataset_name, metavar="DATASET",
+                   help="test set for indices (default: the "
                    "checkpoint's)")
     p.add_argument("--invert", action="store_true", help="invert files (black digit on "
                    "white); by default light backgrounds are detected and inverted")
@@ -386,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--invert", action="store_true", help="invert the file (black on white); "
                    "by default a light background is detected and inverted")
     v.add_argument("--out", metavar="DIR", help="where to write (default: the model's folder)")
-    v.add_argument("--dataset", choices=DATASETS, help="test set for an index (default: the "
+    v.add_argument("--dataset", type=dataset_name, metavar="DATASET",
+                   help="test set for an index (default: the "
                    "checkpoint's)")
     common(v)
     v.set_defaults(func=cmd_visualize)

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import minicnn
+from minicnn.data.cifar10 import CIFAR10_CLASSES, load_cifar10
 from minicnn.data.datasets import load_fashion_mnist, load_mnist
+from minicnn.data.folder import load_folder_splits
 from minicnn.saving.checkpoint import RUN_MODEL, checkpoint_file
 from minicnn.viz import plots
 
@@ -21,7 +23,20 @@ DATASETS = {
     "mnist": (load_mnist, [str(d) for d in range(10)]),
     "fashion-mnist": (load_fashion_mnist, ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                                            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]),
+    "cifar10": (load_cifar10, CIFAR10_CLASSES),
 }
+FOLDER = "folder:"
+"""``--dataset folder:PATH``: an image folder, one subfolder per class (minicnn.data.folder)."""
+FOLDER_SHAPE = (3, 32, 32)
+"""The (channels, height, width) folder images are read as unless --channels/--image-size say."""
+
+
+def dataset_name(text: str) -> str:
+    """--dataset: a known data set, or folder:PATH."""
+    if text in DATASETS or (text.startswith(FOLDER) and len(text) > len(FOLDER)):
+        return text
+    raise argparse.ArgumentTypeError(f"expected one of {', '.join(DATASETS)} or folder:PATH, "
+                                     f"got {text!r}")
 
 
 # Commands that run training or inference steps, for which the CLI tunes the C allocator.
@@ -98,12 +113,27 @@ def set_backend(name: str | None) -> None:
         minicnn.set_backend(name)
 
 
-def load_dataset(name: str, root: str | None):
-    """((x_train, y_train), (x_test, y_test)) as NumPy arrays; a given root must exist."""
+def load_dataset(name: str, root: str | None, shape: Any = FOLDER_SHAPE):
+    """((x_train, y_train), (x_test, y_test)) as NumPy arrays; a given root must exist. A
+    folder data set is read at ``shape`` (channels, height, width)."""
+    if name.startswith(FOLDER):
+        (x, y), (xt, yt), _ = load_folder_splits(name[len(FOLDER):], tuple(shape[1:]),
+                                                 int(shape[0]))
+        return (x, y), (xt, yt)
     if root is not None and not Path(root).is_dir():
         raise CLIError(f"--data-root {root}: no such folder")
     loader, _ = DATASETS[name]
     return loader(root)
+
+
+def dataset_classes(name: str) -> list[str]:
+    """The class names of a data set (a folder's: its class subfolders, sorted)."""
+    if not name.startswith(FOLDER):
+        return list(DATASETS[name][1])
+    folder = Path(name[len(FOLDER):])
+    if (folder / "train").is_dir() and (folder / "test").is_dir():
+        folder = folder / "train"
+    return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
 def can_plot() -> bool:
@@ -120,9 +150,9 @@ def test_set(meta: dict[str, Any], args: argparse.Namespace):
     if dataset is None:
         raise CLIError("the checkpoint does not say which dataset it was trained on; pass "
                        "--dataset")
-    if dataset not in DATASETS:
+    if dataset not in DATASETS and not str(dataset).startswith(FOLDER):
         raise CLIError(f"unknown dataset {dataset!r} in the checkpoint; pass --dataset")
-    _, (xt, yt) = load_dataset(dataset, args.data_root)
+    _, (xt, yt) = load_dataset(dataset, args.data_root, meta.get("image_shape", FOLDER_SHAPE))
     return dataset, xt, yt
 
 

@@ -17,13 +17,15 @@ from minicnn.cli.common import (
     BEST,
     CONFUSION,
     CURVES,
-    DATASETS,
     EVAL_CONFUSION,
     FINAL,
+    FOLDER,
+    FOLDER_SHAPE,
     LAST,
     METRICS,
     CLIError,
     can_plot,
+    dataset_classes,
     load_dataset,
     say,
     set_backend,
@@ -42,7 +44,7 @@ from minicnn.viz import plots
 # Settings a run is defined by: on --resume they default to the saved ones and may not change.
 RUN_KEYS = ("dataset", "model", "batch_size", "lr", "momentum", "weight_decay", "schedule",
             "seed", "limit", "augment", "optimizer", "val_split", "precision", "clip_norm",
-            "clip_value", "warmup_steps")
+            "clip_value", "warmup_steps", "channels", "image_size")
 
 
 def _resolve(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str, Any]:
@@ -52,7 +54,8 @@ def _resolve(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str
     model = getattr(args, "model", None) or saved.get("model", "ref-cnn")
     defaults = {"dataset": "mnist", "model": "ref-cnn", "seed": 0, "limit": None,
                 "test_limit": None, "precision": "fp32", "clip_norm": None, "clip_value": None,
-                "warmup_steps": 0, **zoo.recipe_for(model).as_dict()}
+                "warmup_steps": 0, "channels": FOLDER_SHAPE[0], "image_size": FOLDER_SHAPE[1],
+                **zoo.recipe_for(model).as_dict()}
     optimizer = getattr(args, "optimizer", None) or saved.get("optimizer", defaults["optimizer"])
     if optimizer != defaults["optimizer"]:             # another optimizer: its own defaults
         defaults.update(optimizer=optimizer, **training.OPTIMIZER_DEFAULTS[optimizer])
@@ -132,7 +135,8 @@ def _train(args: argparse.Namespace, comm: distributed.Communicator) -> int:
     if s["batch_size"] % comm.size:
         raise CLIError(f"--batch-size {s['batch_size']} does not split evenly among "
                        f"{comm.size} ranks; use a multiple of {comm.size}")
-    (x, y), (xt, yt) = load_dataset(s["dataset"], args.data_root)
+    folder_shape = (s["channels"], s["image_size"], s["image_size"])
+    (x, y), (xt, yt) = load_dataset(s["dataset"], args.data_root, folder_shape)
     if s["limit"]:
         x, y = x[:s["limit"]], y[:s["limit"]]
     if s["test_limit"]:
@@ -148,7 +152,7 @@ def _train(args: argparse.Namespace, comm: distributed.Communicator) -> int:
     keep = numpy.ones(len(x), bool)
     keep[held_out] = False
     (xv, yv), (x, y) = (x[held_out], y[held_out]), (x[keep], y[keep])
-    classes = DATASETS[s["dataset"]][1]
+    classes = dataset_classes(s["dataset"])
 
     minicnn.manual_seed(s["seed"])
     if ":" in s["model"] and "" not in sys.path and os.getcwd() not in sys.path:
@@ -189,6 +193,8 @@ def _train(args: argparse.Namespace, comm: distributed.Communicator) -> int:
 
     meta = {"run": s, "dataset": s["dataset"], "model_name": s["model"], "classes": classes,
             "transform": transform.config(), "ranks": comm.size}
+    if s["dataset"].startswith(FOLDER):
+        meta["image_shape"] = list(folder_shape)
     ranks = f", {comm.size} ranks ({comm.name})" if comm.size > 1 else ""
     if root:
         say(f"training {s['model']} on {s['dataset']} with {s['optimizer']} ({len(x)} train / "

@@ -18,7 +18,7 @@ from minicnn.core.atomic import atomic_write_bytes
 from minicnn.data.errors import DatasetError
 from minicnn.data.idx import GZIP_MAGIC, decompress, parse_idx
 
-__all__ = ["DOWNLOAD_TIMEOUT", "DOWNLOAD_DEADLINE", "MAX_DOWNLOAD_BYTES", "fetch",
+__all__ = ["DOWNLOAD_TIMEOUT", "DOWNLOAD_DEADLINE", "MAX_DOWNLOAD_BYTES", "fetch", "download_bytes",
            "check_scheme", "describe_error"]
 
 DOWNLOAD_TIMEOUT = 30.0  # seconds per network operation (connect or read)
@@ -32,30 +32,28 @@ MAX_DOWNLOAD_BYTES = 64 << 20
 """Largest response accepted (the biggest MNIST archive is under 10 MB)."""
 
 
-def fetch(url: str, folder: Path, stem: str, sha256: str) -> Path:
-    """Download one archive, verify its payload, then write it into ``folder`` atomically.
-
-    The body is held in memory (26 MB at most) until verified, so a failed or corrupt
-    download never touches the folder; the verified bytes go through a temp file + rename.
-    """
+def download_bytes(url: str, label: str, max_bytes: int = MAX_DOWNLOAD_BYTES,
+                   deadline_s: float = DOWNLOAD_DEADLINE) -> bytes:
+    """The body at ``url``, held in memory: at most ``max_bytes`` (checked against
+    Content-Length, then counted), within ``deadline_s`` seconds; DatasetError otherwise."""
     check_scheme(url)
     request = urllib.request.Request(url, headers={"User-Agent": "minicnn"})
     chunks: list[bytes] = []
-    received, deadline = 0, time.monotonic() + DOWNLOAD_DEADLINE
+    received, deadline = 0, time.monotonic() + deadline_s
     with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT) as response:
         length = response.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
-        if total is not None and total > MAX_DOWNLOAD_BYTES:
+        if total is not None and total > max_bytes:
             raise DatasetError(f"the server announces {total:,} bytes, more than the "
-                               f"{MAX_DOWNLOAD_BYTES:,} allowed")
+                               f"{max_bytes:,} allowed")
         with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                  desc=f"{stem}.gz") as bar:
+                  desc=label) as bar:
             while chunk := response.read(1 << 16):
                 received += len(chunk)
-                if received > MAX_DOWNLOAD_BYTES:
-                    raise DatasetError(f"more than {MAX_DOWNLOAD_BYTES:,} bytes; stopped")
+                if received > max_bytes:
+                    raise DatasetError(f"more than {max_bytes:,} bytes; stopped")
                 if time.monotonic() > deadline:
-                    raise DatasetError(f"not done after {DOWNLOAD_DEADLINE:.0f} s "
+                    raise DatasetError(f"not done after {deadline_s:.0f} s "
                                        f"({received:,} bytes); stopped")
                 chunks.append(chunk)
                 bar.update(len(chunk))
@@ -63,6 +61,16 @@ def fetch(url: str, folder: Path, stem: str, sha256: str) -> Path:
     # http.client's read(n) returns b"" at a premature close instead of raising.
     if total is not None and len(raw) != total:
         raise DatasetError(f"connection closed after {len(raw)} of {total} bytes")
+    return raw
+
+
+def fetch(url: str, folder: Path, stem: str, sha256: str) -> Path:
+    """Download one archive, verify its payload, then write it into ``folder`` atomically.
+
+    The body is held in memory (26 MB at most) until verified, so a failed or corrupt
+    download never touches the folder; the verified bytes go through a temp file + rename.
+    """
+    raw = download_bytes(url, f"{stem}.gz")
     parse_idx(decompress(raw), sha256)
     target = folder / (f"{stem}.gz" if raw[:2] == GZIP_MAGIC else stem)
     atomic_write_bytes(target, raw)
