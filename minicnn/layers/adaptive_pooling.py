@@ -8,6 +8,10 @@ the window taps as strided slices, as AvgPool2D does. Otherwise it uses that an 
 rectangle is the row average of the column averages: two matrix products with averaging
 matrices, ``y = A_h @ x @ A_w.T`` (``A_h`` is (oh, H), holding 1/len of each window on its
 rows), one BLAS call each on NumPy and CuPy, and the backward ``dx = A_h.T @ dy @ A_w``.
+
+ONNX: GlobalMaxPool2D exports through its ``to_onnx``; AdaptiveAvgPool2D through the exporter's
+built-in mapping (GlobalAveragePool or AveragePool; unequal windows have no ONNX operator), which
+reads the input size the layer's ``output_shape`` last saw (the model's shapes).
 """
 from __future__ import annotations
 
