@@ -16,7 +16,9 @@ import importlib.util
 import os
 import shutil
 import sys
+import threading
 from functools import cache
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -91,3 +93,46 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def seeded() -> None:
     """minicnn's global generator seeded with 0 (the same initial weights in every test)."""
     minicnn.manual_seed(0)
+
+
+# --------------------------------------------------------------------------- a local HTTP server
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        route = self.server.routes.get(self.path)
+        if route is None:
+            self.send_error(404)
+            return
+        body, length = route
+        self.send_response(200)
+        if callable(body):            # a stream of chunks, no length: until the client quits
+            self.end_headers()
+            try:
+                for chunk in body():
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            self.close_connection = True
+            return
+        self.send_header("Content-Length", str(length))
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True  # with a short body this cuts the transfer
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    """A local HTTP server; tests fill ``server.routes[path] = (body, content_length)``."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.routes = {}
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()

@@ -9,7 +9,6 @@ import tarfile
 
 import numpy as np
 import pytest
-from test_datasets import server as http_server  # noqa: F401  (fixture "server")
 
 from minicnn.cli import commands as cli
 from minicnn.data import cifar10
