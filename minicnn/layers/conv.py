@@ -73,11 +73,8 @@ class Conv2D(Layer):
         self.kernel_size = pair(kernel_size, "Conv2D kernel_size")
         self.stride = pair(stride, "Conv2D stride")
         self.dilation = pair(dilation, "Conv2D dilation")
-        if min(self.kernel_size + self.stride + self.dilation) < 1:
-            raise ValueError(f"Conv2D: kernel_size, stride, dilation must be >= 1 and padding "
-                             f">= 0, got {kernel_size}, {stride}, {dilation}, {padding}")
         self.pads: Pads = self._resolve_padding(padding)
-        if min(self.pads) < 0:
+        if min(self.kernel_size + self.stride + self.dilation) < 1 or min(self.pads) < 0:
             raise ValueError(f"Conv2D: kernel_size, stride, dilation must be >= 1 and padding "
                              f">= 0, got {kernel_size}, {stride}, {dilation}, {padding}")
         self.padding = (self.pads[0], self.pads[1])
