@@ -13,11 +13,12 @@ nodes whose inputs are all constants are evaluated at import time
 (``minicnn.onnx.import_fold``), which removes the shape arithmetic PyTorch's exporter leaves.
 
 The file is read within budgets, before anything large is allocated: at most
-``MAX_MODEL_BYTES`` on disk, ``MAX_NODES`` nodes, ``MAX_TENSOR_BYTES`` per constant tensor
-(declared shape x item size checked against the data actually stored), no external data
-files, no subgraphs. Anything else minicnn cannot import (an operator, an attribute value, a
-second input) stops the import with one ``OnnxImportError`` line naming the file, the node,
-its operator and what is missing. The onnx package is imported only here, when importing.
+``MAX_MODEL_BYTES`` on disk, ``MAX_NODES`` nodes (checked before any node is looked at),
+``MAX_TENSOR_BYTES`` per constant tensor (declared shape x item size checked against the data
+actually stored), no external data files, no subgraphs. Anything else minicnn cannot import
+(an operator, an attribute value, a second input) stops the import with one
+``OnnxImportError`` line naming the file, the node, its operator and what is missing. The
+onnx package is imported only here, when importing.
 """
 from __future__ import annotations
 
@@ -33,14 +34,15 @@ from minicnn.models import Model
 from minicnn.onnx.import_context import ImportContext, NodeView, OnnxImportError
 from minicnn.onnx.import_fold import BATCH, FOLDERS, FoldError, fold
 from minicnn.onnx.import_ops import OPS
+from minicnn.saving.description import MAX_LAYERS
 
 __all__ = ["OnnxImportError", "import_onnx", "SUPPORTED_OPS", "MAX_MODEL_BYTES", "MAX_NODES",
            "MAX_TENSOR_BYTES"]
 
 MAX_MODEL_BYTES = 2 << 30
 """Largest .onnx file read (2 GiB, protobuf's own limit for one message)."""
-MAX_NODES = 100_000
-"""Most nodes in a graph."""
+MAX_NODES = MAX_LAYERS
+"""Most nodes in a graph (10,000: a checkpoint holds at most as many layers)."""
 MAX_TENSOR_BYTES = 1 << 30
 """Largest constant tensor (1 GiB, e.g. 256 M float32 weights)."""
 SUPPORTED_OPS = frozenset(OPS) | frozenset(FOLDERS)
