@@ -649,3 +649,61 @@ def running_statistics_reference(batches, momentum=0.1):
             mean[ch] = (1 - momentum) * mean[ch] + momentum * mu
             var[ch] = (1 - momentum) * var[ch] + momentum * unbiased
     return mean, var
+
+
+# ------------------------------------------------------------------ transposed convolution
+
+def conv_transpose2d_forward(x, weight, bias, stride=1, padding=0, output_padding=0,
+                             dilation=1, groups=1):
+    """Scatter form, from the definition: every input pixel x[n, c, h, w] adds
+    x[n, c, h, w] * W[c, o, i, j] onto y[n, g*O/G + o, h*s - p + i*d, w*s - p + j*d] (kept when
+    inside the output), g = c // (C/G); then b[o] is added everywhere. W is (C, O/G, kh, kw) and
+    the output is ((H-1)*s - 2p + d*(k-1) + output_padding + 1) along each axis."""
+    (sh, sw), (ph, pw), (oph, opw), (dh, dw) = (pair(stride), pair(padding),
+                                                pair(output_padding), pair(dilation))
+    n, c, h, w = x.shape
+    _, og, kh, kw = weight.shape
+    cg = c // groups
+    ho = (h - 1) * sh - 2 * ph + dh * (kh - 1) + oph + 1
+    wo = (w - 1) * sw - 2 * pw + dw * (kw - 1) + opw + 1
+    y = np.zeros((n, og * groups, ho, wo))
+    for b in range(n):
+        for ch in range(c):
+            g = ch // cg
+            for r in range(h):
+                for q in range(w):
+                    for o in range(og):
+                        for i in range(kh):
+                            for j in range(kw):
+                                u, v = r * sh - ph + i * dh, q * sw - pw + j * dw
+                                if 0 <= u < ho and 0 <= v < wo:
+                                    y[b, g * og + o, u, v] += x[b, ch, r, q] * weight[ch, o, i, j]
+    if bias is not None:
+        y += np.asarray(bias, dtype=np.float64)[None, :, None, None]
+    return y
+
+
+def conv_transpose2d_backward(x, weight, grad_out, stride=1, padding=0, dilation=1, groups=1):
+    """Gradients of L = sum(y * grad_out) for ``conv_transpose2d_forward``: (dx, dW, db), by the
+    same loops: each term x[n,c,h,w] * W[c,o,i,j] landing on output (u, v) gives grad_out there
+    times the other factor to each factor's gradient."""
+    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
+    n, c, h, w = x.shape
+    _, og, kh, kw = weight.shape
+    cg = c // groups
+    ho, wo = grad_out.shape[2:]
+    dx, dweight = np.zeros(x.shape), np.zeros(weight.shape)
+    for b in range(n):
+        for ch in range(c):
+            g = ch // cg
+            for r in range(h):
+                for q in range(w):
+                    for o in range(og):
+                        for i in range(kh):
+                            for j in range(kw):
+                                u, v = r * sh - ph + i * dh, q * sw - pw + j * dw
+                                if 0 <= u < ho and 0 <= v < wo:
+                                    gy = grad_out[b, g * og + o, u, v]
+                                    dx[b, ch, r, q] += gy * weight[ch, o, i, j]
+                                    dweight[ch, o, i, j] += gy * x[b, ch, r, q]
+    return dx, dweight, np.asarray(grad_out, dtype=np.float64).sum(axis=(0, 2, 3))
