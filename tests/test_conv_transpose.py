@@ -86,6 +86,16 @@ def test_output_padding_rows_hold_the_bias_when_no_window_reaches_them():
         layer.bias.data[:, None], (3, 7)))   # the gap between windows: bias alone too
 
 
+def test_output_padding_rows_are_reached_by_windows_within_padding():
+    layer = ConvTranspose2D(1, 1, 3, stride=2, padding=1, output_padding=1, bias=False)
+    layer.astype(np.float64)
+    x = np.zeros((1, 1, 2, 2))
+    x[0, 0, 1, 1] = 1.0                      # the last pixel's window reaches row/column 3
+    y = layer.forward(x)
+    assert y.shape == (1, 1, 4, 4)
+    np.testing.assert_array_equal(y[0, 0, 3, 3], layer.weight.data[0, 0, 2, 2])
+
+
 # =========================================================================== gradients
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
@@ -140,6 +150,35 @@ def test_batch_slices_give_the_whole_batch_result(monkeypatch):
     np.testing.assert_allclose(layer.backward(dy), dx, rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(layer.weight.grad, grads[0], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(layer.bias.grad, grads[1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
+def test_gpu_algorithm_on_the_host_gives_the_phase_sums(cfg, monkeypatch):
+    """The GPU's forward (col2im_matmul for every stride), run on NumPy, equals the host's
+    phase-by-phase sums."""
+    layer = make(cfg).astype(np.float64)
+    x = randn(*input_shape(cfg, n=3), seed=14)
+    y = layer.forward(x)
+    monkeypatch.setattr(ConvTranspose2D, "_scatters_by_phase", lambda self, x: False)
+    np.testing.assert_allclose(layer.forward(x), y, rtol=1e-13, atol=1e-13)
+
+
+def test_arrays_decide(monkeypatch):
+    """Once made, the layer computes with its arrays' module, never the global one."""
+    from minicnn.core import backend
+
+    class NoGlobalModule:
+        def __getattr__(self, name):
+            raise AssertionError(f"the global backend module was used (xp.{name})")
+
+    layers = [make(cfg) for cfg in CONFIGS]
+    monkeypatch.setattr(backend, "xp", NoGlobalModule())
+    for cfg, layer in zip(CONFIGS, layers):
+        x = randn(*input_shape(cfg), seed=15, dtype=np.float32)
+        y = layer.forward(x)
+        assert layer.backward(np.ones_like(y)).shape == x.shape
+        with minicnn.no_grad():
+            np.testing.assert_array_equal(layer.forward(x), y)
 
 
 # =========================================================================== PyTorch

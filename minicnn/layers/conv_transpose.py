@@ -16,24 +16,31 @@ For input x (N, C, H, W), weight W (C, O/G, kh, kw) (PyTorch's layout, which is 
 for the reverse direction) and bias b (O,), every pixel scatters
 ``x[n, c, h, w] * W[c, o, i, j]`` onto ``y[n, o, h*s - p + i*d, w*s - p + j*d]``, and
 ``Ho = (H - 1)*s - 2p + d*(kh - 1) + output_padding + 1`` (likewise Wo). ``output_padding``
-adds rows and columns at the bottom and right; the bias reaches all of them, the scattered
-windows only those within ``padding`` of the last window. The convolution that maps
-(Ho, Wo) back has ``H + output_padding // s`` rows (more than H when a dilated kernel allows
-output_padding >= stride): the input is then completed with zero rows/columns in the
-column grid, which is all that differs.
+adds rows and columns at the bottom and right: the bias reaches all of them, the windows only
+those within ``padding`` of the last window's end (none with padding 0). The convolution that
+maps (Ho, Wo) back has ``H + output_padding // s`` rows (more than H when a dilated kernel
+allows output_padding >= stride); the input then gets zero rows/columns to fill that grid.
 
-Groups split C and O into G groups, input group g reaching output group g alone: one
-``col2im_matmul`` per group forward, and backward im2col per group of dy into one
-(G, N*H*W, kh*kw*O/G) array and batched matrix multiplies, as Conv2D's grouped path does in
-the other direction. Everything runs on the array module of the input (NumPy or CuPy, whose
-im2col and col2im are the CUDA kernels of ``minicnn.kernels.cuda``). Outputs are logically
-NCHW and channels-last in memory, as Conv2D's are.
+How the forward adds the windows up: on the GPU, ``col2im_matmul`` (one matrix multiply, then
+col2im's CUDA kernel, which gathers each output pixel's taps in one thread). On the host with a
+stride, the output splits into stride_h*stride_w phases (every s-th row and column), each
+reached by its own taps as plain shifts, so each tap's product is added onto a contiguous
+phase buffer and each phase is written once (``_scatter_by_phase``: the same sums as
+``col2im_matmul``, in the same order, without its adds of O-value runs into a strided image),
+a few samples at a time so that the products stay in cache; with stride 1, ``col2im_matmul``.
+The host backward, too, takes a few samples at a time: im2col, then both matrix multiplies while
+the columns are in cache.
+
+Groups split C and O into G groups, input group g reaching output group g alone: the forward
+runs once per group, the backward im2cols each group's channels of dy into one
+(G, N*H*W, kh*kw*O/G) array for batched matrix multiplies, as Conv2D's grouped path does the
+other way round. Everything runs on the array module of the input (NumPy or CuPy, whose im2col
+and col2im are the CUDA kernels of ``minicnn.kernels.cuda``). Outputs are logically NCHW and
+channels-last in memory, as Conv2D's are.
 """
 from __future__ import annotations
 
 from typing import Any
-
-import numpy
 
 from minicnn.core import backend
 from minicnn.kernels.im2col import IntPair, col2im_matmul, conv_output_size, im2col, pair
@@ -150,7 +157,7 @@ class ConvTranspose2D(Layer):
         rows = self._rows(x, xp)
         self.save_for_backward(rows, tuple(x.shape))
         on_host = not backend.is_cupy_array(x)
-        by_phase = on_host and self.stride != (1, 1)
+        by_phase = self._scatters_by_phase(x)
         size = (h, w)
         if not by_phase and self._grid(ho, wo) != size:
             size = self._grid(ho, wo)                   # col2im needs the whole grid
@@ -165,6 +172,12 @@ class ConvTranspose2D(Layer):
             self._scatter(rows[first * per_sample:last * per_sample], weights, size,
                           y[first:last], by_phase)
         return y.transpose(0, 3, 1, 2)
+
+    def _scatters_by_phase(self, x: Any) -> bool:
+        """Whether the forward sums output phase by phase (on the host, with a stride) or
+        calls ``col2im_matmul`` (stride 1, where col2im's runs are long already; and on the
+        GPU, whose col2im kernel gathers each output pixel's taps in one thread)."""
+        return not backend.is_cupy_array(x) and self.stride != (1, 1)
 
     def _scatter(self, rows: Any, weights: Any, size: tuple[int, int], out: Any,
                  by_phase: bool) -> None:
@@ -289,15 +302,16 @@ def _scatter_by_phase(rows: Any, w: Any, size: tuple[int, int], out: Any, bias: 
                       kernel_size: tuple[int, int], stride: tuple[int, int],
                       padding: tuple[int, int], dilation: tuple[int, int]) -> None:
     """``out[...] = col2im(rows @ w.T) + bias`` for rows (N*H*W, C), w (kh*kw*O, C) (rows in
-    im2col's (i, j, o) order) and out (N, Ho, Wo, O) (a view may be given), on NumPy.
+    im2col's (i, j, o) order) and out (N, Ho, Wo, O) (a view may be given); for host arrays.
 
     With a stride, the output splits into stride_h * stride_w phases (sub-images of every s-th
     row and column), each reached by its own taps, each tap a plain shift within it. So each
     tap's product ``rows @ w[tap].T`` is added onto a contiguous phase buffer (long runs of
     memory, where col2im adds runs of O values into the strided image), and each phase is
     written into ``out`` once, with the bias. Taps are added in col2im's (i, j) order, from
-    zero or from the first tap's product when it covers its whole phase, so the sums are
-    col2im_matmul's bit for bit."""
+    zero or from the first tap's product when it covers its whole phase (0 + t is t), so the
+    sums are col2im_matmul's bit for bit (but for the sign of a zero)."""
+    xp = backend.get_array_module(rows)
     (h, w_in), (ho, wo) = size, out.shape[1:3]
     n, o = rows.shape[0] // (h * w_in), out.shape[3]
     (kh, kw), (sh, sw) = kernel_size, stride
@@ -314,16 +328,16 @@ def _scatter_by_phase(rows: Any, w: Any, size: tuple[int, int], out: Any, bias: 
             first = taps[0] if taps else None
             if first is not None and first[1:] == ((0, 0, h), (0, 0, w_in)) and \
                     target.shape[1:3] == (h, w_in):
-                phase = numpy.matmul(rows, w[first[0] * o:(first[0] + 1) * o].T)
+                phase = xp.matmul(rows, w[first[0] * o:(first[0] + 1) * o].T)
                 phase = phase.reshape(target.shape)
                 taps = taps[1:]
             else:
-                phase = numpy.zeros(target.shape, dtype=out.dtype)
+                phase = xp.zeros(target.shape, dtype=out.dtype)
             for k, (e, lo, hi), (f, clo, chi) in taps:
-                part = numpy.matmul(rows, w[k * o:(k + 1) * o].T, out=part)
+                part = xp.matmul(rows, w[k * o:(k + 1) * o].T, out=part)
                 phase[:, lo + e:hi + e, clo + f:chi + f] += \
                     part.reshape(n, h, w_in, o)[:, lo:hi, clo:chi]
             if bias is None:
                 target[...] = phase
             else:
-                numpy.add(phase, bias, out=target)
+                xp.add(phase, bias, out=target)
