@@ -34,7 +34,7 @@ def _sigmoid(z: Any) -> Any:
     with ignoring_overflow(xp):
         s = xp.exp(-z)
     s += z.dtype.type(1)
-    return xp.reciprocal(s, out=s)
+    return xp.divide(z.dtype.type(1), s, out=s)      # faster than reciprocal on NumPy 2.4
 
 
 class _SavesFactor(Activation, abstract=True):
