@@ -13,9 +13,8 @@ topological order; in backward, gradients of a tensor used by several layers are
 """
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from minicnn.core import backend, modes
 from minicnn.core.symbolic import Input, SymbolicTensor
@@ -23,7 +22,17 @@ from minicnn.layers.base import Layer, layer_config, layer_from_config
 from minicnn.training import evaluation, parallel
 from minicnn.training import loop as train
 
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
 __all__ = ["Network", "Sequential", "Model", "Input", "SymbolicTensor", "layer_from_config"]
+
+
+def _documented_as(function: Callable[..., Any]) -> Callable[[_Method], _Method]:
+    """Give a model method the docstring of the loop function it calls (model first)."""
+    def document(method: _Method) -> _Method:
+        method.__doc__ = function.__doc__
+        return method
+    return document
 
 
 class Network(Layer, abstract=True):
@@ -153,26 +162,49 @@ class Network(Layer, abstract=True):
         raise NotImplementedError
 
     # --- training and inference (minicnn.training.loop and .evaluation run the loops) --------
-    # functools.wraps: help(model.fit) shows fit's real signature and documentation
-    @functools.wraps(train.fit)
-    def fit(self, *args: Any, **kwargs: Any) -> train.History:
-        return train.fit(self, *args, **kwargs)
+    # Explicit parameters, so help(), IDEs and the API pages (read without running the code)
+    # show the real signature; the loop's docstring is copied (_documented_as) so the text has
+    # one source. tests/test_docs.py checks that each signature equals its function's.
+    @_documented_as(train.fit)
+    def fit(self, train_data: Any, epochs: int, optimizer: Any, loss: Any = None,
+            val_data: Any = None, schedule: Any = None, callbacks: Iterable[Any] = (),
+            batch_size: int = 128, seed: int | None = None, checkpoint: Any = None,
+            resume: Any = False, meta: dict[str, Any] | None = None, progress: bool = True,
+            log_every: int = 20, eval_batch_size: int = evaluation.EVAL_BATCH_SIZE,
+            workers: int | None = None, comm: Any = None, verbose: bool = True,
+            early_stop: int | None = None, best_checkpoint: Any = None,
+            precision: Any = "fp32", clip_norm: float | None = None,
+            clip_value: float | None = None) -> train.History:
+        return train.fit(self, train_data, epochs, optimizer, loss=loss, val_data=val_data,
+                         schedule=schedule, callbacks=callbacks, batch_size=batch_size,
+                         seed=seed, checkpoint=checkpoint, resume=resume, meta=meta,
+                         progress=progress, log_every=log_every,
+                         eval_batch_size=eval_batch_size, workers=workers, comm=comm,
+                         verbose=verbose, early_stop=early_stop,
+                         best_checkpoint=best_checkpoint, precision=precision,
+                         clip_norm=clip_norm, clip_value=clip_value)
 
-    @functools.wraps(evaluation.evaluate)
-    def evaluate(self, *args: Any, **kwargs: Any) -> evaluation.Evaluation:
-        return evaluation.evaluate(self, *args, **kwargs)
+    @_documented_as(evaluation.evaluate)
+    def evaluate(self, data: Any, loss: Any = None,
+                 batch_size: int = evaluation.EVAL_BATCH_SIZE, transform: Any = None,
+                 comm: Any = None) -> evaluation.Evaluation:
+        return evaluation.evaluate(self, data, loss=loss, batch_size=batch_size,
+                                   transform=transform, comm=comm)
 
-    @functools.wraps(evaluation.predict)
-    def predict(self, *args: Any, **kwargs: Any) -> Any:
-        return evaluation.predict(self, *args, **kwargs)
+    @_documented_as(evaluation.predict)
+    def predict(self, x: Any, batch_size: int = evaluation.EVAL_BATCH_SIZE,
+                transform: Any = None) -> Any:
+        return evaluation.predict(self, x, batch_size=batch_size, transform=transform)
 
-    @functools.wraps(evaluation.predict_proba)
-    def predict_proba(self, *args: Any, **kwargs: Any) -> Any:
-        return evaluation.predict_proba(self, *args, **kwargs)
+    @_documented_as(evaluation.predict_proba)
+    def predict_proba(self, x: Any, batch_size: int = evaluation.EVAL_BATCH_SIZE,
+                      transform: Any = None) -> Any:
+        return evaluation.predict_proba(self, x, batch_size=batch_size, transform=transform)
 
-    @functools.wraps(evaluation.predict_classes)
-    def predict_classes(self, *args: Any, **kwargs: Any) -> Any:
-        return evaluation.predict_classes(self, *args, **kwargs)
+    @_documented_as(evaluation.predict_classes)
+    def predict_classes(self, x: Any, batch_size: int = evaluation.EVAL_BATCH_SIZE,
+                        transform: Any = None) -> Any:
+        return evaluation.predict_classes(self, x, batch_size=batch_size, transform=transform)
 
     # --- summary --------------------------------------------------------------------------
     def _summary_rows(self) -> list[tuple[Layer, tuple[int, ...]]]:
