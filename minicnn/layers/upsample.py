@@ -104,10 +104,12 @@ def _host_sparse_rows(size_in: int, scale: int, align_corners: bool,
     return packed_columns, packed_weights
 
 
-DENSE_MAX = 128
+DENSE_MAX = 64
 """Axes up to this long (the input's, forward and backward) are interpolated by one matmul
-with the dense matrix (BLAS: fastest for the feature maps CNNs upsample); longer ones by K
-gathers of the matrix's non-zeros, which cost the same per element at any length."""
+with the dense matrix: the fastest way for the feature maps CNNs upsample (BLAS beats gathers
+up to ~64; beyond, a dense matrix costs 2L multiply-adds per element, and multithreaded BLAS
+on large operands stalls badly on a busy machine). Longer ones take K gathers of the matrix's
+non-zeros, which cost the same per element at any length."""
 
 
 def _interpolate_axis(x: Any, axis: int, size_in: int, scale: int, align_corners: bool,
