@@ -190,3 +190,20 @@ def test_examples_run_as_scripts(name, needle):
     result = run_script(name)
     assert result.returncode == 0, result.stderr
     assert needle in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("MINICNN_DATA"), reason="MINICNN_DATA is not set")
+def test_denoising_example_improves_psnr(tmp_path):
+    picture = tmp_path / "d.png"
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "denoise_mnist.py"), "--epochs", "2", "--limit", "3000",
+         "--test-limit", "200", "--picture", str(picture), "--out", str(tmp_path / "ae.npz")],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=tmp_path, capture_output=True,
+        text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    line = [ln for ln in result.stdout.splitlines() if ln.startswith("epoch 2/2")][0]
+    noisy, denoised = (float(v.split()[0]) for v in line.split("noisy ")[1].split("-> denoised "))
+    assert denoised > noisy + 2, line
+    assert (tmp_path / "ae.npz").is_file()
+    assert picture.is_file() or "matplotlib is not installed" in result.stdout

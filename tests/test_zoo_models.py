@@ -106,3 +106,30 @@ def test_train_a_model_of_ones_own_by_module_function(tmp_path, monkeypatch, cap
     assert "the function returned a int, not a minicnn model" in capsys.readouterr().err
     assert cli.main([*args, "--model", "alexnet", "--out", "bad"]) == 2
     assert "expected one of ref-cnn" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("decoder", ["upsample", "transpose"])
+def test_autoencoder_maps_images_to_images(decoder):
+    if decoder == "transpose":
+        pytest.importorskip("minicnn.layers.conv_transpose")
+    from minicnn.zoo.autoencoder import add_noise, denoise, psnr
+    minicnn.manual_seed(0)
+    model = zoo.build_model("autoencoder", decoder=decoder, in_channels=1, input_size=28)
+    x = np.random.default_rng(0).random((3, 1, 28, 28)).astype(np.float32)
+    y = model.forward(x, training=True)
+    assert y.shape == x.shape and model.output_shape((1, 28, 28)) == (1, 28, 28)
+    model.backward(np.ones_like(y))
+    assert all(np.abs(p.grad).sum() > 0 for p in model.parameters())
+    out = denoise(model, add_noise(x, 0.3, np.random.default_rng(1)))
+    assert out.shape == x.shape and 0 <= out.min() and out.max() <= 1
+    assert psnr(x, x) == float("inf") and psnr(np.zeros(4), np.full(4, 0.1)) == pytest.approx(20)
+    with pytest.raises(ValueError, match="input_size must be a multiple of 4"):
+        zoo.autoencoder(input_size=30)
+
+
+@pytest.mark.skipif(not os.environ.get("MINICNN_DATA"), reason="MINICNN_DATA is not set")
+def test_train_refuses_a_model_that_is_not_a_classifier(tmp_path, capsys):
+    assert cli.main(["train", "--model", "autoencoder", "--limit", "200", "--out",
+                     str(tmp_path / "ae")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "this model's output per image is (1, 28, 28)" in err

@@ -163,6 +163,11 @@ def _train(args: argparse.Namespace, comm: distributed.Communicator) -> int:
                                 classes=len(classes))
     except (ValueError, TypeError) as exc:
         raise CLIError(f"--model {s['model']}: {exc}") from None
+    produces = tuple(model.output_shape(tuple(shape)))
+    if produces != (len(classes),):
+        raise CLIError(f"--model {s['model']}: 'minicnn train' trains classifiers, and this "
+                       f"model's output per image is {produces}, not ({len(classes)},) class "
+                       "scores (the autoencoder trains with examples/denoise_mnist.py)")
     try:
         optimizer = training.make_optimizer(model, s["optimizer"], s["lr"], s["momentum"],
                                             s["weight_decay"])

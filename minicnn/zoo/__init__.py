@@ -8,6 +8,8 @@ lenet5         LeNet-5, modern form (~62k params)                       1x28x28 
 resnet         basic-block ResNet-14, widths 16/32/64 (``zoo.resnet``)  any CxHxW, H = W
 mobilenet      depthwise-separable MobileNet-v1 style (``zoo.mobilenet``)  any CxHxW, H = W
 vgg            VGG with BatchNorm, widths 32/64/128 (``zoo.vgg``)       any CxHxW, H = W
+autoencoder    denoising conv autoencoder, not a classifier              CxHxW, H = W = 4k
+               (``zoo.autoencoder``, ``examples/denoise_mnist.py``)
 =============  =======================================================  ===================
 
 Each builder returns a fresh model, its weights drawn from the global generator
@@ -31,17 +33,19 @@ from minicnn.training.recipe import (
     make_optimizer,
 )
 from minicnn.training.schedules import SCHEDULES, make_schedule
+from minicnn.zoo.autoencoder import autoencoder
 from minicnn.zoo.mobilenet import mobilenet
 from minicnn.zoo.reference import lenet5, ref_cnn
 from minicnn.zoo.resnet import resnet
 from minicnn.zoo.vgg import vgg
 
 __all__ = ["MODELS", "RECIPES", "build_model", "recipe_for", "ref_cnn", "lenet5", "resnet",
-           "mobilenet", "vgg", "Recipe", "REFERENCE_RECIPE", "SCHEDULES", "OPTIMIZER_DEFAULTS",
+           "mobilenet", "vgg", "autoencoder", "Recipe", "REFERENCE_RECIPE", "SCHEDULES", "OPTIMIZER_DEFAULTS",
            "make_optimizer", "make_schedule", "load_model_function"]
 
 MODELS: dict[str, Callable[..., Layer]] = {"ref-cnn": ref_cnn, "lenet5": lenet5,
-                                           "resnet": resnet, "mobilenet": mobilenet, "vgg": vgg}
+                                           "resnet": resnet, "mobilenet": mobilenet, "vgg": vgg,
+                                           "autoencoder": autoencoder}
 
 _CONV_NET = Recipe(lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine", batch_size=128,
                    epochs=10, augment="auto")
