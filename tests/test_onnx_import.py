@@ -177,9 +177,9 @@ REFUSALS = [
      ["N", 1, 4, 4], "node 't' (Transpose): operator Transpose is not supported"),
     ("groups", [helper.make_node("Conv", ["x", "w"], ["y"], group=3, name="c")],
      ["N", 2, 4, 4], "node 'c' (Conv): "),
-    ("ceil", [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], ceil_mode=1,
-                               name="p")],
-     ["N", 1, 5, 5], "node 'p' (MaxPool): ceil_mode=1"),
+    ("asymmetric", [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2],
+                                     pads=[0, 0, 1, 1], name="p")],
+     ["N", 1, 5, 5], "node 'p' (MaxPool): asymmetric pads [0, 0, 1, 1]"),
     ("add_const", [helper.make_node("Add", ["x", "w"], ["y"], name="a")], ["N", 2, 4, 4],
      "node 'a' (Add): adding a constant"),
     ("symbolic", [helper.make_node("Relu", ["x"], ["y"])], ["N", "C", 4, 4],
@@ -273,3 +273,46 @@ def test_command_line_import(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("minicnn import: error: ") and err.count("\n") == 1, err
     assert not (tmp_path / "b.npz").exists()
+
+
+# =========================================================================== later layers
+
+def test_later_layers_against_onnxruntime(tmp_path):
+    """Pad, Conv with asymmetric pads (a ZeroPad2D before it), PRelu, Clip(0, 6), Elu,
+    HardSwish, Resize (bilinear, nearest), GroupNormalization, LayerNormalization,
+    GlobalMaxPool, Softplus, Gemm, BatchNormalization of (N, C), LogSoftmax."""
+    c = 3
+    nodes = [
+        helper.make_node("Pad", ["x", "pads"], ["p"]),
+        helper.make_node("Conv", ["p", "w"], ["c"], pads=[1, 0, 0, 2], strides=[2, 1]),
+        helper.make_node("PRelu", ["c", "slope"], ["r"]),
+        helper.make_node("Clip", ["r", "zero", "six"], ["r6"]),
+        helper.make_node("Elu", ["r6"], ["e"], alpha=0.7),
+        helper.make_node("HardSwish", ["e"], ["h"]),
+        helper.make_node("Resize", ["h", "", "scales"], ["u"], mode="linear"),
+        helper.make_node("Resize", ["u", "", "scales"], ["u2"], mode="nearest"),
+        helper.make_node("GroupNormalization", ["u2", "gs", "gb"], ["g"], num_groups=1,
+                         epsilon=1e-4),
+        helper.make_node("LayerNormalization", ["g", "ls", "lb"], ["l"], axis=-2),
+        helper.make_node("GlobalMaxPool", ["l"], ["m"]),
+        helper.make_node("Softplus", ["m"], ["s"]),
+        helper.make_node("Flatten", ["s"], ["f"]),
+        helper.make_node("Gemm", ["f", "dw", "db"], ["d"]),
+        helper.make_node("BatchNormalization", ["d", "bs", "bb", "bm", "bv"], ["n"]),
+        helper.make_node("LogSoftmax", ["n"], ["y"], axis=1),
+    ]
+    inits = [("pads", np.array([0, 0, 1, 0, 0, 0, 0, 1], np.int64)),
+             ("w", rand(c, 2, 3, 3, seed=1)), ("slope", rand(c, 1, 1, seed=2)),
+             ("zero", np.array(0, np.float32)), ("six", np.array(6, np.float32)),
+             ("scales", np.array([1, 1, 2, 2], np.float32)),
+             ("gs", rand(c, seed=3)), ("gb", rand(c, seed=4)),
+             ("ls", rand(12, 24, seed=5)), ("lb", rand(12, 24, seed=6)),
+             ("dw", rand(c, 4, seed=7)), ("db", rand(4, seed=8)),
+             ("bs", rand(4, seed=9)), ("bb", rand(4, seed=10)), ("bm", rand(4, seed=11)),
+             ("bv", np.abs(rand(4, seed=12)) + 0.5)]
+    path = save_graph(tmp_path, nodes, ["N", 2, 5, 5], ["N", 4], inits, opset=21)
+    model = import_onnx(path)
+    x = rand(3, 2, 5, 5)
+    np.testing.assert_allclose(infer(model, x), ort_run(path, x, "x"), rtol=RTOL, atol=1e-5)
+    again = export_onnx(model, tmp_path / "again.onnx")
+    np.testing.assert_allclose(ort_run(again, x), ort_run(path, x, "x"), rtol=RTOL, atol=1e-5)

@@ -91,34 +91,46 @@ def _symmetric(node: NodeView, pads: tuple[int, int, int, int]) -> tuple[int, in
     return top, left
 
 
-def _window(node: NodeView, x: SymbolicTensor) -> tuple[list[int], list[int], tuple[int, int]]:
-    """kernel_shape, strides (ONNX's default 1) and symmetric padding of a pooling node."""
+def _window(node: NodeView, x: SymbolicTensor) -> tuple[tuple[int, int], tuple[int, int],
+                                                         tuple[int, int], tuple[int, int]]:
+    """kernel_shape, strides (ONNX's default 1), symmetric padding and dilations of a
+    pooling node."""
     kernel = node.ints("kernel_shape", [])
     if len(kernel) != 2:
         node.refuse(f"kernel_shape {kernel}: minicnn pools 2-D windows")
     strides = node.ints("strides", [1, 1])
     dilations = node.ints("dilations", [1, 1])
-    if dilations != [1, 1]:
-        node.refuse(f"dilations {dilations}: minicnn's pooling has no dilation")
-    if node.attr("ceil_mode", 0):
-        node.refuse("ceil_mode=1: minicnn's pooling rounds the output size down")
     pads = _symmetric(node, _pads(node, (x.shape[1], x.shape[2]), kernel, strides, dilations))
-    return kernel, strides, pads
+    return _pair(kernel), _pair(strides), pads, _pair(dilations)
 
 
 # --------------------------------------------------------------------------- convolution, dense
 
+def _same_pads(kernel: list[int], strides: list[int], dilations: list[int]) -> tuple[int, ...]:
+    """The pads of Conv2D's padding='same' (stride 1, the odd cell at the bottom/right, as
+    ONNX's SAME_UPPER), or () where 'same' does not apply."""
+    if strides != [1, 1]:
+        return ()
+    totals = [d * (k - 1) for d, k in zip(dilations, kernel)]
+    return (totals[0] // 2, totals[1] // 2, totals[0] - totals[0] // 2,
+            totals[1] - totals[1] // 2)
+
+
+def _conv_padding_fits(pads: tuple[int, int, int, int], kernel: list[int], strides: list[int],
+                       dilations: list[int]) -> bool:
+    """Whether Conv2D's own ``padding`` makes these pads (symmetric, or 'same')."""
+    return (pads[0], pads[1]) == (pads[2], pads[3]) or \
+        pads == _same_pads(kernel, strides, dilations)
+
+
 def _conv_padding(node: NodeView, pads: tuple[int, int, int, int], kernel: list[int],
                   strides: list[int], dilations: list[int]) -> tuple[int, int] | str:
     """Conv2D's ``padding``: a (top, left) pair when symmetric; 'same' for the asymmetric pads
-    it makes (stride 1, the odd cell at the bottom/right, as ONNX's SAME_UPPER)."""
+    it makes."""
     top, left, bottom, right = pads
     if (top, left) == (bottom, right):
         return top, left
-    totals = [d * (k - 1) for d, k in zip(dilations, kernel)]
-    same = (totals[0] // 2, totals[1] // 2, totals[0] - totals[0] // 2,
-            totals[1] - totals[1] // 2)
-    if strides == [1, 1] and pads == same:
+    if pads == _same_pads(kernel, strides, dilations):
         return "same"
     return _symmetric(node, pads)
 
@@ -210,17 +222,19 @@ def matmul(ctx: ImportContext, node: NodeView) -> Outputs:
 def max_pool(ctx: ImportContext, node: NodeView) -> Outputs:
     x = _image(ctx, node)
     _only_first_output(ctx, node)
-    kernel, strides, pads = _window(node, x)
-    return [MaxPool2D(_pair(kernel), stride=_pair(strides), padding=pads)(x)]
+    kernel, strides, pads, dilations = _window(node, x)
+    return [MaxPool2D(kernel, stride=strides, padding=pads, dilation=dilations,
+                      ceil_mode=bool(node.attr("ceil_mode", 0)))(x)]
 
 
 def average_pool(ctx: ImportContext, node: NodeView) -> Outputs:
     x = _image(ctx, node)
-    kernel, strides, pads = _window(node, x)
-    if pads != (0, 0) and not node.attr("count_include_pad", 0):
-        node.refuse(f"count_include_pad=0 with pads {list(pads)}: minicnn's AvgPool2D counts "
-                    "padding cells as zeros")
-    return [AvgPool2D(_pair(kernel), stride=_pair(strides), padding=pads)(x)]
+    kernel, strides, pads, dilations = _window(node, x)
+    if dilations != (1, 1):
+        node.refuse(f"dilations {list(dilations)}: minicnn's AvgPool2D has no dilation")
+    return [AvgPool2D(kernel, stride=strides, padding=pads,
+                      ceil_mode=bool(node.attr("ceil_mode", 0)),
+                      count_include_pad=bool(node.attr("count_include_pad", 0)))(x)]
 
 
 def global_average_pool(ctx: ImportContext, node: NodeView) -> Outputs:

@@ -7,8 +7,9 @@ file's initializers.
 
 The graph must have one float32 input whose dimensions are fixed except the first (the batch
 axis, which minicnn keeps free) and one output. Each node becomes the layer computing it
-(``minicnn.onnx.import_ops.OPS``: Conv -> Conv2D, Gemm and MatMul(+Add) -> Dense with its
-weight as (in, out), BatchNormalization -> BatchNorm2D with the running statistics, ...);
+(``OPS``, from ``minicnn.onnx.import_ops`` and ``import_ops_extra``: Conv -> Conv2D, Gemm
+and MatMul(+Add) -> Dense with its weight as (in, out), BatchNormalization -> BatchNorm2D
+with the running statistics, ...);
 nodes whose inputs are all constants are evaluated at import time
 (``minicnn.onnx.import_fold``), which removes the shape arithmetic PyTorch's exporter leaves.
 
@@ -33,7 +34,8 @@ from minicnn.layers.activations import Identity
 from minicnn.models import Model
 from minicnn.onnx.import_context import ImportContext, NodeView, OnnxImportError
 from minicnn.onnx.import_fold import BATCH, FOLDERS, FoldError, fold
-from minicnn.onnx.import_ops import OPS
+from minicnn.onnx.import_ops import OPS as FIRST_OPS
+from minicnn.onnx.import_ops_extra import EXTRA_OPS
 from minicnn.saving.description import MAX_LAYERS
 
 __all__ = ["OnnxImportError", "import_onnx", "SUPPORTED_OPS", "MAX_MODEL_BYTES", "MAX_NODES",
@@ -45,6 +47,8 @@ MAX_NODES = MAX_LAYERS
 """Most nodes in a graph (10,000: a checkpoint holds at most as many layers)."""
 MAX_TENSOR_BYTES = 1 << 30
 """Largest constant tensor (1 GiB, e.g. 256 M float32 weights)."""
+OPS = {**FIRST_OPS, **EXTRA_OPS}
+"""ONNX operator -> its import function (``import_ops``, then ``import_ops_extra``)."""
 SUPPORTED_OPS = frozenset(OPS) | frozenset(FOLDERS)
 """Operators the importer knows: layers (``OPS``) and, on constants, ``FOLDERS``."""
 INSTALL_HINT = 'pip install -e ".[onnx]"'
