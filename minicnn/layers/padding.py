@@ -80,10 +80,7 @@ class ZeroPad2D(Layer):
     def to_onnx(self, ctx: Any, inputs: list[str]) -> str:
         """ONNX ``Pad`` (constant 0), the pads an int64 input (opset >= 11): begins of N, C,
         H, W then their ends; negative pads crop, as here."""
-        import numpy
-
         left, right, top, bottom = self.padding
-        pads = ctx.add_initializer(f"{ctx.name}.pads",
-                                   numpy.array([0, 0, top, left, 0, 0, bottom, right],
-                                               dtype=numpy.int64))
+        pads = ctx.add_initializer(f"{ctx.name}.pads", backend.to_numpy(
+            [0, 0, top, left, 0, 0, bottom, right]).astype("int64"))
         return ctx.add_node("Pad", [inputs[0], pads], [ctx.name], mode="constant")[0]

@@ -18,9 +18,8 @@ length L, output element d reads:
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
-
-import numpy
 
 from minicnn.core import backend
 from minicnn.layers.base import Layer
@@ -41,67 +40,71 @@ def _phase_view(y: Any, axis: int, scale: int) -> Any:
     return y.reshape(shape)
 
 
-def _host_taps(size_in: int, scale: int,
-               align_corners: bool) -> tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
-    """(lower, upper, f) for every output index along one axis: it reads 1 - f of input
-    ``lower`` and f of input ``upper`` (PyTorch's source rule, in float64)."""
+@functools.lru_cache(maxsize=64)
+def _taps(size_in: int, scale: int, align_corners: bool) -> tuple[tuple[int, int, float], ...]:
+    """(lower, upper, f) for every output index d along one axis: it reads 1 - f of input
+    ``lower`` and f of input ``upper``, by PyTorch's source rule (Python floats: float64)."""
     size_out = size_in * scale
-    d = numpy.arange(size_out, dtype=numpy.float64)
-    if align_corners:
-        src = d * ((size_in - 1) / (size_out - 1) if size_out > 1 else 0.0)
-    else:
-        src = numpy.maximum((d + 0.5) / scale - 0.5, 0.0)
-    lower = numpy.minimum(numpy.floor(src).astype(numpy.int64), size_in - 1)
-    upper = numpy.minimum(lower + 1, size_in - 1)
-    return lower, upper, src - lower
+    step = (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
+    taps = []
+    for d in range(size_out):
+        src = d * step if align_corners else max((d + 0.5) / scale - 0.5, 0.0)
+        lower = min(math.floor(src), size_in - 1)
+        taps.append((lower, min(lower + 1, size_in - 1), src - lower))
+    return tuple(taps)
 
 
-@functools.lru_cache(maxsize=16)
-def _host_bilinear_matrix(size_in: int, scale: int, align_corners: bool) -> numpy.ndarray:
-    lower, upper, frac = _host_taps(size_in, scale, align_corners)
-    matrix = numpy.zeros((size_in * scale, size_in))
-    rows = numpy.arange(size_in * scale)
-    matrix[rows, lower] += 1.0 - frac       # lower == upper at the last input: both land there
-    matrix[rows, upper] += frac
-    matrix.flags.writeable = False
-    return matrix
+def _rows(size_in: int, scale: int, align_corners: bool,
+          transpose: bool) -> list[list[tuple[int, float]]]:
+    """The non-zeros (column, weight) of each row of the interpolation matrix along one axis,
+    or of its transpose (a row per input: the outputs that read it)."""
+    rows: list[list[tuple[int, float]]] = [[] for _ in range(size_in if transpose else
+                                                             size_in * scale)]
+    for d, (lower, upper, frac) in enumerate(_taps(size_in, scale, align_corners)):
+        for column, weight in ((lower, 1.0 - frac), (upper, frac)):
+            if weight != 0.0:                 # f = 0: the upper tap reads nothing
+                row, col = (column, d) if transpose else (d, column)
+                rows[row].append((col, weight))
+    return rows
 
 
-def bilinear_matrix(size_in: int, scale: int, align_corners: bool, xp: Any = numpy,
-                    dtype: Any = numpy.float64) -> Any:
-    """The (size_in * scale, size_in) matrix of PyTorch's bilinear weights along one axis:
-    row d holds 1 - f at floor(src) and f at floor(src) + 1 (clamped to the last input), with
-    f = src - floor(src) and src = max((d + 0.5) / scale - 0.5, 0) (align_corners=False) or
+@functools.lru_cache(maxsize=64)
+def _dense_matrix(size_in: int, scale: int, align_corners: bool, transpose: bool, xp: Any,
+                  dtype: Any) -> Any:
+    """The interpolation matrix (transposed) as a dense ``xp`` array (kept: never written)."""
+    rows = _rows(size_in, scale, align_corners, transpose)
+    width = size_in * scale if transpose else size_in
+    dense = [[0.0] * width for _ in rows]
+    for row, entries in zip(dense, rows):
+        for column, weight in entries:
+            row[column] += weight             # lower == upper at the last input: both add
+    return xp.asarray(dense, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _sparse_rows(size_in: int, scale: int, align_corners: bool, transpose: bool, xp: Any,
+                 dtype: Any) -> tuple[Any, Any]:
+    """The interpolation matrix (transposed) as (columns, weights), both (rows, K) ``xp``
+    arrays for the most non-zeros K of any row; shorter rows padded with weight 0 at column
+    0 (kept: never written)."""
+    rows = _rows(size_in, scale, align_corners, transpose)
+    width = max(len(entries) for entries in rows)
+    padded = [entries + [(0, 0.0)] * (width - len(entries)) for entries in rows]
+    columns = xp.asarray([[c for c, _ in entries] for entries in padded], dtype=xp.int64)
+    weights = xp.asarray([[w for _, w in entries] for entries in padded], dtype=dtype)
+    return columns, weights
+
+
+def bilinear_matrix(size_in: int, scale: int, align_corners: bool, xp: Any = None,
+                    dtype: Any = None) -> Any:
+    """The (size_in * scale, size_in) matrix of PyTorch's bilinear weights along one axis
+    (``xp`` the active backend's module and float64 by default): row d holds 1 - f at
+    floor(src) and f at floor(src) + 1 (clamped to the last input), with f = src - floor(src)
+    and src = max((d + 0.5) / scale - 0.5, 0) (align_corners=False) or
     d * (size_in - 1) / (size_in * scale - 1) (True; 0 for a single output)."""
-    return xp.asarray(_host_bilinear_matrix(size_in, scale, align_corners), dtype=dtype)
-
-
-@functools.lru_cache(maxsize=16)
-def _host_sparse_rows(size_in: int, scale: int, align_corners: bool,
-                      transpose: bool) -> tuple[numpy.ndarray, numpy.ndarray]:
-    """The non-zeros of each row of ``bilinear_matrix`` (or of its transpose), without
-    building it: (columns, weights), both (rows, K) for the most non-zeros K of any row,
-    shorter rows padded with weight 0 at column 0."""
-    lower, upper, frac = _host_taps(size_in, scale, align_corners)
-    outputs = numpy.arange(size_in * scale)
-    rows, columns = numpy.concatenate([outputs, outputs]), numpy.concatenate([lower, upper])
-    weights = numpy.concatenate([1.0 - frac, frac])
-    if transpose:
-        rows, columns = columns, rows
-    keep = weights != 0                     # f = 0: the upper tap reads nothing
-    rows, columns, weights = rows[keep], columns[keep], weights[keep]
-    order = numpy.lexsort((columns, rows))
-    rows, columns, weights = rows[order], columns[order], weights[order]
-    n_rows = size_in if transpose else size_in * scale
-    counts = numpy.bincount(rows, minlength=n_rows)
-    slot = numpy.arange(rows.size) - numpy.repeat(numpy.cumsum(counts) - counts, counts)
-    width = int(counts.max())
-    packed_columns = numpy.zeros((n_rows, width), dtype=numpy.int64)
-    packed_weights = numpy.zeros((n_rows, width))
-    packed_columns[rows, slot] = columns
-    packed_weights[rows, slot] = weights
-    packed_columns.flags.writeable = packed_weights.flags.writeable = False
-    return packed_columns, packed_weights
+    xp = backend.xp if xp is None else xp
+    dtype = xp.float64 if dtype is None else dtype
+    return _dense_matrix(size_in, scale, align_corners, False, xp, xp.dtype(dtype)).copy()
 
 
 DENSE_MAX = 64
@@ -117,12 +120,9 @@ def _interpolate_axis(x: Any, axis: int, size_in: int, scale: int, align_corners
     """``bilinear_matrix`` (transposed for backward) applied along ``axis`` (-1 or -2)."""
     xp = backend.get_array_module(x)
     if size_in <= DENSE_MAX:
-        matrix = bilinear_matrix(size_in, scale, align_corners, xp, x.dtype)
-        matrix = matrix.T if transpose else matrix
+        matrix = _dense_matrix(size_in, scale, align_corners, transpose, xp, x.dtype)
         return x @ matrix.T if axis == -1 else matrix @ x
-    columns, weights = _host_sparse_rows(size_in, scale, align_corners, transpose)
-    columns = xp.asarray(columns)
-    weights = xp.asarray(weights, dtype=x.dtype)
+    columns, weights = _sparse_rows(size_in, scale, align_corners, transpose, xp, x.dtype)
     out = None
     for k in range(columns.shape[1]):
         w = weights[:, k] if axis == -1 else weights[:, k, None]
@@ -216,8 +216,8 @@ class Upsample2D(Layer):
         that matches: nearest "asymmetric" + "floor"; linear "pytorch_half_pixel" (which is
         half_pixel with the clamp at 0) or "align_corners"."""
         sh, sw = self.scale_factor
-        scales = ctx.add_initializer(f"{ctx.name}.scales",
-                                     numpy.array([1.0, 1.0, sh, sw], dtype=numpy.float32))
+        scales = ctx.add_initializer(f"{ctx.name}.scales",   # floating point: written float32
+                                     backend.to_numpy([1.0, 1.0, sh, sw]))
         if self.mode == "nearest":
             attrs = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
                      "nearest_mode": "floor"}
