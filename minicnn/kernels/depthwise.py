@@ -28,7 +28,9 @@ Pads = tuple[int, int, int, int]
 
 SLICE_ELEMENTS = 1 << 16
 """Padded-input elements per batch slice on NumPy (256 KiB float32: the working set of one pass,
-input slice, product and output, stays within the L2 cache)."""
+input slice, product and output, stays within the L2 cache). Measured for 3x3 on (128, 64, 28,
+28), forward / backward ms: 83 / 211 with 2**16 (one sample a slice), 118 / 301 with 2**18,
+177 / 1241 with 2**20 (a busy 2-core machine: ratios, not absolute times)."""
 
 
 def output_size(size: int, kernel: int, stride: int, before: int, after: int,
