@@ -138,12 +138,17 @@ def normalize_backward(dy: Any, x_hat: Any, inv_std: Any, axes: Axes, weight: An
         only = tuple(a for a in axes if a not in common)
         count = dtype.type(1.0 / (x_hat.size // inv_std.size))
         def mean_weighted(total: Any) -> Any:       # mean over ``axes`` of weight * sums
-            return _sum(total if weight is None else weight * total, only, dtype) * count
+            if weight is None:
+                return _sum(total, only, dtype) * count
+            if only == (1,) and total.ndim == 2 and weight.shape[0] == 1:   # rows: a GEMV
+                return (total @ weight[0])[:, None] * count
+            return _sum(weight * total, only, dtype) * count
 
         mean_dxhat, mean_dxhat_xhat = mean_weighted(dy_sum), mean_weighted(dy_xhat_sum)
         dx -= mean_dxhat * inv_std
-        products = xp.multiply(x_hat, mean_dxhat_xhat * inv_std, dtype=dtype)
-        dx -= products
+        # with no shared axes the products are a full-size array of our own, free now: reuse it
+        out = dy_xhat_sum if not common and dweight is not dy_xhat_sum else None
+        dx -= xp.multiply(x_hat, mean_dxhat_xhat * inv_std, dtype=dtype, out=out)
     return dx, dweight, dbias
 
 
