@@ -37,7 +37,8 @@ NODE_MODULES = ("conv", "gemm", "matmul", "maxpool", "averagepool", "globalavera
                 "batch_normalization", "flatten", "reshape", "relu", "leakyrelu", "sigmoid",
                 "tanh", "softmax", "add", "concat", "dropout", "identity", "elu", "softplus",
                 "clip", "hardswish", "prelu", "logsoftmax", "gelu", "globalmaxpool",
-                "layernormalization", "groupnormalization", "pad", "resize", "upsample")
+                "layernormalization", "groupnormalization", "pad", "resize", "upsample",
+                "convtranspose")
 
 # What the importer refuses, by reason (a substring of its one-line message).
 REFUSED_BY_REASON: dict[str, tuple[str, ...]] = {
@@ -111,6 +112,10 @@ REFUSED_BY_REASON: dict[str, tuple[str, ...]] = {
         'test_concat_3d_axis_2', 'test_concat_3d_axis_negative_1',
         'test_concat_3d_axis_negative_2', 'test_concat_3d_axis_negative_3',
         'test_operator_concat2',
+    ),
+    'give pads': (
+        'test_convtranspose_autopad_same', 'test_convtranspose_kernel_shape',
+        'test_convtranspose_output_shape',
     ),
     'keeps the batch axis (axis=1)': (
         'test_flatten_axis0', 'test_flatten_axis2', 'test_flatten_axis3',

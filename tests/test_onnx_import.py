@@ -316,3 +316,26 @@ def test_later_layers_against_onnxruntime(tmp_path):
     np.testing.assert_allclose(infer(model, x), ort_run(path, x, "x"), rtol=RTOL, atol=1e-5)
     again = export_onnx(model, tmp_path / "again.onnx")
     np.testing.assert_allclose(ort_run(again, x), ort_run(path, x, "x"), rtol=RTOL, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")      # the TorchScript exporter
+def test_pytorch_silu_and_conv_transpose(tmp_path):
+    """PyTorch writes SiLU as x * Sigmoid(x): imported as one SiLU layer."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, stride=2, padding=1), torch.nn.SiLU(),
+                              torch.nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1,
+                                                       output_padding=1),
+                              torch.nn.Hardswish(), torch.nn.Flatten(),
+                              torch.nn.Linear(2 * 8 * 8, 3), torch.nn.LogSoftmax(dim=1)).eval()
+    x = np.random.default_rng(0).standard_normal((2, 2, 8, 8)).astype(np.float32)
+    path = tmp_path / "t.onnx"
+    torch.onnx.export(net, torch.from_numpy(x), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], dynamic_axes={"x": {0: "N"}})
+    model = import_onnx(path)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds == ["Conv2D", "SiLU", "ConvTranspose2D", "Hardswish", "Flatten", "Dense",
+                     "LogSoftmax"], kinds
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(infer(model, x), want, rtol=RTOL, atol=1e-5)

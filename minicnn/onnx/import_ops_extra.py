@@ -1,8 +1,8 @@
 """More ONNX operators for ``import_onnx``, onto the layers that came after the first table
-(``minicnn.onnx.import_ops``): the smooth and piecewise activations, LogSoftmax, Clip as ReLU6
-or ReLU, PRelu, GlobalMaxPool, BatchNormalization of (N, C) and (N, C, L), LayerNormalization,
-GroupNormalization, Pad (zeros), Resize and Upsample (integer scales), Conv with any
-asymmetric pads (a ZeroPad2D before it)."""
+(``minicnn.onnx.import_ops``): the smooth and piecewise activations (x * Sigmoid(x) as SiLU),
+LogSoftmax, Clip as ReLU6 or ReLU, PRelu, ConvTranspose, GlobalMaxPool, BatchNormalization
+of (N, C) and (N, C, L), LayerNormalization, GroupNormalization, Pad (zeros), Resize and
+Upsample (integer scales), Conv with any asymmetric pads (a ZeroPad2D before it)."""
 from __future__ import annotations
 
 import math
@@ -11,13 +11,14 @@ from typing import Any
 
 import numpy
 
-from minicnn.layers.activations import LogSoftmax
+from minicnn.layers.activations import LogSoftmax, Sigmoid
+from minicnn.layers.conv_transpose import ConvTranspose2D
 from minicnn.layers.layer_norm import GroupNorm, LayerNorm
 from minicnn.layers.normalization import BatchNorm1D
 from minicnn.layers.padding import ZeroPad2D
 from minicnn.layers.piecewise_activations import Hardswish, PReLU, ReLU6
 from minicnn.layers.pooling import MaxPool2D
-from minicnn.layers.smooth_activations import ELU, GELU, Softplus
+from minicnn.layers.smooth_activations import ELU, GELU, SiLU, Softplus
 from minicnn.layers.upsample import Upsample2D
 from minicnn.onnx import import_ops
 from minicnn.onnx.import_context import (
@@ -27,7 +28,15 @@ from minicnn.onnx.import_context import (
     set_parameter,
     state_array,
 )
-from minicnn.onnx.import_ops import ImportOp, Outputs, _image, _only_first_output
+from minicnn.onnx.import_ops import (
+    ImportOp,
+    Outputs,
+    _image,
+    _only_first_output,
+    _pads,
+    _pair,
+    _symmetric,
+)
 
 
 def _text(node: NodeView, key: str, default: str) -> str:
@@ -97,6 +106,21 @@ def prelu(ctx: ImportContext, node: NodeView) -> Outputs:
                     "one slope or one per channel (axis 1)")
     set_parameter(node, layer.weight, squeezed, "slope")
     return [layer(x)]
+
+
+def sigmoid(ctx: ImportContext, node: NodeView) -> Outputs:
+    """Sigmoid; x * Sigmoid(x) (PyTorch's SiLU before opset 20 has a node of its own) as one
+    SiLU, when the Mul is the Sigmoid's only reader."""
+    x = ctx.tensor(node, 0)
+    readers = ctx.consumers.get(node.outputs[0], [])
+    if len(readers) == 1 and node.outputs[0] not in ctx.graph_outputs:
+        mul = ctx.nodes[readers[0]]
+        if mul.op_type == "Mul" and sorted(mul.inputs) == sorted([node.inputs[0],
+                                                                   node.outputs[0]]):
+            y = SiLU()(x)
+            ctx.fused[mul.index] = y
+            return [None]
+    return [Sigmoid()(x)]
 
 
 def gelu(ctx: ImportContext, node: NodeView) -> Outputs:
@@ -232,6 +256,35 @@ def conv(ctx: ImportContext, node: NodeView) -> Outputs:
     return import_ops.conv(ctx, inner)
 
 
+def conv_transpose(ctx: ImportContext, node: NodeView) -> Outputs:
+    """ConvTranspose -> ConvTranspose2D; weight (C, O/G, kh, kw) as PyTorch's and ONNX's."""
+    x = _image(ctx, node)
+    w = ctx.const(node, 1, "weight")
+    b = ctx.optional_const(node, 2, "bias")
+    if w.ndim != 4:
+        node.refuse(f"weight of shape {w.shape}: minicnn convolves 2-D images")
+    if node.attr("output_shape") is not None:
+        node.refuse("output_shape: give pads and output_padding instead")
+    if _text(node, "auto_pad", "NOTSET") not in ("NOTSET", ""):
+        node.refuse(f"auto_pad={_text(node, 'auto_pad', '')!r}: give pads")
+    group = int(node.attr("group", 1))
+    kernel = node.ints("kernel_shape", list(w.shape[2:]))
+    if kernel != list(w.shape[2:]) or w.shape[0] != x.shape[0]:
+        node.refuse(f"weight of shape {w.shape} for an input of {x.shape[0]} channels and "
+                    f"kernel_shape {kernel}")
+    strides, dilations = node.ints("strides", [1, 1]), node.ints("dilations", [1, 1])
+    padding = _symmetric(node, _pads(node, (x.shape[1], x.shape[2]), kernel, strides,
+                                     dilations))
+    layer = ConvTranspose2D(x.shape[0], int(w.shape[1]) * group, _pair(kernel),
+                            stride=_pair(strides), padding=padding,
+                            output_padding=_pair(node.ints("output_padding", [0, 0])),
+                            groups=group, bias=b is not None, dilation=_pair(dilations))
+    set_parameter(node, layer.weight, w, "weight")
+    if b is not None:
+        set_parameter(node, layer.bias, b, "bias")
+    return [layer(x)]
+
+
 def resize(ctx: ImportContext, node: NodeView) -> Outputs:
     """Resize / Upsample by integer scales on H and W -> Upsample2D (nearest, bilinear)."""
     x = _image(ctx, node)
@@ -292,5 +345,6 @@ EXTRA_OPS: dict[str, ImportOp] = {
     "GlobalMaxPool": global_max_pool, "BatchNormalization": batch_normalization,
     "LayerNormalization": layer_normalization, "GroupNormalization": group_normalization,
     "Pad": pad, "Conv": conv, "Resize": resize, "Upsample": resize,
+    "ConvTranspose": conv_transpose, "Sigmoid": sigmoid,
 }
 """Operators added to (or replacing, for Conv and BatchNormalization) ``import_ops.OPS``."""
