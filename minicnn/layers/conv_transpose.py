@@ -96,11 +96,11 @@ class ConvTranspose2D(Layer):
                              f"out_channels, got groups={groups} for {in_channels} -> "
                              f"{out_channels} channels")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size = pair(kernel_size, "ConvTranspose2D kernel_size")
-        self.stride = pair(stride, "ConvTranspose2D stride")
-        self.padding = pair(padding, "ConvTranspose2D padding")
-        self.output_padding = pair(output_padding, "ConvTranspose2D output_padding")
-        self.dilation = pair(dilation, "ConvTranspose2D dilation")
+        self.kernel_size = pair(kernel_size, "ConvTranspose2D: kernel_size")
+        self.stride = pair(stride, "ConvTranspose2D: stride")
+        self.padding = pair(padding, "ConvTranspose2D: padding")
+        self.output_padding = pair(output_padding, "ConvTranspose2D: output_padding")
+        self.dilation = pair(dilation, "ConvTranspose2D: dilation")
         if min(self.kernel_size + self.stride + self.dilation) < 1 or \
                 min(self.padding + self.output_padding) < 0:
             raise ValueError(f"ConvTranspose2D: kernel_size, stride, dilation must be >= 1 and "
@@ -113,6 +113,9 @@ class ConvTranspose2D(Layer):
                              f"with stride {stride} and dilation {dilation}")
         if bias is not True and bias is not False:
             raise TypeError(f"ConvTranspose2D: bias must be True or False, got {bias!r}")
+        if init not in initializers.INITIALIZERS:
+            raise ValueError(f"ConvTranspose2D: init must be one of {initializers.INITIALIZERS}, "
+                             f"got {init!r}")
         kh, kw = self.kernel_size
         fan_in, fan_out = out_channels // groups * kh * kw, in_channels * kh * kw
         self.weight = Parameter(initializers.initialize(
