@@ -231,7 +231,13 @@ class Network(Layer, abstract=True):
 
 class Sequential(Network):
     """Layers applied one after another. ``input_shape`` (per sample) enables shape checks at
-    construction and ``summary()``."""
+    construction and ``summary()``.
+
+    ``forward(x)`` takes a batch (N, *input_shape), e.g. float32 (N, 1, 28, 28) for the
+    reference CNN, and returns the last layer's output, e.g. class scores (N, 10), in the
+    parameters' dtype (float32 by default) on their array module; ``backward(grad)`` takes
+    dL/d(output) of the output's shape. ``fit``, ``evaluate`` and ``predict`` take raw images
+    (see ``predict``)."""
 
     def __init__(self, layers: Sequence[Layer], input_shape: Sequence[int] | None = None):
         super().__init__(list(layers))
@@ -287,7 +293,11 @@ class Sequential(Network):
 
 
 class Model(Network):
-    """A directed acyclic graph of layers from one ``Input`` to one output tensor."""
+    """A directed acyclic graph of layers from one ``Input`` to one output tensor.
+
+    ``forward(x)`` takes a batch (N, *shape) of the ``Input(shape)``'s per-sample shape and
+    returns the output tensor's batch, in the parameters' dtype (float32 by default); shapes
+    are checked while the graph is built."""
 
     def __init__(self, inputs: SymbolicTensor, outputs: SymbolicTensor):
         if not isinstance(inputs, SymbolicTensor) or inputs.layer is not None:
