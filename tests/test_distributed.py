@@ -404,7 +404,7 @@ def weights(path: Path) -> dict[str, np.ndarray]:
 FAULTS = """
 import os, signal, sys
 from minicnn.cli import commands as cli
-from minicnn.training import loop as train
+from minicnn.training import run as train   # the module whose Run calls train_step
 rank = int(os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")))
 original, calls = train.train_step, [0]
 def faulty(*args, **kwargs):
