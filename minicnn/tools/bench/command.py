@@ -44,7 +44,6 @@ from typing import Any
 import numpy
 
 import minicnn
-from minicnn import zoo
 from minicnn.core import backend
 from minicnn.kernels import allocator, blas
 from minicnn.tools.bench import layers as bench_layers
@@ -58,6 +57,7 @@ from minicnn.tools.bench.runners import (
     HAND_LOOP,
     HandLoopRunner,
     MinicnnRunner,
+    bench_model,
     make_batch,
 )
 from minicnn.tools.bench.timing import layer_breakdown, split_count, time_alternating
@@ -126,7 +126,7 @@ def bench_backend(backend_name: str, args: argparse.Namespace, torch: Any = None
     their ratios, the layers."""
     backend.set_backend(backend_name)
     minicnn.manual_seed(args.seed)
-    model = zoo.build_model(args.model, width_mult=args.width_mult)
+    model = bench_model(args.model, args.width_mult)
     x, y = make_batch(args.batch_size, args.seed)
     xi, _ = make_batch(args.infer_batch_size, args.seed + 1)
     runners: list[Any] = [MinicnnRunner(model, x, y, xi), HandLoopRunner(model, x, y)]
@@ -276,7 +276,7 @@ def _unavailable(backends: Sequence[str]) -> dict[str, str]:
 def _config(args: argparse.Namespace, backends: list[str], measured: list[str]
             ) -> dict[str, Any]:
     params = sum(p.size for p in
-                 zoo.build_model(args.model, width_mult=args.width_mult).parameters())
+                 bench_model(args.model, args.width_mult).parameters())
     return {"model": args.model, "width_mult": args.width_mult, "params": params,
             "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
             "infer_batch_size": args.infer_batch_size, "infer_steps": args.infer_steps,

@@ -11,9 +11,8 @@ import sys
 from typing import Any
 
 import minicnn
-from minicnn import zoo
 from minicnn.core import backend
-from minicnn.tools.bench.runners import MinicnnRunner, make_batch
+from minicnn.tools.bench.runners import MinicnnRunner, bench_model, make_batch
 from minicnn.tools.bench.torch_twin import TorchRunner
 
 MEMORY_TRAIN_STEPS, MEMORY_INFER_PASSES = 3, 2
@@ -53,7 +52,7 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
         backend.set_backend(spec["backend"])
     base = _proc_status_mib("VmRSS") or peak_rss_mib()
     minicnn.manual_seed(spec["seed"])
-    model = zoo.build_model(spec["model"], width_mult=spec["width_mult"])
+    model = bench_model(spec["model"], spec["width_mult"])
     training = spec["mode"] == "train"
     x, y = make_batch(spec["batch_size"], spec["seed"]) if training else (None, None)
     xi = None if training else make_batch(spec["infer_batch_size"], spec["seed"] + 1)[0]

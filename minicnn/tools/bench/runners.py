@@ -23,6 +23,15 @@ HAND_LOOP = ("opt.zero_grad(); logits = model.forward(x, training=True); "
              "loss.forward(logits, labels); model.backward(loss.backward()); opt.step()")
 
 
+def bench_model(name: str, width_mult: int = 1) -> Sequential:
+    """The zoo model the bench times (a Sequential: the PyTorch twin copies its layers)."""
+    from minicnn import zoo
+    model = zoo.build_model(name, width_mult=width_mult)
+    if not isinstance(model, Sequential):
+        raise ValueError(f"bench: {name} is not a Sequential model")
+    return model
+
+
 def make_batch(batch_size: int, seed: int) -> tuple[numpy.ndarray, numpy.ndarray]:
     """Random N(0, 1) float32 images (batch, 1, 28, 28) and int64 labels in [0, 10)."""
     rng = numpy.random.default_rng(seed)

@@ -25,10 +25,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import minicnn
-from minicnn import zoo
 from minicnn.core import backend
 from minicnn.tools.bench.report import table
-from minicnn.tools.bench.runners import MinicnnRunner, make_batch
+from minicnn.tools.bench.runners import MinicnnRunner, bench_model, make_batch
 from minicnn.tools.bench.timing import (
     Sample,
     Timer,
@@ -94,7 +93,7 @@ def sweep_backend(backend_name: str, batches: Sequence[int], args: argparse.Name
     for batch in batches:
         log(f"batch {batch}: {args.steps} steps after {args.warmup} warm-up, then each layer")
         minicnn.manual_seed(args.seed)
-        model = zoo.build_model(args.model, width_mult=args.width_mult)
+        model = bench_model(args.model, args.width_mult)
         x, y = make_batch(batch, args.seed)
         runner = MinicnnRunner(model, x, y)
         (step_s,) = time_alternating([runner], "train_step", args.warmup, args.steps)
