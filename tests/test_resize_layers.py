@@ -290,11 +290,13 @@ def test_onnx_export_matches_onnx_runtime(tmp_path):
                                    Upsample2D(2, "bilinear", align_corners=True),
                                    Upsample2D(1, "bilinear"), ZeroPad2D((2, 1, 0, 3)),
                                    ZeroPad2D((-1, 0, 1, -2)), Dropout2D(0.5)], ids=repr)
-def test_onnx_export_of_each_option(layer, tmp_path):
+@pytest.mark.parametrize("opset", [13, None], ids=["opset13", "default"])
+def test_onnx_export_of_each_option(layer, opset, tmp_path):
     pytest.importorskip("onnxruntime")
     from test_onnx import export_and_compare
 
-    export_and_compare(minicnn.Sequential([layer], input_shape=(2, 5, 4)), tmp_path)
+    export_and_compare(minicnn.Sequential([layer], input_shape=(2, 5, 4)), tmp_path,
+                       opset=opset)
 
 
 # =========================================================================== errors
