@@ -29,9 +29,11 @@ from minicnn.layers.base import no_grad
 from minicnn.models import Input, Model, Sequential
 from minicnn.onnx import export as onnx_export
 from minicnn.onnx.export import ExportError, export_onnx
+from minicnn.onnx.importer import OnnxImportError, import_onnx
 from minicnn.saving import checkpoint, npz_reader
 from minicnn.saving import description as model_description
 from minicnn.saving.checkpoint import CheckpointError, load, save
+from minicnn.saving.safetensors import SafetensorsError, load_weights, save_weights
 from minicnn.testing import gradient_check as _gradient_check
 from minicnn.testing.check_layer import LayerContractError, check_layer
 from minicnn.testing.gradient_check import GradientCheckError, gradcheck
@@ -47,7 +49,8 @@ __version__ = "0.2.0.dev0"
 __all__ = ["layers", "losses", "optim", "set_backend", "get_backend", "BackendError",
            "gradcheck", "GradientCheckError", "check_layer", "LayerContractError", "manual_seed",
            "Input", "Model", "Sequential", "save", "load", "CheckpointError", "no_grad",
-           "export_onnx", "ExportError"]
+           "export_onnx", "ExportError", "import_onnx", "OnnxImportError", "save_weights",
+           "load_weights", "SafetensorsError"]
 
 def _union(name: str, *modules: _types.ModuleType) -> _types.ModuleType:
     """A module ``minicnn.<name>`` holding the public names of ``modules`` (0.1's ``init`` and

@@ -22,7 +22,7 @@ from minicnn.training.evaluation import (
 )
 from minicnn.training.history import History
 from minicnn.training.loop import DIVERGENCE_FACTOR, TrainingError, fit, train_step
-from minicnn.training.losses import MSELoss, SoftmaxCrossEntropy
+from minicnn.training.losses import BCEWithLogits, MSELoss, SoftmaxCrossEntropy
 from minicnn.training.optimizers import (
     OPTIMIZERS,
     SGD,
@@ -50,7 +50,7 @@ from minicnn.training.schedules import (
     make_schedule,
 )
 
-__all__ = ["SoftmaxCrossEntropy", "MSELoss",
+__all__ = ["SoftmaxCrossEntropy", "MSELoss", "BCEWithLogits",
            "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "OPTIMIZERS",
            "ConstantLR", "StepLR", "CosineLR", "OneCycleLR", "WarmupLR", "ReduceLROnPlateau",
            "SCHEDULES", "make_schedule",
