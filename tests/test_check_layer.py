@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 import minicnn
+import minicnn.layers as L
 from minicnn.core import backend
 from minicnn.layers import (
     Add,
@@ -49,7 +50,40 @@ BUILT_IN = [
     (lambda: minicnn.Sequential([Conv2D(1, 2, 3), ReLU(), Flatten(), Dense(8, 2)],
                                 input_shape=(1, 4, 4)), (4, 1, 4, 4)),
     (lambda: _residual(), (4, 2, 3)),
+    (lambda: Conv2D(4, 6, 3, padding="same", groups=2), (4, 4, 5, 5)),
+    (lambda: Conv2D(3, 6, (2, 3), padding="same", groups=3), (4, 3, 5, 6)),
+    (lambda: L.ConvTranspose2D(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2),
+     (4, 4, 3, 3)),
+    (lambda: MaxPool2D(3, 2, 1, dilation=1, ceil_mode=True), (4, 2, 6, 6)),
+    (lambda: AvgPool2D(3, 2, 1, ceil_mode=True, count_include_pad=False), (4, 2, 6, 6)),
+    (L.GlobalMaxPool2D, (4, 3, 4, 4)),
+    (lambda: L.AdaptiveAvgPool2D((2, 3)), (4, 2, 5, 7)),
+    (lambda: L.BatchNorm1D(5), (4, 5)),
+    (lambda: L.LayerNorm((3, 4)), (4, 2, 3, 4)),
+    (lambda: L.GroupNorm(2, 4), (4, 4, 3, 3)),
+    (lambda: L.Upsample2D(2, "bilinear"), (4, 2, 3, 3)),
+    (lambda: L.Upsample2D((2, 3)), (4, 2, 3, 3)),
+    (lambda: L.ZeroPad2D((1, 0, 2, 1)), (4, 2, 3, 3)),
+    (lambda: L.Dropout2D(0.3), (4, 3, 2, 2)),
+    (L.GELU, (4, 6)),
+    (lambda: L.GELU("tanh"), (4, 6)),
+    (L.SiLU, (4, 6)),
+    (lambda: L.ELU(0.5), (4, 6)),
+    (lambda: L.Softplus(2.0, 3.0), (4, 6)),
+    (L.ReLU6, (4, 3, 5)),
+    (L.Hardswish, (4, 3, 5)),
+    (lambda: L.PReLU(3), (4, 3, 5)),
+    (L.LogSoftmax, (4, 6)),
 ]
+
+
+def test_every_registered_built_in_layer_is_exported_and_checked_here():
+    """A layer class defined in minicnn.layers is in minicnn.layers.__all__ and in BUILT_IN."""
+    built_in = {name for name, cls in L.LAYER_REGISTRY.items()
+                if cls.__module__.startswith("minicnn.layers.")}
+    assert built_in - set(L.__all__) == set()
+    checked = {type(make()).__name__ for make, _ in BUILT_IN}
+    assert built_in - checked == set()
 
 
 def _residual() -> minicnn.Model:

@@ -12,6 +12,7 @@ from minicnn.layers.activations import (
 from minicnn.layers.adaptive_pooling import AdaptiveAvgPool2D, GlobalMaxPool2D
 from minicnn.layers.base import LAYER_REGISTRY, Layer, Parameter
 from minicnn.layers.conv import Conv2D
+from minicnn.layers.conv_transpose import ConvTranspose2D
 from minicnn.layers.dense import Dense
 from minicnn.layers.dropout import Dropout, Dropout2D
 from minicnn.layers.flatten import Flatten
@@ -24,9 +25,9 @@ from minicnn.layers.pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from minicnn.layers.smooth_activations import ELU, GELU, SiLU, Softplus
 from minicnn.layers.upsample import Upsample2D
 
-__all__ = ["Layer", "Parameter", "LAYER_REGISTRY", "Conv2D", "Dense", "MaxPool2D", "AvgPool2D",
-           "GlobalAvgPool2D", "GlobalMaxPool2D", "AdaptiveAvgPool2D", "ReLU", "LeakyReLU",
-           "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Identity", "GELU", "SiLU", "ELU",
-           "Softplus", "ReLU6", "Hardswish", "PReLU", "Flatten", "Dropout", "Dropout2D",
-           "BatchNorm2D", "BatchNorm1D", "LayerNorm", "GroupNorm", "Upsample2D", "ZeroPad2D",
-           "Add", "Concatenate", "get_activation"]
+__all__ = ["Layer", "Parameter", "LAYER_REGISTRY", "Conv2D", "ConvTranspose2D", "Dense",
+           "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "GlobalMaxPool2D", "AdaptiveAvgPool2D",
+           "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Identity", "GELU",
+           "SiLU", "ELU", "Softplus", "ReLU6", "Hardswish", "PReLU", "Flatten", "Dropout",
+           "Dropout2D", "BatchNorm2D", "BatchNorm1D", "LayerNorm", "GroupNorm", "Upsample2D",
+           "ZeroPad2D", "Add", "Concatenate", "get_activation"]
