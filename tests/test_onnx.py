@@ -41,6 +41,7 @@ from minicnn.layers import (
     Softmax,
     Tanh,
 )
+from minicnn.layers.adaptive_pooling import AdaptiveAvgPool2D
 from minicnn.onnx.export import BUILTIN, DEFAULT_OPSET, ExportError, export_onnx
 from minicnn.saving.checkpoint import load_checkpoint
 
@@ -156,11 +157,14 @@ def random_trunk(rng, shape: tuple[int, ...], count: int) -> list[Layer]:
 def random_head(rng, shape: tuple[int, ...]) -> list[Layer]:
     """Pooling or Flatten, a Dense with any activation, then one whose activation cannot zero
     the whole output (so the comparison never degenerates to 0 == 0)."""
-    pool = GlobalAvgPool2D() if rng.random() < 0.4 else Flatten()
-    width, hidden = pool.output_shape(shape)[0], int(rng.integers(4, 9))
+    r = rng.random()
+    pools = [GlobalAvgPool2D()] if r < 0.3 else [AdaptiveAvgPool2D(1), Flatten()] if r < 0.45 \
+        else [Flatten()]
+    width, hidden = Flatten().output_shape(pools[0].output_shape(shape))[0], \
+        int(rng.integers(4, 9))
     act = DENSE_ACTIVATIONS[int(rng.integers(0, len(DENSE_ACTIVATIONS)))]
     last = DENSE_ACTIVATIONS[int(rng.integers(2, len(DENSE_ACTIVATIONS)))]
-    return [pool, Dense(width, hidden, activation=act, bias=bool(rng.integers(0, 4))),
+    return [*pools, Dense(width, hidden, activation=act, bias=bool(rng.integers(0, 4))),
             Dense(hidden, 5, activation=last)]
 
 
