@@ -461,3 +461,25 @@ def test_layers_option_errors(capsys):
     assert command.main(TINY + ["--layers", "--sweep", "batch=1,2"]) == 2
     assert "--sweep and --layers are separate benchmarks" in capsys.readouterr().err
 
+
+
+def test_every_layer_case_names_a_real_layer_and_its_torch_twin_runs():
+    """Each case's layer exists, and its PyTorch function takes the layer's parameters (tiny
+    inputs: the real sizes are for the bench)."""
+    import importlib
+    torch = pytest.importorskip("torch")
+    from minicnn.tools.bench import layers as bench_layers
+    for case in layer_cases.CASES:
+        cls = getattr(importlib.import_module(case.module), case.cls)
+        assert issubclass(cls, Layer), case.name
+        small = (2, case.shape[1], *(min(s, 8) for s in case.shape[2:]))
+        tiny = layer_cases.LayerCase(case.name, case.module, case.cls, case.args, small,
+                                     case.torch_fn, case.kwargs, case.target)
+        if case.cls == "LayerNorm":     # its arguments fix the sample shape: checked at full size
+            continue
+        mine = bench_layers.LayerRunner(tiny, seed=0)
+        theirs = bench_layers.TorchLayerRunner(torch, tiny, mine, "cpu")
+        y = mine.model.forward(mine.x, training=True)
+        yt = case.torch_fn(torch.nn.functional, theirs.x, theirs.params)
+        np.testing.assert_allclose(backend.to_numpy(y), yt.detach().numpy(), rtol=1e-4,
+                                   atol=1e-5, err_msg=case.name)
