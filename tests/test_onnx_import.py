@@ -339,3 +339,21 @@ def test_pytorch_silu_and_conv_transpose(tmp_path):
     with torch.no_grad():
         want = net(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(infer(model, x), want, rtol=RTOL, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")      # the TorchScript exporter
+def test_pytorch_gelu_pattern(tmp_path):
+    """Before opset 20 PyTorch writes GELU as Div, Erf, Add, Mul, Mul: imported as one GELU."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(2)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.GELU(), torch.nn.Linear(6, 2))
+    x = np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32)
+    path = tmp_path / "gelu.onnx"
+    torch.onnx.export(net.eval(), torch.from_numpy(x), str(path), dynamo=False,
+                      opset_version=17, input_names=["x"], dynamic_axes={"x": {0: "N"}})
+    assert "Erf" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    model = import_onnx(path)
+    assert [type(layer).__name__ for layer in model.layers] == ["Dense", "GELU", "Dense"]
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(infer(model, x), want, rtol=RTOL, atol=1e-6)

@@ -53,14 +53,14 @@ class ImportContext:
     """The values computed so far: ``consts`` (NumPy arrays known at import time) and
     ``tensors`` (symbolic tensors computed by layers; per-sample shapes, the batch axis
     implicit). ``fused`` maps a node index to the tensor an earlier node already computed
-    for it (MatMul + Add as one Dense)."""
+    for it (MatMul + Add as one Dense), or None for a node inside such a pattern."""
 
     nodes: list[NodeView]
     graph_outputs: set[str]
     consts: dict[str, Any] = field(default_factory=dict)
     tensors: dict[str, SymbolicTensor] = field(default_factory=dict)
     consumers: dict[str, list[int]] = field(default_factory=dict)
-    fused: dict[int, SymbolicTensor] = field(default_factory=dict)
+    fused: dict[int, SymbolicTensor | None] = field(default_factory=dict)
     batch: int | None = None
 
     def has(self, name: str) -> bool:

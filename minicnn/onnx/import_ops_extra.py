@@ -123,6 +123,47 @@ def sigmoid(ctx: ImportContext, node: NodeView) -> Outputs:
     return [Sigmoid()(x)]
 
 
+def _only_reader(ctx: ImportContext, node: NodeView, op_type: str) -> NodeView | None:
+    readers = ctx.consumers.get(node.outputs[0], [])
+    if len(readers) != 1 or node.outputs[0] in ctx.graph_outputs:
+        return None
+    reader = ctx.nodes[readers[0]]
+    return reader if reader.op_type == op_type else None
+
+
+def _other_const(ctx: ImportContext, node: NodeView, name: str) -> float | None:
+    """The one-value constant ``node`` takes besides ``name``, or None."""
+    others = [n for n in node.inputs if n != name]
+    if len(node.inputs) != 2 or len(others) != 1 or others[0] not in ctx.consts or \
+            ctx.consts[others[0]].size != 1:
+        return None
+    return float(ctx.consts[others[0]].reshape(-1)[0])
+
+
+def erf_gelu(ctx: ImportContext, node: NodeView) -> Outputs:
+    """PyTorch's exact GELU before opset 20, x * (erf(x / sqrt 2) + 1) * 0.5 as Div, Erf, Add,
+    Mul, Mul (either order of the last two), as one GELU layer; any other Div of a computed
+    tensor is refused."""
+    x_name = node.inputs[0]
+    x = ctx.tensor(node, 0)
+    root2 = _other_const(ctx, node, x_name)
+    erf = _only_reader(ctx, node, "Erf")
+    add = _only_reader(ctx, erf, "Add") if erf else None
+    first = _only_reader(ctx, add, "Mul") if add else None
+    second = _only_reader(ctx, first, "Mul") if first else None
+    if erf and add and first and second and root2 is not None and \
+            abs(root2 - math.sqrt(2)) < 1e-6 and _other_const(ctx, add, erf.outputs[0]) == 1 \
+            and sorted(first.inputs) == sorted([x_name, add.outputs[0]]) and \
+            _other_const(ctx, second, first.outputs[0]) == 0.5:
+        y = GELU()(x)
+        for chain in (erf, add, first):
+            ctx.fused[chain.index] = None
+        ctx.fused[second.index] = y
+        return [None]
+    node.refuse("a Div of a computed tensor: minicnn has no layer for it (PyTorch's GELU "
+                "pattern x * (erf(x / sqrt 2) + 1) * 0.5 is recognised)")
+
+
 def gelu(ctx: ImportContext, node: NodeView) -> Outputs:
     approximate = _text(node, "approximate", "none")
     if approximate not in ("none", "tanh"):
@@ -345,6 +386,6 @@ EXTRA_OPS: dict[str, ImportOp] = {
     "GlobalMaxPool": global_max_pool, "BatchNormalization": batch_normalization,
     "LayerNormalization": layer_normalization, "GroupNormalization": group_normalization,
     "Pad": pad, "Conv": conv, "Resize": resize, "Upsample": resize,
-    "ConvTranspose": conv_transpose, "Sigmoid": sigmoid,
+    "ConvTranspose": conv_transpose, "Sigmoid": sigmoid, "Div": erf_gelu,
 }
 """Operators added to (or replacing, for Conv and BatchNormalization) ``import_ops.OPS``."""

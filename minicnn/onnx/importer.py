@@ -194,7 +194,9 @@ def _shape_of_tensor(node: NodeView, shape: tuple[int, ...]) -> numpy.ndarray:
 
 def _run_node(onnx: Any, ctx: ImportContext, node: NodeView, where: str) -> None:
     if node.index in ctx.fused:
-        ctx.tensors[node.outputs[0]] = ctx.fused[node.index]
+        fused = ctx.fused[node.index]
+        if fused is not None:
+            ctx.tensors[node.outputs[0]] = fused
         return
     for name in node.inputs:
         if name and not ctx.has(name):
@@ -272,6 +274,10 @@ def _build(onnx: Any, model: Any, where: str) -> Model:
         for n in node.inputs:
             ctx.consumers.setdefault(n, []).append(node.index)
     try:
+        for node in nodes:                 # first, as a pattern may read a later Constant
+            if node.op_type == "Constant" and not node.inputs:
+                _run_node(onnx, ctx, node, where)
+                ctx.fused[node.index] = None
         for node in nodes:
             _run_node(onnx, ctx, node, where)
     except OnnxImportError as exc:
