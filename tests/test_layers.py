@@ -308,8 +308,9 @@ def test_conv2d_same_padding_keeps_size():
     assert Conv2D(1, 1, (3, 5), padding="same", dilation=2).padding == (2, 4)
     with pytest.raises(ValueError, match="stride 1"):
         Conv2D(1, 1, 3, stride=2, padding="same")
-    with pytest.raises(ValueError, match="odd"):
-        Conv2D(1, 1, 2, padding="same")
+    even = Conv2D(1, 1, 2, padding="same")                # one more at the bottom/right
+    assert even.pads == (0, 0, 1, 1)
+    assert even.forward(randn(1, 1, 5, 4).astype(np.float32)).shape == (1, 1, 5, 4)
 
 
 def test_conv2d_weight_layout_is_pytorch_order():

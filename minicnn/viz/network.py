@@ -147,6 +147,10 @@ def im2col_example(conv: Conv2D, x: Any, row: int | None = None, filter: int = 0
     the products' sum, the bias, and the output the layer itself computed there (``output``
     equals ``sum + bias`` up to float rounding). ``row`` (= oh * Wo + ow) defaults to the
     position where that filter responds most strongly."""
+    top_pad, left_pad, bottom_pad, right_pad = getattr(conv, "pads", conv.padding * 2)
+    if getattr(conv, "groups", 1) != 1 or (top_pad, left_pad) != (bottom_pad, right_pad):
+        raise ValueError(f"{conv.label()}: the im2col example shows ungrouped convolutions "
+                         "with the same padding on both sides (groups=1, odd 'same' kernels)")
     x = _batch(conv, x)[:1]
     with modes.no_grad():
         y = conv.forward(x)                                       # (1, O, Ho, Wo)

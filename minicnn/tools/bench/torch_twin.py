@@ -36,9 +36,13 @@ def torch_model_from(model: Sequential, torch: Any = None) -> Any:
     modules = []
     for layer in model.layers:
         if isinstance(layer, Conv2D):
-            m = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                          layer.padding, layer.dilation, bias=layer.bias is not None)
-            weights = [(m.weight, layer.weight.data)]
+            top, left, bottom, right = layer.pads
+            conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
+                             layer.stride, 0, layer.dilation, groups=layer.groups,
+                             bias=layer.bias is not None)
+            m = conv if not any(layer.pads) else \
+                nn.Sequential(nn.ZeroPad2d((left, right, top, bottom)), conv)
+            weights = [(conv.weight, layer.weight.data)]
         elif isinstance(layer, Dense):
             m = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
             weights = [(m.weight, layer.weight.data.T)]
@@ -50,7 +54,7 @@ def torch_model_from(model: Sequential, torch: Any = None) -> Any:
             raise ValueError(f"bench: no PyTorch equivalent for {layer!r}")
         bias = getattr(layer, "bias", None)
         if bias is not None:
-            weights.append((m.bias, bias.data))
+            weights.append((conv.bias if isinstance(layer, Conv2D) else m.bias, bias.data))
         with torch.no_grad():
             for target, source in weights:
                 target.copy_(tensor(source))
