@@ -121,6 +121,23 @@ def test_the_site_builds_strict_with_every_page(built_site):
     assert (built_site / "filters.png").is_file() and (built_site / "im2col.png").is_file()
 
 
+@pytest.mark.slow
+def test_strict_mode_fails_on_a_broken_link_anchor_or_reference(built_site, tmp_path):
+    """The config's strictness is real: a copy of the docs with a link to a missing page, a
+    missing anchor and an unknown API name does not build."""
+    shutil.copytree(DOCS, tmp_path / "docs")
+    shutil.copy(ROOT / "mkdocs.yml", tmp_path)
+    with open(tmp_path / "docs" / "about.md", "a") as page:
+        page.write("\n[a](no-such-page.md) [b](training.md#no-such-anchor) [c][minicnn.NoSuch]\n")
+    run = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir",
+                          str(tmp_path / "site")], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "NO_MKDOCS_2_WARNING": "1",
+                                           "PYTHONPATH": str(ROOT)})
+    assert run.returncode != 0
+    for what in ("no-such-page.md", "no-such-anchor", "minicnn.NoSuch"):
+        assert what in run.stderr, run.stderr[-2000:]
+
+
 def text_of(html: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)).replace("&quot;", '"')
 
