@@ -2,9 +2,16 @@
 
 The kernels are CUDA C++ source strings compiled at run time by CuPy (NVRTC)
 and launched through thin Python wrappers. Every kernel is a template over
-the element type ``T``; the wrappers instantiate ``float`` (float32, the
-default dtype) and ``double`` (float64, used by gradient checks) through
-NVRTC name expressions such as ``"im2col_nhwc<float>"``.
+the element type ``T``; the wrappers pick the instantiation from the input's
+dtype through NVRTC name expressions such as ``"im2col_nhwc<float>"``:
+``float`` (float32, the default dtype), ``double`` (float64, used by gradient
+checks) and ``__half`` (float16, mixed precision's compute dtype), and refuse
+any other dtype. The ``__half`` instantiations are separate compilation units
+(``"conv_half"``, ``"pool_half"``: the same source after ``#include
+<cuda_fp16.h>``), so float32 and float64 compile without the CUDA headers.
+Sums of ``__half`` elements (col2im, average pooling and its gradient,
+max-pool gradient) accumulate in ``float`` and round to half once, when
+written; max pooling compares in ``float`` (exact for halves).
 
 Conventions shared by all kernels:
 
@@ -44,6 +51,18 @@ _PRELUDE = r"""
 #define MINICNN_FOR_EACH(idx, total)                                        \
   for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;    \
        idx < (total); idx += (long long)blockDim.x * gridDim.x)
+
+// Acc<T>::type is the type kernels sum and compare in: T itself for float
+// and double; the half units specialize it to float for __half.
+template <typename T> struct Acc { typedef T type; };
+"""
+
+# Prepended to a unit's source to make its __half instantiations: sums of
+# __half elements run in float and are rounded to half once, when written.
+_HALF_PRELUDE = r"""
+#include <cuda_fp16.h>
+template <typename T> struct Acc;
+template <> struct Acc<__half> { typedef float type; };
 """
 
 _CONV_SOURCE = _PRELUDE + r"""
@@ -65,7 +84,7 @@ __global__ void im2col_nhwc(const T* __restrict__ x, T* __restrict__ cols,
     const long long n = t / Ho;
     const int h = oh * sh - ph + i * dh;
     const int w = ow * sw - pw + j * dw;
-    T value = T(0);
+    T value = static_cast<T>(0.0f);
     if (h >= 0 && h < H && w >= 0 && w < W) {
       value = x[((n * H + h) * W + w) * C + c];
     }
@@ -87,7 +106,8 @@ __global__ void col2im_nhwc(const T* __restrict__ cols, T* __restrict__ x,
     const int w = (int)(t % W); t /= W;
     const int h = (int)(t % H);
     const long long n = t / H;
-    T acc = T(0);
+    typedef typename Acc<T>::type A;
+    A acc = 0;
     for (int i = 0; i < kh; ++i) {
       // (h, w) is kernel offset (i, j) of output (oh, ow) exactly when
       // oh*sh == h + ph - i*dh (and likewise for w), with oh in [0, Ho).
@@ -102,10 +122,10 @@ __global__ void col2im_nhwc(const T* __restrict__ cols, T* __restrict__ x,
         if (tw % sw != 0) continue;
         const int ow = tw / sw;
         if (ow >= Wo) continue;
-        acc += cols[((((n * Ho + oh) * Wo + ow) * kh + i) * kw + j) * C + c];
+        acc += static_cast<A>(cols[((((n * Ho + oh) * Wo + ow) * kh + i) * kw + j) * C + c]);
       }
     }
-    x[idx] = acc;
+    x[idx] = static_cast<T>(acc);
   }
 }
 """
@@ -145,8 +165,9 @@ __global__ void maxpool_forward_nhwc(const T* __restrict__ x,
     const long long n = t / Ho;
     const int h0 = oh * sh - ph;
     const int w0 = ow * sw - pw;
+    typedef typename Acc<T>::type A;
     // -inf (double bits 0xfff0...), for a window holding padding alone
-    T best = static_cast<T>(__longlong_as_double((long long)0xfff0000000000000ULL));
+    A best = static_cast<A>(__longlong_as_double((long long)0xfff0000000000000ULL));
     int best_k = -1;
     for (int i = 0; i < kh; ++i) {
       const int h = h0 + i * dh;
@@ -154,7 +175,7 @@ __global__ void maxpool_forward_nhwc(const T* __restrict__ x,
       for (int j = 0; j < kw; ++j) {
         const int w = w0 + j * dw;
         if (w < 0 || w >= W) continue;
-        const T v = x[((n * H + h) * W + w) * C + c];
+        const A v = static_cast<A>(x[((n * H + h) * W + w) * C + c]);
         // Strict '>' keeps the first maximum. The NaN clause makes the
         // first NaN win and stick, as np.max / np.argmax do.
         if (best_k < 0 || v > best || (v != v && best == best)) {
@@ -163,7 +184,7 @@ __global__ void maxpool_forward_nhwc(const T* __restrict__ x,
         }
       }
     }
-    y[idx] = best;
+    y[idx] = static_cast<T>(best);  // exact: best is one of the x values
     argmax[idx] = best_k;
   }
 }
@@ -185,7 +206,8 @@ __global__ void maxpool_backward_nhwc(const T* __restrict__ dy,
     const int w = (int)(t % W); t /= W;
     const int h = (int)(t % H);
     const long long n = t / H;
-    T acc = T(0);
+    typedef typename Acc<T>::type A;
+    A acc = 0;
     for (int i = 0; i < kh; ++i) {
       // (h, w) is tap (i, j) of window (oh, ow) exactly when
       // oh*sh == h + ph - i*dh (and likewise for w), with oh in [0, Ho).
@@ -201,10 +223,10 @@ __global__ void maxpool_backward_nhwc(const T* __restrict__ dy,
         const int ow = tw / sw;
         if (ow >= Wo) continue;
         const long long o = ((n * Ho + oh) * Wo + ow) * C + c;
-        if (argmax[o] == i * kw + j) acc += dy[o];
+        if (argmax[o] == i * kw + j) acc += static_cast<A>(dy[o]);
       }
     }
-    dx[idx] = acc;
+    dx[idx] = static_cast<T>(acc);
   }
 }
 
@@ -226,18 +248,19 @@ __global__ void avgpool_forward_nhwc(const T* __restrict__ x,
     const long long n = t / Ho;
     const int h0 = oh * sh - ph;
     const int w0 = ow * sw - pw;
-    T acc = T(0);
+    typedef typename Acc<T>::type A;
+    A acc = 0;
     for (int i = 0; i < kh; ++i) {
       const int h = h0 + i;
       if (h < 0 || h >= H) continue;
       for (int j = 0; j < kw; ++j) {
         const int w = w0 + j;
         if (w < 0 || w >= W) continue;
-        acc += x[((n * H + h) * W + w) * C + c];
+        acc += static_cast<A>(x[((n * H + h) * W + w) * C + c]);
       }
     }
-    y[idx] = acc / T(avgpool_divisor(h0, w0, H, W, kh, kw, ph, pw,
-                                     count_include_pad));
+    y[idx] = static_cast<T>(acc / A(avgpool_divisor(h0, w0, H, W, kh, kw, ph, pw,
+                                                    count_include_pad)));
   }
 }
 
@@ -257,7 +280,8 @@ __global__ void avgpool_backward_nhwc(const T* __restrict__ dy,
     const int w = (int)(t % W); t /= W;
     const int h = (int)(t % H);
     const long long n = t / H;
-    T acc = T(0);
+    typedef typename Acc<T>::type A;
+    A acc = 0;
     for (int i = 0; i < kh; ++i) {
       const int th = h + ph - i;
       if (th < 0) break;
@@ -272,20 +296,25 @@ __global__ void avgpool_backward_nhwc(const T* __restrict__ dy,
         if (ow >= Wo) continue;
         const int d = avgpool_divisor(oh * sh - ph, ow * sw - pw, H, W, kh, kw,
                                       ph, pw, count_include_pad);
-        acc += dy[((n * Ho + oh) * Wo + ow) * C + c] / T(d);
+        acc += static_cast<A>(dy[((n * Ho + oh) * Wo + ow) * C + c]) / A(d);
       }
     }
-    dx[idx] = acc;
+    dx[idx] = static_cast<T>(acc);
   }
 }
 """
 
 _C_TYPES: dict[np.dtype, str] = {
+    np.dtype(np.float16): "__half",
     np.dtype(np.float32): "float",
     np.dtype(np.float64): "double",
 }
 
-# Template kernels of each compilation unit (instantiated for every C type).
+_HALF = np.dtype(np.float16)
+HALF_UNIT_SUFFIX = "_half"
+"""A unit's ``__half`` instantiations are the unit of this name suffix (``"conv_half"``)."""
+
+# Template kernels of each source (instantiated for every C type).
 _KERNELS: dict[str, tuple[str, ...]] = {
     "conv": ("im2col_nhwc", "col2im_nhwc"),
     "pool": (
@@ -295,13 +324,22 @@ _KERNELS: dict[str, tuple[str, ...]] = {
         "avgpool_backward_nhwc",
     ),
 }
+_SOURCES: dict[str, str] = {"conv": _CONV_SOURCE, "pool": _POOL_SOURCE}
 
-KERNEL_SOURCES: dict[str, str] = {"conv": _CONV_SOURCE, "pool": _POOL_SOURCE}
+# float and double compile without any header; __half needs <cuda_fp16.h> from the CUDA
+# include directory (the one CuPy's own float16 kernels use, which cupy.RawModule adds to the
+# options), so it is a separate unit and float32 does not depend on finding that header.
+KERNEL_SOURCES: dict[str, str] = {
+    **_SOURCES,
+    **{unit + HALF_UNIT_SUFFIX: _HALF_PRELUDE + src for unit, src in _SOURCES.items()},
+}
 """Compilation unit name -> full CUDA C++ source minicnn compiles."""
 
 KERNEL_NAME_EXPRESSIONS: dict[str, tuple[str, ...]] = {
-    unit: tuple(f"{k}<{t}>" for k in kernels for t in _C_TYPES.values())
-    for unit, kernels in _KERNELS.items()
+    **{unit: tuple(f"{k}<{t}>" for k in kernels for t in ("float", "double"))
+       for unit, kernels in _KERNELS.items()},
+    **{unit + HALF_UNIT_SUFFIX: tuple(f"{k}<__half>" for k in kernels)
+       for unit, kernels in _KERNELS.items()},
 }
 """Compilation unit name -> NVRTC name expressions of its kernel entries."""
 
@@ -335,7 +373,10 @@ def _module(unit: str) -> Any:
 
 @functools.cache
 def _kernel(unit: str, name: str, dtype: np.dtype) -> Any:
-    """Return the ``cupy.RawKernel`` ``name<T>`` of ``unit`` for ``dtype``."""
+    """Return the ``cupy.RawKernel`` ``name<T>`` of source ``unit`` for ``dtype`` (from the
+    ``__half`` unit for float16)."""
+    if dtype == _HALF:
+        unit += HALF_UNIT_SUFFIX
     return _module(unit).get_function(f"{name}<{_C_TYPES[dtype]}>")
 
 
@@ -347,15 +388,17 @@ def _launch(kernel: Any, total: int, args: tuple) -> None:
     kernel((blocks,), (_BLOCK,), args)
 
 
-def _as_input(a: Any, name: str, ndim: int) -> Any:
-    """Return ``a`` as a C-contiguous float32/float64 CuPy array of ``ndim``."""
+def _as_input(a: Any, name: str, ndim: int, kernel: str) -> Any:
+    """Return ``a`` as a C-contiguous float16/float32/float64 CuPy array of ``ndim`` (the
+    input ``name`` of ``kernel``, named in the errors)."""
     cp = _cupy()
     if not isinstance(a, cp.ndarray):
-        raise TypeError(f"{name} must be a cupy.ndarray, got {type(a).__name__}")
+        raise TypeError(f"{kernel}: {name} must be a cupy.ndarray, got {type(a).__name__}")
     if a.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
+        raise ValueError(f"{kernel}: {name} must be {ndim}-D, got shape {a.shape}")
     if a.dtype not in _C_TYPES:
-        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
+        raise TypeError(f"{kernel}: {name} must be float16, float32 or float64, "
+                        f"got {a.dtype}")
     return cp.ascontiguousarray(a)
 
 
@@ -431,7 +474,7 @@ def im2col_nhwc(
     ``Ho = (H + 2*ph - dh*(kh-1) - 1)//sh + 1`` (``Wo`` likewise).
     ``out``, if given, must be a C-contiguous array of that shape and dtype.
     """
-    x = _as_input(x, "x", 4)
+    x = _as_input(x, "x", 4, "im2col_nhwc")
     n, h, w, c = x.shape
     ho = _output_size(h, kh, sh, ph, dh, "height")
     wo = _output_size(w, kw, sw, pw, dw, "width")
@@ -455,7 +498,7 @@ def col2im_nhwc(
     every column entry that im2col would copy from ``(n, h, w, c)``.
     Deterministic (gather form, fixed summation order, no atomics).
     """
-    cols = _as_input(cols, "cols", 6)
+    cols = _as_input(cols, "cols", 6, "col2im_nhwc")
     n, ho, wo, ckh, ckw, c = cols.shape
     exp_ho = _output_size(H, kh, sh, ph, dh, "height")
     exp_wo = _output_size(W, kw, sw, pw, dw, "width")
@@ -487,7 +530,7 @@ def maxpool_forward_nhwc(
     ``Ho = (H + 2*ph - dh*(kh-1) - 1)//sh + 1``, rounded up with
     ``ceil_mode`` as PyTorch does (see :func:`_output_size`).
     """
-    x = _as_input(x, "x", 4)
+    x = _as_input(x, "x", 4, "maxpool_forward_nhwc")
     _check_pool_padding(kh, kw, ph, pw)
     n, h, w, c = x.shape
     ho = _output_size(h, kh, sh, ph, dh, "height", ceil_mode)
@@ -515,7 +558,7 @@ def maxpool_backward_nhwc(
     ``(h, w)``, in the fixed window order (tap ``i`` then ``j``). Overlapping
     windows are handled; deterministic (gather form, no atomics).
     """
-    dy = _as_input(dy, "dy", 4)
+    dy = _as_input(dy, "dy", 4, "maxpool_backward_nhwc")
     _check_pool_padding(kh, kw, ph, pw)
     n, ho, wo, c = dy.shape
     exp = (_output_size(H, kh, sh, ph, dh, "height", ceil_mode),
@@ -554,7 +597,7 @@ def avgpool_forward_nhwc(
     the right padding) or inside the input alone.
     ``Ho = (H + 2*ph - kh)//sh + 1``, rounded up with ``ceil_mode``.
     """
-    x = _as_input(x, "x", 4)
+    x = _as_input(x, "x", 4, "avgpool_forward_nhwc")
     _check_pool_padding(kh, kw, ph, pw)
     n, h, w, c = x.shape
     ho = _output_size(h, kh, sh, ph, 1, "height", ceil_mode)
@@ -581,7 +624,7 @@ def avgpool_backward_nhwc(
     :func:`avgpool_forward_nhwc`). Deterministic (gather form, fixed
     summation order, no atomics).
     """
-    dy = _as_input(dy, "dy", 4)
+    dy = _as_input(dy, "dy", 4, "avgpool_backward_nhwc")
     _check_pool_padding(kh, kw, ph, pw)
     n, ho, wo, c = dy.shape
     exp = (_output_size(H, kh, sh, ph, 1, "height", ceil_mode),
