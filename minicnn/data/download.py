@@ -32,10 +32,13 @@ MAX_DOWNLOAD_BYTES = 64 << 20
 """Largest response accepted (the biggest MNIST archive is under 10 MB)."""
 
 
-def download_bytes(url: str, label: str, max_bytes: int = MAX_DOWNLOAD_BYTES,
-                   deadline_s: float = DOWNLOAD_DEADLINE) -> bytes:
+def download_bytes(url: str, label: str, max_bytes: int | None = None,
+                   deadline_s: float | None = None) -> bytes:
     """The body at ``url``, held in memory: at most ``max_bytes`` (checked against
-    Content-Length, then counted), within ``deadline_s`` seconds; DatasetError otherwise."""
+    Content-Length, then counted; default ``MAX_DOWNLOAD_BYTES``), within ``deadline_s``
+    seconds (default ``DOWNLOAD_DEADLINE``); DatasetError otherwise."""
+    max_bytes = MAX_DOWNLOAD_BYTES if max_bytes is None else max_bytes      # read at call time
+    deadline_s = DOWNLOAD_DEADLINE if deadline_s is None else deadline_s
     check_scheme(url)
     request = urllib.request.Request(url, headers={"User-Agent": "minicnn"})
     chunks: list[bytes] = []
