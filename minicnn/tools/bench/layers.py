@@ -53,12 +53,12 @@ class LayerRunner:
         backend.synchronize()
 
     def step(self) -> None:
-        self.model.forward(self.x, training=True)
+        self.model.forward(self.x, training=True, check=False)     # as fit's step: no NaN scan
         self.model.backward(self.dy, input_grad=True)
 
     def forward(self) -> None:
         with modes.no_grad():
-            self.model.forward(self.x, training=True)
+            self.model.forward(self.x, training=True, check=False)
 
 
 class TorchLayerRunner:
