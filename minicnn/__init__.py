@@ -8,10 +8,10 @@ SGD, and one switch between NumPy (CPU) and CuPy (GPU)::
     model = minicnn.Sequential([Conv2D(1, 8, 3), ReLU(), MaxPool2D(2), Flatten(),
                                 Dense(8 * 13 * 13, 10)], input_shape=(1, 28, 28))
 
-The package is grouped by layer of the stack (README, "Where things are"): ``core`` (arrays,
-modes, random state), ``kernels`` (im2col, CUDA, BLAS), ``layers``, ``data``, ``saving``,
-``training``, ``models``, ``zoo``, ``onnx``, ``viz``, ``testing``, and the ``cli`` and
-``tools`` on top.
+The package is grouped by layer of the stack ("Where things are", docs/architecture.md):
+``core`` (arrays, modes, random state), ``kernels`` (im2col, CUDA, BLAS), ``layers``,
+``data``, ``saving``, ``training``, ``models``, ``zoo``, ``onnx``, ``viz``, ``testing``, and the
+``cli`` and ``tools`` on top.
 """
 import sys as _sys
 import types as _types

@@ -40,8 +40,8 @@ from minicnn.zoo.resnet import resnet
 from minicnn.zoo.vgg import vgg
 
 __all__ = ["MODELS", "RECIPES", "build_model", "recipe_for", "ref_cnn", "lenet5", "resnet",
-           "mobilenet", "vgg", "autoencoder", "Recipe", "REFERENCE_RECIPE", "SCHEDULES", "OPTIMIZER_DEFAULTS",
-           "make_optimizer", "make_schedule", "load_model_function"]
+           "mobilenet", "vgg", "autoencoder", "Recipe", "REFERENCE_RECIPE", "SCHEDULES",
+           "OPTIMIZER_DEFAULTS", "make_optimizer", "make_schedule", "load_model_function"]
 
 MODELS: dict[str, Callable[..., Layer]] = {"ref-cnn": ref_cnn, "lenet5": lenet5,
                                            "resnet": resnet, "mobilenet": mobilenet, "vgg": vgg,
