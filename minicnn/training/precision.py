@@ -34,11 +34,9 @@ On NumPy, float16 is computed without BLAS (NumPy has no half-precision GEMM), s
 it is there to be correct and tested. On CuPy, ``cupy.matmul`` of float16 arrays calls cuBLAS
 (``cublasGemmEx`` with float16 inputs), which runs on the tensor cores of GPUs that have them;
 CuPy's compute type for it follows ``CUPY_TF32``/``cupy.cuda.set_compute_type``. No speed is
-claimed here: nothing has been measured. The CUDA im2col and pooling kernels of
-``minicnn.kernels.cuda`` are instantiated for float32 and float64 only, so on CuPy a model with
-convolutions or pooling cannot run in float16 until they have a ``__half`` instantiation, and
-Dropout draws its masks in the input's dtype, which NumPy's generator does not offer for
-float16.
+claimed here: nothing has been measured. The CUDA im2col, col2im and pooling kernels of
+``minicnn.kernels.cuda`` have ``__half`` versions that sum in float32 and round once; Dropout
+draws its masks in float32 for float16 input (NumPy's generator draws no float16).
 """
 from __future__ import annotations
 
