@@ -77,53 +77,49 @@ class Tanh(Activation):
         return grad_out * (1 - y * y)
 
 
-class Softmax(Activation):
-    """exp(x) / sum(exp(x)) along ``axis`` (default 1, the class axis), shifted for stability."""
-
-    keeps = ("output",)
-
-    def __init__(self, axis: int = 1):
-        super().__init__()
-        self.axis = axis
-
-    @property
-    def per_sample(self) -> bool:  # type: ignore[override]  # computed: from the axis
-        return self.axis > 0                         # axis 0 (or -ndim) mixes the samples
-
-    def apply(self, x):
-        xp = backend.get_array_module(x)
-        if not -x.ndim <= self.axis < x.ndim:
-            raise ValueError(f"{self.label()}: expected an input with an axis {self.axis}, got "
-                             f"shape {tuple(x.shape)}")
-        e = xp.exp(x - x.max(axis=self.axis, keepdims=True))
-        return e / e.sum(axis=self.axis, keepdims=True)
-
-    def derivative(self, x, y, grad_out):
-        return y * (grad_out - (grad_out * y).sum(axis=self.axis, keepdims=True))
-
-
-class LogSoftmax(Activation):
-    """log(softmax(x)) = x - max - log(sum(exp(x - max))) along ``axis`` (default 1), without
-    overflow; the derivative is dy - softmax * sum(dy) (softmax = exp(y))."""
+class _AlongAxis(Activation, abstract=True):
+    """An activation normalising along ``axis`` (Softmax, LogSoftmax): split among threads only
+    when that is not the batch axis."""
 
     keeps = ("output",)
 
     def __init__(self, axis: int = 1):
         super().__init__()
         if not isinstance(axis, int) or isinstance(axis, bool):
-            raise ValueError(f"LogSoftmax: axis must be an int, got {axis!r}")
+            raise ValueError(f"{type(self).__name__}: axis must be an int, got {axis!r}")
         self.axis = axis
 
     @property
     def per_sample(self) -> bool:  # type: ignore[override]  # computed: from the axis
         return self.axis > 0                         # axis 0 (or -ndim) mixes the samples
 
-    def apply(self, x):
-        xp = backend.get_array_module(x)
+    def shifted(self, x: Any) -> Any:
+        """x minus its maximum along ``axis``; ValueError naming the layer when x has no such
+        axis."""
         if not -x.ndim <= self.axis < x.ndim:
             raise ValueError(f"{self.label()}: expected an input with an axis {self.axis}, got "
                              f"shape {tuple(x.shape)}")
-        shifted = x - x.max(axis=self.axis, keepdims=True)
+        return x - x.max(axis=self.axis, keepdims=True)
+
+
+class Softmax(_AlongAxis):
+    """exp(x) / sum(exp(x)) along ``axis`` (default 1, the class axis), shifted for stability."""
+
+    def apply(self, x):
+        e = backend.get_array_module(x).exp(self.shifted(x))
+        return e / e.sum(axis=self.axis, keepdims=True)
+
+    def derivative(self, x, y, grad_out):
+        return y * (grad_out - (grad_out * y).sum(axis=self.axis, keepdims=True))
+
+
+class LogSoftmax(_AlongAxis):
+    """log(softmax(x)) = x - max - log(sum(exp(x - max))) along ``axis`` (default 1), without
+    overflow; the derivative is dy - softmax * sum(dy) (softmax = exp(y))."""
+
+    def apply(self, x):
+        xp = backend.get_array_module(x)
+        shifted = self.shifted(x)
         shifted -= xp.log(xp.exp(shifted).sum(axis=self.axis, keepdims=True))
         return shifted
 

@@ -245,15 +245,20 @@ def global_average_pool(ctx: ImportContext, node: NodeView) -> Outputs:
 
 
 def batch_normalization(ctx: ImportContext, node: NodeView) -> Outputs:
-    """Inference form (running statistics) -> BatchNorm2D; ONNX momentum m is minicnn's 1 - m."""
-    x = _image(ctx, node)
+    """Inference form (running statistics) of (N, C, H, W) -> BatchNorm2D."""
+    return batch_norm_layer(ctx, node, _image(ctx, node), BatchNorm2D)
+
+
+def batch_norm_layer(ctx: ImportContext, node: NodeView, x: Any, cls: Any) -> Outputs:
+    """A ``cls`` (BatchNorm2D or BatchNorm1D) for the inference form of BatchNormalization on
+    ``x``, running statistics loaded; ONNX's momentum m is minicnn's 1 - m."""
     if node.attr("training_mode", 0):
         node.refuse("training_mode=1: minicnn imports the inference form")
     _only_first_output(ctx, node)
     scale, bias, mean, var = (ctx.const(node, i, what) for i, what in
                               enumerate(("scale", "B", "input_mean", "input_var"), start=1))
     momentum = 1.0 - float(node.attr("momentum", 0.9))
-    layer = BatchNorm2D(x.shape[0], momentum=momentum, eps=float(node.attr("epsilon", 1e-5)))
+    layer = cls(x.shape[0], momentum=momentum, eps=float(node.attr("epsilon", 1e-5)))
     set_parameter(node, layer.weight, scale, "scale")
     set_parameter(node, layer.bias, bias, "B")
     for key, value in (("running_mean", mean), ("running_var", var)):

@@ -26,7 +26,6 @@ from minicnn.onnx.import_context import (
     NodeView,
     full_shape,
     set_parameter,
-    state_array,
 )
 from minicnn.onnx.import_ops import (
     ImportOp,
@@ -187,20 +186,7 @@ def batch_normalization(ctx: ImportContext, node: NodeView) -> Outputs:
         return import_ops.batch_normalization(ctx, node)
     if len(x.shape) not in (1, 2):
         node.refuse(f"input of shape {full_shape(x)}: minicnn's BatchNorm is 1-D or 2-D")
-    if node.attr("training_mode", 0):
-        node.refuse("training_mode=1: minicnn imports the inference form")
-    _only_first_output(ctx, node)
-    scale, bias, mean, var = (ctx.const(node, i, what) for i, what in
-                              enumerate(("scale", "B", "input_mean", "input_var"), start=1))
-    layer = BatchNorm1D(x.shape[0], momentum=1.0 - float(node.attr("momentum", 0.9)),
-                        eps=float(node.attr("epsilon", 1e-5)))
-    set_parameter(node, layer.weight, scale, "scale")
-    set_parameter(node, layer.bias, bias, "B")
-    for key, value in (("running_mean", mean), ("running_var", var)):
-        if value.shape != (x.shape[0],):
-            node.refuse(f"{key} of shape {value.shape}, expected ({x.shape[0]},)")
-        setattr(layer, key, state_array(layer.weight.data, value))
-    return [layer(x)]
+    return import_ops.batch_norm_layer(ctx, node, x, BatchNorm1D)
 
 
 def layer_normalization(ctx: ImportContext, node: NodeView) -> Outputs:
