@@ -85,3 +85,13 @@ def test_augment_spec_trains_and_is_kept(tmp_path, capsys):
     assert ckpt.meta["augment"]["class"] == "Compose"
     assert _train(tmp_path / "bad", "--augment", "crop=two") == 2
     assert "--augment: augmentation 'crop=two': expected shift=K" in capsys.readouterr().err
+
+
+def test_label_smoothing_trains_is_kept_and_checked(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out, "--epochs", "1", "--label-smoothing", "0.1") == 0
+    assert minicnn.checkpoint.load_checkpoint(out / "last.npz").meta["run"][
+        "label_smoothing"] == 0.1
+    for bad in ("1", "-0.1", "nan"):
+        assert _train(tmp_path / "bad", "--label-smoothing", bad) == 2
+        assert "--label-smoothing: expected" in capsys.readouterr().err

@@ -41,6 +41,7 @@ from minicnn.cli.common import (
     checkpoint_path,
     class_names,
     dataset_name,
+    label_smoothing,
     non_negative,
     non_negative_float,
     positive,
@@ -316,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "norm is logged per epoch; default: off)")
     t.add_argument("--clip-value", type=positive_float, metavar="X",
                    help="clip each gradient element to [-X, X] (default: off)")
+    t.add_argument("--label-smoothing", type=label_smoothing, metavar="EPS",
+                   help="cross-entropy against (1 - EPS) one-hot + EPS/K uniform targets, as "
+                   "PyTorch's CrossEntropyLoss(label_smoothing=EPS) (default 0)")
     t.add_argument("--augment", type=augmentation_spec, metavar="SPEC",
                    help=f"K: random shifts of up to K pixels (default {r.augment}; 0: none), or "
                    "a list such as crop=2,flip or affine=10,cutout=8 (shift=K, crop=P, "

@@ -87,6 +87,14 @@ def non_negative(text: str) -> int:
     return int(text)
 
 
+def label_smoothing(text: str) -> float:
+    """--label-smoothing: a finite number in [0, 1)."""
+    value = _finite(text, 0.0, strict=False)
+    if value >= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
 def augmentation_spec(text: str) -> int | str:
     """--augment: an int K (random shifts of up to K pixels) or a spec such as 'crop=2,flip'
     (``minicnn.data.augment.parse_augmentation``), checked here."""

@@ -44,7 +44,7 @@ from minicnn.viz import plots
 # Settings a run is defined by: on --resume they default to the saved ones and may not change.
 RUN_KEYS = ("dataset", "model", "batch_size", "lr", "momentum", "weight_decay", "schedule",
             "seed", "limit", "augment", "optimizer", "val_split", "precision", "clip_norm",
-            "clip_value", "warmup_steps", "channels", "image_size")
+            "clip_value", "warmup_steps", "channels", "image_size", "label_smoothing")
 
 
 def _resolve(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str, Any]:
@@ -54,7 +54,8 @@ def _resolve(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str
     model = getattr(args, "model", None) or saved.get("model", "ref-cnn")
     defaults = {"dataset": "mnist", "model": "ref-cnn", "seed": 0, "limit": None,
                 "test_limit": None, "precision": "fp32", "clip_norm": None, "clip_value": None,
-                "warmup_steps": 0, "channels": FOLDER_SHAPE[0], "image_size": FOLDER_SHAPE[1],
+                "warmup_steps": 0, "label_smoothing": 0.0, "channels": FOLDER_SHAPE[0],
+                "image_size": FOLDER_SHAPE[1],
                 **zoo.recipe_for(model).as_dict()}
     optimizer = getattr(args, "optimizer", None) or saved.get("optimizer", defaults["optimizer"])
     if optimizer != defaults["optimizer"]:             # another optimizer: its own defaults
@@ -207,6 +208,7 @@ def _train(args: argparse.Namespace, comm: distributed.Communicator) -> int:
              f"backend {backend.name}{ranks}) -> {out}")
     try:
         history = fit(model, loader, s["epochs"], optimizer,
+                      loss=training.SoftmaxCrossEntropy(label_smoothing=s["label_smoothing"]),
                       val_data=(xv, yv) if len(xv) else None, schedule=schedule,
                       callbacks=[log_epoch] if root else [], checkpoint=last,
                       resume=bool(args.resume), meta=meta, progress=not args.quiet and root,
