@@ -131,51 +131,70 @@ def depthwise_forward(x: Any, weight: Any, bias: Any | None, stride: tuple[int, 
     return y.reshape(n, ho, wo, c * k).transpose(0, 3, 1, 2)
 
 
+def _flipped_pads(weight_shape: tuple[int, ...], dilation: tuple[int, int],
+                  pads: Pads) -> Pads:
+    """The padding under which correlating dy with the flipped kernel gives dL/dx (stride 1):
+    the kernel's dilated extent minus each side's padding."""
+    th, tw = (d * (k - 1) for d, k in zip(dilation, weight_shape[2:]))
+    top, left, bottom, right = pads
+    return (th - top, tw - left, th - bottom, tw - right)
+
+
 def depthwise_backward(x: Any, weight: Any, grad_out: Any, stride: tuple[int, int],
                        dilation: tuple[int, int], pads: Pads,
                        input_grad: bool = True) -> tuple[Any | None, Any]:
     """For ``depthwise_forward``: dL/dy (N, C*k, Ho, Wo) -> (dL/dx (N, C, H, W), channels-last
     memory, or None without ``input_grad``; dL/dW (C*k, 1, kh, kw)). The bias gradient is the
-    caller's (a sum of dy)."""
+    caller's (a sum of dy).
+
+    With stride 1 and no depth multiplier, dL/dx is itself a depthwise convolution: dy
+    correlated with the flipped kernel (``depthwise_forward``), each output gathering its kh*kw
+    terms into a contiguous slice (measured 1.6x faster than adding every tap's ``dy * W[tap]``
+    onto strided slices of a padded dL/dx, which the other cases still do)."""
     xp = backend.get_array_module(grad_out)
     n, c, h, w, k, kh, kw, ho, wo = _geometry(x.shape, weight.shape, stride, dilation, pads)
+    gather_pads = _flipped_pads(weight.shape, dilation, pads)
+    gather = input_grad and k == 1 and stride == (1, 1) and min(gather_pads) >= 0
     taps = _taps(kh, kw, ho, wo, stride, dilation)
-    tap_w = _tap_weights(weight, c, k, wo)
     tail = (c,) if k == 1 else (c, k)
     dy = xp.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)).reshape((n, ho, wo) + tail)
-    dw = xp.zeros((kh, kw, c * k), dtype=grad_out.dtype)
+    dw = xp.empty((kh, kw) + tail, dtype=grad_out.dtype)
     step = _slice_step(x, pads)
     source = _PaddedSlices(x, pads, step)
-    product = xp.empty((min(step, n), ho, wo) + tail, dtype=grad_out.dtype)
-    top, left = pads[:2]
-    # the weight gradient sums each tap's product over its rows as one matrix-vector product
-    # (several times faster than .sum(axis=0) on NumPy)
-    ones = xp.ones(min(step, n) * ho * wo, dtype=grad_out.dtype)
-    dx = dx_padded = spread = None
-    if input_grad:
+    scatter = input_grad and not gather
+    if scatter:
+        top, left = pads[:2]
+        tap_w = _tap_weights(weight, c, k, wo)
+        product = xp.empty((min(step, n), ho, wo) + tail, dtype=grad_out.dtype)
         dx = xp.empty((n, h, w, c), dtype=grad_out.dtype)
         dx_padded = xp.empty((min(step, n), h + top + pads[2], w + left + pads[3], c),
                              dtype=grad_out.dtype)
         if k > 1:
             spread = xp.empty((min(step, n), ho, wo, c), dtype=grad_out.dtype)
+    # each tap's weight gradient, sum over (n, Ho, Wo) of slice * dy, as one einsum: one pass
+    # over both (measured 15% faster than multiply, then a ones-vector matrix product)
+    terms = "nhwc,nhwc->c" if k == 1 else "nhwc,nhwck->ck"
     for start in range(0, n, step):
         stop = min(n, start + step)
         m = stop - start
-        padded, g, part = source.get(start, stop), dy[start:stop], product[:m]
-        if dx_padded is not None:
-            dx_part = dx_padded[:m]
-            dx_part.fill(0)
+        padded, g = source.get(start, stop), dy[start:stop]
         for i, j, rows, cols in taps:
-            window = padded[:, rows, cols]
-            xp.multiply(window if k == 1 else window[..., None], g, out=part)
-            dw[i, j] += ones[:m * ho * wo] @ part.reshape(-1, c * k)
-            if dx_padded is None:
-                continue
+            partial = xp.einsum(terms, padded[:, rows, cols], g)
+            if start:
+                dw[i, j] += partial
+            else:
+                dw[i, j] = partial
+        if not scatter:
+            continue
+        part, dx_part = product[:m], dx_padded[:m]
+        dx_part.fill(0)
+        for i, j, rows, cols in taps:
             xp.multiply(g, tap_w[i, j], out=part)
             # with a depth multiplier, input channel c gathers its k outputs' terms
-            dx_part[:, rows, cols] += part if spread is None else part.sum(axis=-1,
-                                                                           out=spread[:m])
-        if dx is not None:
-            dx[start:stop] = dx_part[:, top:top + h, left:left + w]
-    dweight = dw.reshape(kh, kw, c * k).transpose(2, 0, 1)[:, None]
-    return (None if dx is None else dx.transpose(0, 3, 1, 2)), xp.ascontiguousarray(dweight)
+            dx_part[:, rows, cols] += part if k == 1 else part.sum(axis=-1, out=spread[:m])
+        dx[start:stop] = dx_part[:, top:top + h, left:left + w]
+    dweight = xp.ascontiguousarray(dw.reshape(kh, kw, c * k).transpose(2, 0, 1)[:, None])
+    if gather:
+        return depthwise_forward(grad_out, weight[:, :, ::-1, ::-1], None, (1, 1), dilation,
+                                 gather_pads), dweight
+    return (dx.transpose(0, 3, 1, 2) if scatter else None), dweight
