@@ -252,7 +252,7 @@ def _normal_cdf_float32(x: Any) -> Any:
     far = ~near if backend.is_cupy_array(x) else xp.flatnonzero(~near)
     if not backend.is_cupy_array(x) and not far.size:
         return out
-    xf = x if backend.is_cupy_array(x) else xp.take(x, far)
+    xf = x if backend.is_cupy_array(x) else x.reshape(-1)[far]
     xf = xp.clip(xf, c(-40), c(40))          # Phi is 0 or 1 in float32 long before
     a = xp.abs(xf) * c(math.sqrt(0.5))
     q = _half_gauss(xf) * _q(q_coef, xp.minimum(a, c(_ONE32)))
@@ -265,7 +265,10 @@ def _normal_cdf_float32(x: Any) -> Any:
     tail = xp.where(xf < 0, q, c(1) - q)
     if backend.is_cupy_array(x):
         return xp.where(far, tail, out)
-    xp.put(out, far, tail)
+    if out.flags.c_contiguous:               # setting items: three times faster than put
+        out.reshape(-1)[far] = tail
+    else:
+        xp.put(out, far, tail)
     return out
 
 
