@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from minicnn.core import backend
+from minicnn.core.modes import grad_enabled
 from minicnn.core.special import ignoring_overflow, normal_cdf
 from minicnn.layers.activation_base import Activation
 from minicnn.layers.blockwise import blockwise, zeros_like
@@ -37,12 +38,25 @@ def _sigmoid(z: Any) -> Any:
     return xp.divide(z.dtype.type(1), s, out=s)      # faster than reciprocal on NumPy 2.4
 
 
+def _gelu_tanh(x: Any) -> Any:
+    """tanh(sqrt(2/pi) (x + 0.044715 x^3)), the approximate GELU's factor."""
+    c = x.dtype.type
+    inner = x * x
+    inner *= c(_KAPPA)
+    inner += c(1)
+    inner *= x
+    inner *= c(_SQRT_2_OVER_PI)
+    return backend.get_array_module(x).tanh(inner, out=inner)
+
+
 class _SavesFactor(Activation, abstract=True):
     """An activation whose forward also computes a factor the derivative needs:
     ``apply_with_factor(x) -> (y, factor)`` and ``derivative_from(x, factor, dy)``."""
 
     def forward(self, x: Any) -> Any:
         self.check_input(x)
+        if not grad_enabled():                  # nothing kept: one output array, not two
+            return blockwise(self.apply, x)
         y, factor = blockwise(self.apply_with_factor, x)
         self.save_for_backward(x, factor)
         return y
@@ -52,6 +66,7 @@ class _SavesFactor(Activation, abstract=True):
         return blockwise(self.derivative_from, x, factor, grad_out)
 
     def apply(self, x: Any) -> Any:
+        """y alone (the factor's array can be reused for it)."""
         return self.apply_with_factor(x)[0]
 
     def derivative(self, x: Any, y: Any, grad_out: Any) -> Any:
@@ -78,20 +93,28 @@ class GELU(_SavesFactor):
 
     def apply_with_factor(self, x: Any) -> tuple[Any, Any]:
         """(y, factor): factor is Phi(x) (exact) or the tanh (approximate)."""
-        c = x.dtype.type
         if self.approximate == "tanh":
-            inner = x * x
-            inner *= c(_KAPPA)
-            inner += c(1)
-            inner *= x
-            inner *= c(_SQRT_2_OVER_PI)
-            th = backend.get_array_module(x).tanh(inner, out=inner)
-            y = th + c(1)
-            y *= x
-            y *= c(0.5)
-            return y, th
+            th = _gelu_tanh(x)
+            return self._from_factor(x, th + x.dtype.type(1)), th
         cdf = normal_cdf(x)
         return x * cdf, cdf
+
+    def apply(self, x: Any) -> Any:
+        """y alone, computed in the factor's array."""
+        if self.approximate == "tanh":
+            th = _gelu_tanh(x)
+            th += x.dtype.type(1)
+            return self._from_factor(x, th)
+        cdf = normal_cdf(x)
+        cdf *= x
+        return cdf
+
+    @staticmethod
+    def _from_factor(x: Any, one_plus_tanh: Any) -> Any:
+        """x (1 + tanh) / 2, in one_plus_tanh's array."""
+        one_plus_tanh *= x
+        one_plus_tanh *= x.dtype.type(0.5)
+        return one_plus_tanh
 
     def derivative_from(self, x: Any, factor: Any, grad_out: Any) -> Any:
         xp = backend.get_array_module(x)
@@ -148,6 +171,11 @@ class SiLU(_SavesFactor):
     def apply_with_factor(self, x: Any) -> tuple[Any, Any]:
         s = _sigmoid(x)
         return x * s, s
+
+    def apply(self, x: Any) -> Any:
+        s = _sigmoid(x)
+        s *= x
+        return s
 
     def derivative_from(self, x: Any, factor: Any, grad_out: Any) -> Any:
         # s (1 + x (1 - s))
