@@ -214,7 +214,8 @@ class ELU(Activation):
         pos = xp.maximum(x, zeros_like(x))
         neg = x - pos
         xp.expm1(neg, out=neg)
-        neg *= x.dtype.type(self.alpha)
+        if self.alpha != 1:                     # one pass fewer for the default
+            neg *= x.dtype.type(self.alpha)
         neg += pos
         return neg
 
@@ -227,8 +228,8 @@ class ELU(Activation):
         zeros = zeros_like(x)
         g = xp.minimum(x, zeros)
         xp.exp(g, out=g)
-        g *= c(self.alpha)
         if self.alpha != 1:                     # for alpha = 1, exp(0) is already the 1 of x > 0
+            g *= c(self.alpha)
             g += xp.greater(x, zeros).astype(x.dtype) * c(1 - self.alpha)
         g *= grad_out
         return g
