@@ -39,17 +39,29 @@ def zeros_like(x: Any) -> Any:
     return _ZEROS[key][:x.size].reshape(x.shape)
 
 
-def blockwise(fn: Callable[..., Any], *arrays: Any) -> Any:
+def blockwise(fn: Callable[..., Any], *arrays: Any, into: int = 0) -> Any:
     """``fn(*arrays)``, computed block by block: ``fn`` takes flat blocks of ``arrays`` (all of
     one shape) and returns an array, or a tuple of arrays, of the block's size; the results are
-    assembled into arrays of the inputs' shape."""
+    assembled into arrays of the inputs' shape.
+
+    With ``into=n``, ``fn`` also takes ``out=``: None (whole arrays: it allocates) or the
+    blocks of the n results (an array for n = 1, else a tuple), of the first input's dtype,
+    which it fills; written there by its last operation, a result needs no copy per block
+    (about 15% of ELU's forward, measured)."""
     first = arrays[0]
     if backend.is_cupy_array(first) or first.size <= BLOCK or \
             not all(a.flags.c_contiguous for a in arrays):
-        return fn(*arrays)
+        return fn(*arrays, out=None) if into else fn(*arrays)
     xp = backend.get_array_module(first)
     flats = [a.reshape(-1) for a in arrays]
-    outs: list[Any] = []
+    if into:
+        outs: list[Any] = [xp.empty(first.size, dtype=first.dtype) for _ in range(into)]
+        for start in range(0, first.size, BLOCK):
+            blocks = tuple(out[start:start + BLOCK] for out in outs)
+            fn(*(f[start:start + BLOCK] for f in flats), out=blocks[0] if into == 1 else blocks)
+        shaped = tuple(out.reshape(first.shape) for out in outs)
+        return shaped[0] if into == 1 else shaped
+    outs = []
     single = False
     for start in range(0, first.size, BLOCK):
         results = fn(*(f[start:start + BLOCK] for f in flats))

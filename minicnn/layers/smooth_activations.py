@@ -29,19 +29,22 @@ def _scalar(ctx: Any, name: str, value: float) -> str:
     return str(ctx.add_initializer(f"{ctx.name}.{name}", float(value)))
 
 
-def _sigmoid(z: Any) -> Any:
-    """1 / (1 + exp(-z)); exp overflows to inf for z < -88 (float32), giving exactly 0."""
+def _sigmoid(z: Any, out: Any = None) -> Any:
+    """1 / (1 + exp(-z)), in ``out`` if given; exp overflows to inf for z < -88 (float32),
+    giving exactly 0."""
     xp = backend.get_array_module(z)
+    s = xp.negative(z, out=out)
     with ignoring_overflow(xp):
-        s = xp.exp(-z)
+        xp.exp(s, out=s)
     s += z.dtype.type(1)
     return xp.divide(z.dtype.type(1), s, out=s)      # faster than reciprocal on NumPy 2.4
 
 
-def _gelu_tanh(x: Any) -> Any:
-    """tanh(sqrt(2/pi) (x + 0.044715 x^3)), the approximate GELU's factor."""
+def _gelu_tanh(x: Any, out: Any = None) -> Any:
+    """tanh(sqrt(2/pi) (x + 0.044715 x^3)), the approximate GELU's factor, in ``out`` if
+    given."""
     c = x.dtype.type
-    inner = x * x
+    inner = backend.get_array_module(x).multiply(x, x, out=out)
     inner *= c(_KAPPA)
     inner += c(1)
     inner *= x
@@ -51,31 +54,35 @@ def _gelu_tanh(x: Any) -> Any:
 
 class _SavesFactor(Activation, abstract=True):
     """An activation whose forward also computes a factor the derivative needs:
-    ``apply_with_factor(x) -> (y, factor)`` and ``derivative_from(x, factor, dy)``."""
+    ``apply_with_factor(x, out) -> (y, factor)`` and ``derivative_from(x, factor, dy, out)``;
+    ``out``, as ``blockwise(..., into=n)`` passes it, is None or the arrays to fill."""
 
     def forward(self, x: Any) -> Any:
         self.check_input(x)
         if not grad_enabled():                  # nothing kept: one output array, not two
-            return blockwise(self.apply, x)
-        y, factor = blockwise(self.apply_with_factor, x)
+            return blockwise(self.apply, x, into=1)
+        y, factor = blockwise(self.apply_with_factor, x, into=2)
         self.save_for_backward(x, factor)
         return y
 
     def backward(self, grad_out: Any) -> Any:
         x, factor = self.pop_saved()
-        return blockwise(self.derivative_from, x, factor, grad_out)
+        return blockwise(self.derivative_from, x, factor, grad_out, into=1)
 
-    def apply(self, x: Any) -> Any:
-        """y alone (the factor's array can be reused for it)."""
-        return self.apply_with_factor(x)[0]
+    def apply(self, x: Any, out: Any = None) -> Any:
+        """y alone (the factor's array can be reused for it), in ``out`` if given."""
+        y = self.apply_with_factor(x)[0]
+        if out is not None:
+            out[...] = y
+        return y if out is None else out
 
     def derivative(self, x: Any, y: Any, grad_out: Any) -> Any:
         return self.derivative_from(x, self.apply_with_factor(x)[1], grad_out)
 
-    def apply_with_factor(self, x: Any) -> tuple[Any, Any]:
+    def apply_with_factor(self, x: Any, out: tuple[Any, Any] | None = None) -> tuple[Any, Any]:
         raise NotImplementedError
 
-    def derivative_from(self, x: Any, factor: Any, grad_out: Any) -> Any:
+    def derivative_from(self, x: Any, factor: Any, grad_out: Any, out: Any = None) -> Any:
         raise NotImplementedError
 
 
@@ -91,23 +98,28 @@ class GELU(_SavesFactor):
             raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
         self.approximate = approximate
 
-    def apply_with_factor(self, x: Any) -> tuple[Any, Any]:
-        """(y, factor): factor is Phi(x) (exact) or the tanh (approximate)."""
+    def apply_with_factor(self, x: Any, out: tuple[Any, Any] | None = None) -> tuple[Any, Any]:
+        """(y, factor): factor is Phi(x) (exact) or the tanh (approximate); in ``out`` if
+        given."""
+        xp = backend.get_array_module(x)
+        y_out, factor_out = (None, None) if out is None else out
         if self.approximate == "tanh":
-            th = _gelu_tanh(x)
-            return self._from_factor(x, th + x.dtype.type(1)), th
+            th = _gelu_tanh(x, out=factor_out)
+            return self._from_factor(x, xp.add(th, x.dtype.type(1), out=y_out)), th
         cdf = normal_cdf(x)
-        return x * cdf, cdf
+        if factor_out is not None:
+            factor_out[...] = cdf
+        return xp.multiply(x, cdf, out=y_out), cdf
 
-    def apply(self, x: Any) -> Any:
-        """y alone, computed in the factor's array."""
+    def apply(self, x: Any, out: Any = None) -> Any:
+        """y alone, computed in the factor's array (or in ``out``)."""
+        xp = backend.get_array_module(x)
         if self.approximate == "tanh":
-            th = _gelu_tanh(x)
+            th = _gelu_tanh(x, out=out)
             th += x.dtype.type(1)
             return self._from_factor(x, th)
         cdf = normal_cdf(x)
-        cdf *= x
-        return cdf
+        return xp.multiply(cdf, x, out=cdf if out is None else out)
 
     @staticmethod
     def _from_factor(x: Any, one_plus_tanh: Any) -> Any:
@@ -116,7 +128,7 @@ class GELU(_SavesFactor):
         one_plus_tanh *= x.dtype.type(0.5)
         return one_plus_tanh
 
-    def derivative_from(self, x: Any, factor: Any, grad_out: Any) -> Any:
+    def derivative_from(self, x: Any, factor: Any, grad_out: Any, out: Any = None) -> Any:
         xp = backend.get_array_module(x)
         c = x.dtype.type
         if self.approximate == "tanh":
@@ -129,8 +141,7 @@ class GELU(_SavesFactor):
             g *= c(1) - factor * factor
             g += c(0.5) * factor
             g += c(0.5)
-            g *= grad_out
-            return g
+            return xp.multiply(g, grad_out, out=g if out is None else out)
         # Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
         g = x * x
         g *= c(-0.5)
@@ -138,8 +149,7 @@ class GELU(_SavesFactor):
         g *= x
         g *= c(_INV_SQRT_2PI)
         g += factor
-        g *= grad_out
-        return g
+        return xp.multiply(g, grad_out, out=g if out is None else out)
 
     def to_onnx(self, ctx: Any, inputs: list[str]) -> str:
         """Gelu from opset 20; before, its definition in Mul, Add, Erf or Tanh nodes."""
@@ -168,22 +178,22 @@ class SiLU(_SavesFactor):
 
     keeps = ("input",)
 
-    def apply_with_factor(self, x: Any) -> tuple[Any, Any]:
-        s = _sigmoid(x)
-        return x * s, s
+    def apply_with_factor(self, x: Any, out: tuple[Any, Any] | None = None) -> tuple[Any, Any]:
+        y_out, factor_out = (None, None) if out is None else out
+        s = _sigmoid(x, out=factor_out)
+        return backend.get_array_module(x).multiply(x, s, out=y_out), s
 
-    def apply(self, x: Any) -> Any:
-        s = _sigmoid(x)
+    def apply(self, x: Any, out: Any = None) -> Any:
+        s = _sigmoid(x, out=out)
         s *= x
         return s
 
-    def derivative_from(self, x: Any, factor: Any, grad_out: Any) -> Any:
+    def derivative_from(self, x: Any, factor: Any, grad_out: Any, out: Any = None) -> Any:
         # s (1 + x (1 - s))
         g = x - x * factor
         g += x.dtype.type(1)
         g *= factor
-        g *= grad_out
-        return g
+        return backend.get_array_module(x).multiply(g, grad_out, out=g if out is None else out)
 
     def to_onnx(self, ctx: Any, inputs: list[str]) -> str:
         s = ctx.add_node("Sigmoid", [inputs[0]], [f"{ctx.name}.sigmoid"])[0]
@@ -207,22 +217,21 @@ class ELU(Activation):
         self.alpha = float(alpha)
 
     def apply(self, x: Any) -> Any:
-        return blockwise(self._apply, x)
+        return blockwise(self._apply, x, into=1)
 
-    def _apply(self, x: Any) -> Any:
+    def _apply(self, x: Any, out: Any = None) -> Any:
         xp = backend.get_array_module(x)
         pos = xp.maximum(x, zeros_like(x))
         neg = x - pos
         xp.expm1(neg, out=neg)
         if self.alpha != 1:                     # one pass fewer for the default
             neg *= x.dtype.type(self.alpha)
-        neg += pos
-        return neg
+        return xp.add(neg, pos, out=neg if out is None else out)
 
     def derivative(self, x: Any, y: Any, grad_out: Any) -> Any:
-        return blockwise(self._derivative, x, grad_out)
+        return blockwise(self._derivative, x, grad_out, into=1)
 
-    def _derivative(self, x: Any, grad_out: Any) -> Any:
+    def _derivative(self, x: Any, grad_out: Any, out: Any = None) -> Any:
         xp = backend.get_array_module(x)
         c = x.dtype.type
         zeros = zeros_like(x)
@@ -231,8 +240,7 @@ class ELU(Activation):
         if self.alpha != 1:                     # for alpha = 1, exp(0) is already the 1 of x > 0
             g *= c(self.alpha)
             g += xp.greater(x, zeros).astype(x.dtype) * c(1 - self.alpha)
-        g *= grad_out
-        return g
+        return xp.multiply(g, grad_out, out=g if out is None else out)
 
     def to_onnx(self, ctx: Any, inputs: list[str]) -> str:
         return str(ctx.add_node("Elu", [inputs[0]], [ctx.name], alpha=self.alpha)[0])
@@ -255,9 +263,9 @@ class Softplus(Activation):
         self.beta, self.threshold = float(beta), float(threshold)
 
     def apply(self, x: Any) -> Any:
-        return blockwise(self._apply, x)
+        return blockwise(self._apply, x, into=1)
 
-    def _apply(self, x: Any) -> Any:
+    def _apply(self, x: Any, out: Any = None) -> Any:
         xp = backend.get_array_module(x)
         c = x.dtype.type
         z = x * c(self.beta)
@@ -267,20 +275,18 @@ class Softplus(Activation):
         soft += xp.maximum(z, zeros_like(z))
         soft /= c(self.beta)
         linear = xp.greater(z, c(self.threshold)).astype(x.dtype)     # 1 past the threshold
-        soft += linear * (x - soft)
-        return soft
+        return xp.add(soft, linear * (x - soft), out=soft if out is None else out)
 
     def derivative(self, x: Any, y: Any, grad_out: Any) -> Any:
-        return blockwise(self._derivative, x, grad_out)
+        return blockwise(self._derivative, x, grad_out, into=1)
 
-    def _derivative(self, x: Any, grad_out: Any) -> Any:
+    def _derivative(self, x: Any, grad_out: Any, out: Any = None) -> Any:
         xp = backend.get_array_module(x)
         c = x.dtype.type
         z = x * c(self.beta)
         g = _sigmoid(z)
         g += xp.greater(z, c(self.threshold)).astype(x.dtype) * (c(1) - g)
-        g *= grad_out
-        return g
+        return xp.multiply(g, grad_out, out=g if out is None else out)
 
     def to_onnx(self, ctx: Any, inputs: list[str]) -> str:
         """ONNX's Softplus has neither beta nor threshold: Where(beta x > threshold, x,
