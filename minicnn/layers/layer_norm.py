@@ -18,7 +18,12 @@ from typing import Any
 
 from minicnn.layers import initializers
 from minicnn.layers.base import Layer, Parameter
-from minicnn.layers.normalization import normalize, normalize_backward, scale_shift
+from minicnn.layers.normalization import (
+    normalize,
+    normalize_affine,
+    normalize_backward,
+    scale_shift,
+)
 
 __all__ = ["LayerNorm", "GroupNorm"]
 
@@ -162,16 +167,17 @@ class GroupNorm(Layer):
         self.check_input(x, ndim if ndim and ndim >= 2 else 2, "(N, C, ...)",
                          channels=self.num_channels)
         view = x.reshape(self._view(x.shape))
-        x_hat, inv_std, _, _ = normalize(view, (2, 3), self.eps)
-        self.save_for_backward(x_hat, inv_std)
         weight, bias = self._affine_views()
-        return scale_shift(x_hat, weight, bias, x.dtype).reshape(x.shape)
+        y, centred, inv_std, _, _ = normalize_affine(view, (2, 3), self.eps, weight, bias)
+        self.save_for_backward(centred, inv_std)
+        return y.reshape(x.shape)
 
     def backward(self, grad_out: Any, input_grad: bool = True) -> Any:
-        x_hat, inv_std = self.pop_saved()
+        centred, inv_std = self.pop_saved()
         weight, _ = self._affine_views()
-        dx, dweight, dbias = normalize_backward(grad_out.reshape(x_hat.shape), x_hat, inv_std,
-                                                (2, 3), weight, (0, 3), input_grad=input_grad)
+        dx, dweight, dbias = normalize_backward(grad_out.reshape(centred.shape), centred,
+                                                inv_std, (2, 3), weight, (0, 3),
+                                                input_grad=input_grad, centred=True)
         if self.weight is not None and self.bias is not None:
             c = self.num_channels
             self.weight.grad += dweight.reshape(c).astype(self.weight.grad.dtype, copy=False)
