@@ -138,8 +138,10 @@ class GELU(_SavesFactor):
             g += c(1)
             g *= x
             g *= c(0.5 * _SQRT_2_OVER_PI)
-            g *= c(1) - factor * factor
-            g += c(0.5) * factor
+            t = factor * factor                 # one temporary for both factor terms
+            xp.subtract(c(1), t, out=t)
+            g *= t
+            g += xp.multiply(c(0.5), factor, out=t)
             g += c(0.5)
             return xp.multiply(g, grad_out, out=g if out is None else out)
         # Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
@@ -221,12 +223,12 @@ class ELU(Activation):
 
     def _apply(self, x: Any, out: Any = None) -> Any:
         xp = backend.get_array_module(x)
-        pos = xp.maximum(x, zeros_like(x))
+        pos = xp.maximum(x, zeros_like(x), out=out)
         neg = x - pos
         xp.expm1(neg, out=neg)
         if self.alpha != 1:                     # one pass fewer for the default
             neg *= x.dtype.type(self.alpha)
-        return xp.add(neg, pos, out=neg if out is None else out)
+        return xp.add(neg, pos, out=pos)
 
     def derivative(self, x: Any, y: Any, grad_out: Any) -> Any:
         return blockwise(self._derivative, x, grad_out, into=1)
@@ -235,12 +237,12 @@ class ELU(Activation):
         xp = backend.get_array_module(x)
         c = x.dtype.type
         zeros = zeros_like(x)
-        g = xp.minimum(x, zeros)
+        g = xp.minimum(x, zeros, out=out)
         xp.exp(g, out=g)
         if self.alpha != 1:                     # for alpha = 1, exp(0) is already the 1 of x > 0
             g *= c(self.alpha)
             g += xp.greater(x, zeros).astype(x.dtype) * c(1 - self.alpha)
-        return xp.multiply(g, grad_out, out=g if out is None else out)
+        return xp.multiply(g, grad_out, out=g)
 
     def to_onnx(self, ctx: Any, inputs: list[str]) -> str:
         return str(ctx.add_node("Elu", [inputs[0]], [ctx.name], alpha=self.alpha)[0])
