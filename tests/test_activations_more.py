@@ -143,6 +143,26 @@ def test_blockwise_path_equals_whole_array_path():
         assert np.isfinite(dx).all()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blocks_written_in_place_equal_small_whole_arrays(dtype):
+    """Past one block the results are written straight into the output blocks
+    (``blockwise(..., into=n)``): forward (with and without grad) and backward equal, bit for
+    bit, the same layer run on pieces small enough to be computed whole."""
+    x = _x((3, 70000), seed=4).astype(dtype)
+    dy = randn(3, 70000, seed=5).astype(dtype)
+    pieces = [slice(start, start + 20000) for start in range(0, 70000, 20000)]  # < BLOCK
+    for layer in (GELU(), GELU("tanh"), SiLU(), ELU(), ELU(0.5), Softplus(2.0, 3.0)):
+        layer.astype(dtype)
+        with minicnn.no_grad():
+            inference = layer.forward(x)
+        y, dx = layer.forward(x), layer.backward(dy)
+        for s in pieces:
+            np.testing.assert_array_equal(inference[:, s], layer.forward(x[:, s].copy()))
+            np.testing.assert_array_equal(y[:, s], layer.forward(x[:, s].copy()))
+            np.testing.assert_array_equal(dx[:, s], layer.backward(dy[:, s].copy()))
+        assert y.dtype == dx.dtype == inference.dtype == dtype
+
+
 def test_log_softmax_matches_reference_and_is_stable():
     x = _x((3, 5, 2))
     for axis in (1, 2, -1):
