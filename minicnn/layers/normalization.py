@@ -9,7 +9,9 @@ variance taken over ``axes`` of x (the other axes index the statistics)::
 (the last two terms vanish when the statistics are constants, as in evaluation mode). Each layer
 reshapes its input into a view where its statistics and its weight broadcast: BatchNorm views
 (N, C, ...) as (N, C, S) and reduces over (0, 2); GroupNorm and LayerNorm
-(``minicnn.layers.layer_norm``) reduce each sample's rows.
+(``minicnn.layers.layer_norm``) reduce each sample's rows. BatchNorm and GroupNorm use
+``normalize_affine``, which writes y straight from x - mean (saved for backward in place of
+x_hat: one full pass fewer).
 
 Half-precision input (float16, mixed precision) is normalised in float32 and the result cast
 back, as PyTorch does: statistics, ``x_hat`` and the gradient sums are float32, and BatchNorm's
@@ -73,8 +75,8 @@ def _expanded(factor: Any, shape: tuple[int, ...]) -> Any:
         size *= n
     if lead == 0 or lead == factor.ndim or factor.shape[-1] != 1 or size > 1 << 20:
         return factor
-    return backend.get_array_module(factor).ascontiguousarray(
-        backend.get_array_module(factor).broadcast_to(factor, target))
+    xp = backend.get_array_module(factor)
+    return xp.ascontiguousarray(xp.broadcast_to(factor, target))
 
 
 def _broadcast_size(*shapes: tuple[int, ...]) -> int:
