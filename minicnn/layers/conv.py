@@ -282,8 +282,13 @@ class Conv2D(Layer):
 
     def _grouped_product(self, cols: Any, weights: Any, n: int, ho: int, wo: int) -> Any:
         """(G, N*Ho*Wo, K) @ (G, K, O/G) -> (N, Ho, Wo, O) (channels-last), plus the bias."""
-        y = backend.get_array_module(cols).matmul(cols, weights).transpose(1, 0, 2).reshape(
-            n, ho, wo, self.out_channels)               # the reshape copies
+        xp = backend.get_array_module(cols)
+        y = xp.empty((n, ho, wo, self.out_channels), dtype=cols.dtype)
+        # the product written straight into y's (G, N*Ho*Wo, O/G) view: no copy of a (G, ...)
+        # result into channels-last (measured 18.6 against 19.5 ms single-threaded, 32x64x28x28,
+        # groups=4)
+        xp.matmul(cols, weights, out=y.reshape(-1, self.groups, weights.shape[2]).transpose(
+            1, 0, 2))
         if self.bias is not None:
             y += self.bias.data
         return y
@@ -298,9 +303,10 @@ class Conv2D(Layer):
         cg, og = self.in_channels // g, o // g
         dy = xp.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)).reshape(n * ho * wo, o)
         dy_groups = dy.reshape(-1, g, og).transpose(1, 0, 2)              # (G, N*Ho*Wo, O/G)
-        dw = xp.matmul(cols.transpose(0, 2, 1), dy_groups)                # (G, kh*kw*C/G, O/G)
-        self.weight.grad += dw.reshape(g, kh, kw, cg, og).transpose(0, 4, 3, 1, 2).reshape(
-            o, cg, kh, kw)
+        # (G, O/G, kh*kw*C/G): as for groups == 1, OpenBLAS is faster with the smaller side as
+        # the product's rows (measured 15 against 19 ms single-threaded, 32x64x28x28, groups=4)
+        dw = xp.matmul(dy_groups.transpose(0, 2, 1), cols)
+        self.weight.grad += dw.reshape(o, kh, kw, cg).transpose(0, 3, 1, 2)
         if self.bias is not None:
             self.bias.grad += column_sums(dy)
         if not input_grad:
@@ -321,8 +327,10 @@ class Conv2D(Layer):
         """Stride 1: dL/dx (N, H, W, C), channels-last, as the grouped convolution of dy
         (N, O, Ho, Wo) with the flipped, transposed kernel, padded by the dilated kernel extent
         minus the padding: each group's im2col of dy times a (kh*kw*O/G, C/G) matrix, all groups
-        in one batched multiply (measured 2x faster than ``col2im_matmul`` group by group, whose
-        per-tap (N*Ho*Wo, O/G) @ (O/G, C/G) products are too thin for BLAS)."""
+        in one batched multiply, written straight into dx's channels-last memory (measured 27
+        against 33 ms single-threaded for dy 32x64x28x28, groups=4, than ``col2im_matmul``
+        group by group, whose per-tap (N*Ho*Wo, O/G) @ (O/G, C/G) products are thin for BLAS,
+        and 46 against 200 ms with 2 OpenBLAS threads)."""
         xp = backend.get_array_module(grad_out)
         n, o, ho, wo = grad_out.shape
         g, (kh, kw), h, w = self.groups, self.kernel_size, x_shape[2], x_shape[3]
@@ -335,4 +343,6 @@ class Conv2D(Layer):
         for group in range(g):
             im2col(grad_out[:, group * og:(group + 1) * og], self.kernel_size, 1, pads,
                    self.dilation, out=cols[group].reshape(n, h, w, kh, kw, og))
-        return xp.matmul(cols, flipped).transpose(1, 0, 2).reshape(n, h, w, self.in_channels)
+        dx = xp.empty((n, h, w, self.in_channels), dtype=grad_out.dtype)
+        xp.matmul(cols, flipped, out=dx.reshape(-1, g, cg).transpose(1, 0, 2))
+        return dx
