@@ -195,6 +195,7 @@ def depthwise_backward(x: Any, weight: Any, grad_out: Any, stride: tuple[int, in
         dx[start:stop] = dx_part[:, top:top + h, left:left + w]
     dweight = xp.ascontiguousarray(dw.reshape(kh, kw, c * k).transpose(2, 0, 1)[:, None])
     if gather:
-        return depthwise_forward(grad_out, weight[:, :, ::-1, ::-1], None, (1, 1), dilation,
-                                 gather_pads), dweight
+        # dy's channels-last copy: its padded slices are plain copies, not transposes
+        return depthwise_forward(dy.transpose(0, 3, 1, 2), weight[:, :, ::-1, ::-1], None,
+                                 (1, 1), dilation, gather_pads), dweight
     return (dx.transpose(0, 3, 1, 2) if scatter else None), dweight
