@@ -10,8 +10,10 @@ padding (top, left, bottom, right)::
 Channels-last (NHWC), each tap (i, j) is one strided slice of the padded image, (N, Ho, Wo, C),
 times a per-channel weight vector broadcast along the last axis: kh*kw element-wise passes, and
 no (N*Ho*Wo, kh*kw*C) im2col matrix (k*kh*kw multiply-adds per output are far too few for a
-matrix multiply to pay for that copy). The input gradient adds ``dy * W[tap]`` back onto the
-same slices, the weight gradient sums ``slice * dy`` over (N, Ho, Wo).
+matrix multiply to pay for that copy). With stride 1 and no depth multiplier the input
+gradient is the depthwise convolution of dy with the flipped kernel, otherwise it adds
+``dy * W[tap]`` back onto the same slices; the weight gradient sums ``slice * dy`` over
+(N, Ho, Wo).
 
 On NumPy the batch is processed in slices of a few samples so that the padded slice, the
 product and the output stay in cache across the kh*kw passes; on CuPy the whole batch is one
