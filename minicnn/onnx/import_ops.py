@@ -348,6 +348,12 @@ def concat(ctx: ImportContext, node: NodeView) -> Outputs:
 # --------------------------------------------------------------------------- activations
 
 def softmax(ctx: ImportContext, node: NodeView) -> Outputs:
+    return along_axis(ctx, node, Softmax)
+
+
+def along_axis(ctx: ImportContext, node: NodeView, cls: Any) -> Outputs:
+    """Softmax or LogSoftmax (``cls``) along the node's axis (-1 from opset 13, else 1); before
+    opset 13 ONNX normalises over all axes from axis on, which minicnn does only for the last."""
     x = ctx.tensor(node, 0)
     rank = len(x.shape) + 1
     axis = int(node.attr("axis", -1 if node.opset >= 13 else 1))
@@ -355,9 +361,10 @@ def softmax(ctx: ImportContext, node: NodeView) -> Outputs:
         node.refuse(f"axis={axis} for an input of rank {rank}")
     axis %= rank
     if node.opset < 13 and axis != rank - 1:
-        node.refuse(f"Softmax-{node.opset} with axis={axis} of a rank-{rank} input normalises "
-                    "over all axes from axis on; minicnn's Softmax over one axis")
-    return [Softmax(axis=axis)(x)]
+        node.refuse(f"{node.op_type}-{node.opset} with axis={axis} of a rank-{rank} input "
+                    f"normalises over all axes from axis on; minicnn's {cls.__name__} over one "
+                    "axis")
+    return [cls(axis=axis)(x)]
 
 
 def _activation(make: Callable[[NodeView], Any]) -> ImportOp:

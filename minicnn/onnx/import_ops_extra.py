@@ -75,16 +75,7 @@ def clip(ctx: ImportContext, node: NodeView) -> Outputs:
 
 
 def log_softmax(ctx: ImportContext, node: NodeView) -> Outputs:
-    x = ctx.tensor(node, 0)
-    rank = len(x.shape) + 1
-    axis = int(node.attr("axis", -1 if node.opset >= 13 else 1))
-    if not -rank <= axis < rank:
-        node.refuse(f"axis={axis} for an input of rank {rank}")
-    axis %= rank
-    if node.opset < 13 and axis != rank - 1:
-        node.refuse(f"LogSoftmax-{node.opset} with axis={axis} of a rank-{rank} input "
-                    "normalises over all axes from axis on; minicnn's over one axis")
-    return [LogSoftmax(axis=axis)(x)]
+    return import_ops.along_axis(ctx, node, LogSoftmax)
 
 
 def prelu(ctx: ImportContext, node: NodeView) -> Outputs:
