@@ -95,11 +95,10 @@ def _sum(a: Any, axes: Axes, dtype: Any) -> Any:
     return a.sum(axis=axes, keepdims=True, dtype=dtype)
 
 
-def normalize(x: Any, axes: Axes, eps: float, mean: Any = None,
-              var: Any = None) -> tuple[Any, Any, Any, Any]:
-    """(x_hat, inv_std, mean, var) for the statistics of ``x`` over ``axes`` (kept as size 1),
-    or for the given ``mean`` and ``var`` (broadcastable to that shape, e.g. running
-    statistics); computed in ``statistics_dtype(x)``."""
+def _centred_statistics(x: Any, axes: Axes, eps: float, mean: Any = None, var: Any = None
+                        ) -> tuple[Any, Any, Any, Any]:
+    """(x - mean, inv_std, mean, var) in ``statistics_dtype(x)``: the batch statistics of ``x``
+    over ``axes`` (kept as size 1), or the given ``mean`` and ``var`` (running statistics)."""
     xp = backend.get_array_module(x)
     dtype = statistics_dtype(x)
     if mean is None:
@@ -107,12 +106,20 @@ def normalize(x: Any, axes: Axes, eps: float, mean: Any = None,
         for a in axes:
             count *= x.shape[a]
         mean = _sum(x, axes, dtype) * dtype.type(1.0 / count)
-        x_hat = xp.subtract(x, mean, dtype=dtype)
-        var = _sum_of_products(x_hat, x_hat, axes, dtype) * dtype.type(1.0 / count)
+        centred = xp.subtract(x, _expanded(mean, x.shape), dtype=dtype)
+        var = _sum_of_products(centred, centred, axes, dtype) * dtype.type(1.0 / count)
     else:
         mean, var = mean.astype(dtype, copy=False), var.astype(dtype, copy=False)
-        x_hat = xp.subtract(x, mean, dtype=dtype)
-    inv_std = 1.0 / xp.sqrt(var + dtype.type(eps))
+        centred = xp.subtract(x, _expanded(mean, x.shape), dtype=dtype)
+    return centred, 1.0 / xp.sqrt(var + dtype.type(eps)), mean, var
+
+
+def normalize(x: Any, axes: Axes, eps: float, mean: Any = None,
+              var: Any = None) -> tuple[Any, Any, Any, Any]:
+    """(x_hat, inv_std, mean, var) for the statistics of ``x`` over ``axes`` (kept as size 1),
+    or for the given ``mean`` and ``var`` (broadcastable to that shape, e.g. running
+    statistics); computed in ``statistics_dtype(x)``."""
+    x_hat, inv_std, mean, var = _centred_statistics(x, axes, eps, mean, var)
     x_hat *= inv_std
     return x_hat, inv_std, mean, var
 
@@ -126,18 +133,7 @@ def normalize_affine(x: Any, axes: Axes, eps: float, weight: Any, bias: Any, mea
     Faster than ``normalize`` then ``scale_shift``: y is centred * (weight * inv_std) + bias,
     so x_hat is never written out (one full pass over the data fewer)."""
     xp = backend.get_array_module(x)
-    dtype = statistics_dtype(x)
-    if mean is None:
-        count = 1
-        for a in axes:
-            count *= x.shape[a]
-        mean = _sum(x, axes, dtype) * dtype.type(1.0 / count)
-        centred = xp.subtract(x, _expanded(mean, x.shape), dtype=dtype)
-        var = _sum_of_products(centred, centred, axes, dtype) * dtype.type(1.0 / count)
-    else:
-        mean, var = mean.astype(dtype, copy=False), var.astype(dtype, copy=False)
-        centred = xp.subtract(x, _expanded(mean, x.shape), dtype=dtype)
-    inv_std = 1.0 / xp.sqrt(var + dtype.type(eps))
+    centred, inv_std, mean, var = _centred_statistics(x, axes, eps, mean, var)
     scale = inv_std if weight is None else weight * inv_std
     y = xp.multiply(centred, _expanded(scale, x.shape))
     if bias is not None:

@@ -6,8 +6,6 @@ Upsample (integer scales), Conv with any asymmetric pads (a ZeroPad2D before it)
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
 
 import numpy
 
@@ -30,6 +28,7 @@ from minicnn.onnx.import_context import (
 from minicnn.onnx.import_ops import (
     ImportOp,
     Outputs,
+    _activation,
     _image,
     _only_first_output,
     _pads,
@@ -50,12 +49,6 @@ def _scalar(ctx: ImportContext, node: NodeView, i: int, what: str) -> float | No
     if value.size != 1:
         node.refuse(f"{what} of shape {value.shape}: expected one value")
     return float(value.reshape(-1)[0])
-
-
-def _one(make: Callable[[NodeView], Any]) -> ImportOp:
-    def op(ctx: ImportContext, node: NodeView) -> Outputs:
-        return [make(node)(ctx.tensor(node, 0))]
-    return op
 
 
 # --------------------------------------------------------------------------- activations
@@ -356,9 +349,9 @@ def resize(ctx: ImportContext, node: NodeView) -> Outputs:
 
 
 EXTRA_OPS: dict[str, ImportOp] = {
-    "Elu": _one(lambda node: ELU(float(node.attr("alpha", 1.0)))),
-    "Softplus": _one(lambda node: Softplus()),
-    "HardSwish": _one(lambda node: Hardswish()),
+    "Elu": _activation(lambda node: ELU(float(node.attr("alpha", 1.0)))),
+    "Softplus": _activation(lambda node: Softplus()),
+    "HardSwish": _activation(lambda node: Hardswish()),
     "Gelu": gelu, "Clip": clip, "PRelu": prelu, "LogSoftmax": log_softmax,
     "GlobalMaxPool": global_max_pool, "BatchNormalization": batch_normalization,
     "LayerNormalization": layer_normalization, "GroupNormalization": group_normalization,
