@@ -157,6 +157,10 @@ class Network(Layer, abstract=True):
     def per_sample(self) -> bool:  # type: ignore[override]  # computed: from the layers
         return all(layer.per_sample for layer in self.layers)
 
+    @property
+    def batch_sums(self) -> bool:  # type: ignore[override]  # computed: from the layers
+        return all(layer.per_sample or layer.batch_sums for layer in self.layers)
+
     def declared_input_shape(self) -> tuple[int, ...] | None:
         """The per-sample input shape the model was built for, or None if not declared."""
         raise NotImplementedError

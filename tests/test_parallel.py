@@ -127,13 +127,13 @@ class _Custom(minicnn.layers.Layer):
         return grad_out
 
 
-def test_only_models_whose_layers_treat_samples_independently_are_split():
+def test_only_models_whose_layers_treat_samples_independently_or_by_batch_sums_are_split():
     x = np.ones((64, 1, 2, 2), dtype=np.float32)
     with_dropout = minicnn.Sequential([Flatten(), Dropout(0.5), Dense(4, 2)])
     with_bn = minicnn.Sequential([BatchNorm2D(1), Flatten(), Dense(4, 2)])
     custom = minicnn.Sequential([_Custom(), Flatten(), Dense(4, 2)])
     assert parallel.split_count(with_dropout, x, 2) == 2
-    assert parallel.split_count(with_bn, x, 2) == 1
+    assert parallel.split_count(with_bn, x, 2) == 2     # its batch sums add over the replicas
     assert parallel.split_count(custom, x, 2) == 2
     undeclared = minicnn.Sequential([_Undeclared(), Flatten(), Dense(4, 2)])
     assert parallel.split_count(undeclared, x, 2) == 1         # not split unless declared

@@ -32,7 +32,9 @@ A new layer is one class; this is everything the base class needs from it::
   module's layer is refused when the class is defined.
 * Compute with the array module of the inputs (``xp = backend.get_array_module(x)``).
 * ``per_sample = True`` says each sample's output depends on that sample alone, so a model may
-  split a batch among threads; undeclared (None), a layer is not split.
+  split a batch among threads; undeclared (None), a layer is not split. A layer whose samples
+  meet only through sums over the batch takes them with ``core.batch_sum.batch_sum`` and
+  declares ``batch_sums = True`` (BatchNorm in training): it is split too.
 * A layer object appears once in a model; ``minicnn.testing.check_layer`` checks the rest.
 """
 from __future__ import annotations
@@ -99,6 +101,12 @@ class Layer:
     ``per_sample = True`` (every built-in does; BatchNorm2D only in eval mode, Softmax by its
     axis). Set it in the class body or ``__init__``, or compute it with a property;
     ``minicnn.testing.check_layer`` checks a True claim."""
+
+    batch_sums: bool = False
+    """Whether the layer's samples meet only through sums over the batch taken with
+    ``minicnn.core.batch_sum.batch_sum``, which add over every slice when a model splits a
+    batch among threads: such a layer is split even where ``per_sample`` is False, and
+    computes the whole batch's result (``check_layer`` checks a True claim)."""
 
     _backward_takes_input_grad: ClassVar[bool] = False
     """Whether this class's ``backward`` takes ``input_grad`` (set for each subclass)."""

@@ -21,7 +21,10 @@ working copy converts parameters only). float32 and float64 input compute in the
 BatchNorm training uses the batch's mean and (biased) variance and updates running statistics
 (running = (1 - momentum) * running + momentum * batch, with the unbiased variance, as PyTorch);
 evaluation uses the running statistics. In training its output for one sample depends on the
-whole batch, so a model that holds one is not split among threads (``per_sample``).
+whole batch (``per_sample`` is False), but only through sums over the batch axis: every such
+sum here (the statistics and the two gradient sums, wherever ``axes`` holds axis 0) is taken
+with ``batch_sum``, so a model split among threads still normalises with the whole batch's
+statistics (``batch_sums = True``; ``minicnn.core.batch_sum``).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from minicnn.core import backend
+from minicnn.core.batch_sum import batch_sum
 from minicnn.layers import initializers
 from minicnn.layers.base import Layer, Parameter
 
@@ -105,9 +109,13 @@ def _centred_statistics(x: Any, axes: Axes, eps: float, mean: Any = None, var: A
         count = 1
         for a in axes:
             count *= x.shape[a]
-        mean = _sum(x, axes, dtype) * dtype.type(1.0 / count)
+        total = _sum(x, axes, dtype)
+        if 0 in axes:                       # over the batch: the whole batch's, when split
+            total, count = batch_sum((total, count))
+        mean = total * dtype.type(1.0 / count)
         centred = xp.subtract(x, _expanded(mean, x.shape), dtype=dtype)
-        var = _sum_of_products(centred, centred, axes, dtype) * dtype.type(1.0 / count)
+        squares = _sum_of_products(centred, centred, axes, dtype)
+        var = (batch_sum(squares) if 0 in axes else squares) * dtype.type(1.0 / count)
     else:
         mean, var = mean.astype(dtype, copy=False), var.astype(dtype, copy=False)
         centred = xp.subtract(x, _expanded(mean, x.shape), dtype=dtype)
@@ -186,15 +194,18 @@ def normalize_backward(dy: Any, x_hat: Any, inv_std: Any, axes: Axes, weight: An
         dx *= inv_std
     if batch_statistics:
         only = tuple(a for a in axes if a not in common)
-        count = dtype.type(1.0 / (x_hat.size // inv_std.size))
-        def mean_weighted(total: Any) -> Any:       # mean over ``axes`` of weight * sums
+        def summed(total: Any) -> Any:              # the sum over ``axes`` of weight * sums
             if weight is None:
-                return _sum(total, only, dtype) * count
+                return _sum(total, only, dtype)
             if only == (1,) and total.ndim == 2 and weight.shape[0] == 1:   # rows: a GEMV
-                return (total @ weight[0])[:, None] * count
-            return _sum(weight * total, only, dtype) * count
+                return (total @ weight[0])[:, None]
+            return _sum(weight * total, only, dtype)
 
-        mean_dxhat, mean_dxhat_xhat = mean_weighted(dy_sum), mean_weighted(dy_xhat_sum)
+        sums = summed(dy_sum), summed(dy_xhat_sum), x_hat.size // inv_std.size
+        if 0 in axes:                       # over the batch: the whole batch's, when split
+            sums = batch_sum(sums)
+        count = dtype.type(1.0 / sums[2])
+        mean_dxhat, mean_dxhat_xhat = sums[0] * count, sums[1] * count
         dx -= _expanded(mean_dxhat * inv_std, dx.shape)
         # with no shared axes the products are a full-size array of our own, free now: reuse it
         out = dy_xhat_sum if not common and dweight is not dy_xhat_sum else None
@@ -229,6 +240,8 @@ class _BatchNorm(Layer):
         self.add_state("running_mean", initializers.zeros((num_features,)))
         self.add_state("running_var", initializers.ones((num_features,)))
 
+    batch_sums = True                               # its statistics are batch_sum totals
+
     @property
     def per_sample(self) -> bool:  # type: ignore[override]  # computed: only in training
         return not self.training                    # batch statistics mix the samples
@@ -248,7 +261,7 @@ class _BatchNorm(Layer):
         weight = self.weight.data.reshape(per_channel)
         bias = self.bias.data.reshape(per_channel)
         if self.training:
-            count = x.size // c
+            count = batch_sum(x.size // c)          # the whole batch's, when split
             if count < 2:
                 raise ValueError(f"{self.label()}: training needs more than one value per "
                                  f"channel, got input shape {tuple(x.shape)}")

@@ -18,17 +18,23 @@ that fails (``check_layer(Scale): rule 'accumulate gradients': ...``):
   eval-mode output, as a checkpoint saved and loaded would;
 * ``split``: when the layer declares ``per_sample = True``, the whole batch's eval-mode output
   equals the outputs of its halves put together;
+* ``batch sums``: when the layer declares ``batch_sums = True``, its training-mode output and
+  gradients for the whole batch equal those of two copies run on its halves in two threads,
+  their ``batch_sum`` calls adding over both (``minicnn.core.batch_sum``);
 * ``deepcopy and pickle``: copies compute the same, own their parameters and hold no saved values.
 """
 from __future__ import annotations
 
+import contextvars
 import copy
 import json
 import pickle
+import threading
 from collections.abc import Sequence
 from typing import Any, cast
 
 from minicnn.core import backend, modes, random
+from minicnn.core.batch_sum import ReplicaGroup, replica_scope
 from minicnn.layers.base import Layer, layer_config, layer_from_config
 from minicnn.testing.gradient_check import GradientCheckError, gradcheck
 
@@ -102,6 +108,7 @@ def check_layer(layer: Layer, input_shape: Sequence[int] | Sequence[Sequence[int
                        f"values in {', '.join(kept)} (use save_for_backward)")
         _check_round_trips(work, xs, run, fail)
         _check_split(work, xs, run, fail, tol)
+        _check_batch_sums(work, xs, run, fail, tol)
         _check_copies(work, xs, run, fail)
     finally:
         random.set_rng_state(rng_state)
@@ -178,6 +185,57 @@ def _check_split(work: Layer, xs: list[Any], run: Any, fail: Any, tol: float) ->
         raise fail("split", "per_sample is True but the outputs of two halves of a batch "
                    "differ from the whole batch's: a layer that mixes samples sets "
                    "per_sample = False")
+
+
+def _check_batch_sums(work: Layer, xs: list[Any], run: Any, fail: Any, tol: float) -> None:
+    n = xs[0].shape[0]
+    if not work.batch_sums or n < 2:
+        return
+    work.clear_cache()
+    halves = [copy.deepcopy(work) for _ in range(2)]
+    xp = backend.get_array_module(xs[0])
+    y = run(work, xs)
+    projection = xp.asarray(random.generator(7).standard_normal(tuple(y.shape)))
+    work.zero_grad()
+    dxs = work.backward_step(projection, input_grad=True)
+    whole = [y] + list(dxs if isinstance(dxs, (list, tuple)) else [dxs])
+    group = ReplicaGroup(2)
+    results: list[Any] = [None, None]
+
+    def half(rank: int, rows: slice) -> None:
+        try:
+            with replica_scope(group, rank), modes.training_mode(True):
+                twin = halves[rank]
+                twin.zero_grad()
+                out = twin.forward(*[x[rows] for x in xs])
+                grads = twin.backward_step(projection[rows], input_grad=True)
+                results[rank] = [out] + list(grads if isinstance(grads, (list, tuple))
+                                             else [grads])
+        except BaseException as exc:
+            group.abort()
+            results[rank] = exc
+
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(half, rank, rows))
+               for rank, rows in enumerate((slice(0, n // 2), slice(n // 2, n)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for result in results:
+        if isinstance(result, BaseException):
+            raise fail("batch sums", f"forward and backward of half a batch in two threads "
+                       f"raised {type(result).__name__}: {result}")
+    joined = [xp.concatenate([a, b], axis=0) for a, b in zip(*results)]
+    grads_differ = [name for (name, p), a, b in zip(work.named_parameters(),
+                                                    halves[0].parameters(),
+                                                    halves[1].parameters())
+                    if not _close(p.grad, a.grad + b.grad, tol)]
+    if not all(_close(a, b, tol) for a, b in zip(whole, joined)) or grads_differ:
+        raise fail("batch sums", "batch_sums is True but two halves of a batch, summing with "
+                   "batch_sum, give another training output or gradient than the whole batch"
+                   f"{' (' + ', '.join(grads_differ) + ')' if grads_differ else ''}: every sum "
+                   "over the batch must go through batch_sum")
+    work.zero_grad()
 
 
 def _check_copies(work: Layer, xs: list[Any], run: Any, fail: Any) -> None:

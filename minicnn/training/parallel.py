@@ -10,8 +10,10 @@ gradients are added into the model's after backward, which gives exactly the ful
 gradient. NumPy releases the GIL inside its loops and BLAS calls, so the threads really run in
 parallel.
 
-A batch is split only when every layer treats samples independently (``Layer.per_sample``;
-BatchNorm2D in training mixes them through its batch statistics), each replica gets at least
+A batch is split only when every layer treats samples independently (``Layer.per_sample``) or
+mixes them only through sums over the batch that it takes with ``batch_sum`` (``Layer.batch_sums``:
+BatchNorm in training, whose statistics are then the whole batch's, added over the replicas at
+a barrier; ``minicnn.core.batch_sum``), each replica gets at least
 ``MIN_SLICE`` samples, the arrays are NumPy's, and OpenBLAS's thread count can be set: it is 1
 while replicas run, and restored right after. Random draws in a split forward (Dropout's masks)
 come from one generator per replica, seeded from the global generator (``random.generator_scope``),
@@ -19,6 +21,7 @@ so a split run is as reproducible as a whole one (for the same number of replica
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 import threading
@@ -27,6 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from minicnn.core import backend, random
+from minicnn.core.batch_sum import ReplicaGroup, replica_scope
 from minicnn.kernels import blas
 
 MIN_SLICE = 16
@@ -53,7 +57,7 @@ def split_count(model: Any, x: Any, workers: int | None) -> int:
     count = min(count, x.shape[0] // MIN_SLICE)
     if count < 2 or backend.is_cupy_array(x) or not blas.can_set_threads():
         return 1
-    if not all(layer.per_sample for _, layer in model.named_layers()):
+    if not all(layer.per_sample or layer.batch_sums for _, layer in model.named_layers()):
         return 1
     return count
 
@@ -64,6 +68,7 @@ def _layers(model: Any) -> list[Any]:
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
+_group_lock = threading.Lock()
 
 
 def _executor() -> ThreadPoolExecutor:
@@ -106,21 +111,37 @@ class Replicas:
 
     def _run(self, fn: Callable[[Any, Any], Any], work: list[Any]) -> list[Any]:
         """``fn(replica, item)`` for each replica and its item of ``work``: the first in this
-        thread, the others in the pool, each in a copy of this thread's modes; BLAS
-        single-threaded meanwhile."""
+        thread, the others in the pool, each in a copy of this thread's modes and as one
+        member of a ``ReplicaGroup`` (``batch_sum`` adds over them); BLAS single-threaded
+        meanwhile."""
         replicas = [self.model] + self.copies
-        with blas.single_threaded():
-            jobs: list[Future] = [
-                _executor().submit(contextvars.copy_context().run, fn, replica, item)
-                for replica, item in zip(replicas[1:], work[1:])]
+        group = ReplicaGroup(len(work))
+        # Members of a group wait for each other, so two groups sharing the pool could each
+        # hold threads the other waits for: one group that sums at a time.
+        synced = any(layer.batch_sums and not layer.per_sample for layer in _layers(self.model))
+
+        def member(rank: int, replica: Any, item: Any) -> Any:
             try:
-                first = fn(replicas[0], work[0])
-            finally:
-                results = [job.exception() or job.result() for job in jobs]  # wait for all
+                with replica_scope(group, rank):
+                    return fn(replica, item)
+            except BaseException:
+                group.abort()                   # the others must not wait for this one
+                raise
+
+        with _group_lock if synced else contextlib.nullcontext(), blas.single_threaded():
+            jobs: list[Future] = [
+                _executor().submit(contextvars.copy_context().run, member, rank, replica, item)
+                for rank, (replica, item) in enumerate(zip(replicas[1:], work[1:]), start=1)]
+            try:
+                first: Any = member(0, replicas[0], work[0])
+            except BaseException as exc:    # raised below, after every replica has stopped
+                first = exc
+            results = [first] + [job.exception() or job.result() for job in jobs]
         errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise errors[0]
-        return [first] + results
+        if errors:       # the first real error, not another replica's broken barrier
+            raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)),
+                       errors[0])
+        return results
 
     def forward(self, x: Any) -> tuple[Any, list[slice]]:
         """The model's output for x (N, ...), computed by up to ``count`` replicas, and the
