@@ -5,6 +5,7 @@ and a picture.
     python examples/denoise_mnist.py                         # 3 epochs on 20,000 digits
     python examples/denoise_mnist.py --epochs 1 --limit 2000 # a quick smoke test
     python examples/denoise_mnist.py --decoder transpose     # ConvTranspose2D upsampling
+    python examples/denoise_mnist.py --dataset fashion-mnist # clothes instead of digits
 
 Each step adds N(0, 0.3^2) noise to a batch of clean digits (pixels in [0, 1], clipped), runs
 the autoencoder on the noisy batch and takes the per-pixel binary cross-entropy of its logits
@@ -20,12 +21,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np
 
 import minicnn
-from minicnn.data.datasets import load_mnist
+from minicnn.data.datasets import load_fashion_mnist, load_mnist
 from minicnn.training import Adam
 from minicnn.training.losses import BCEWithLogits
 from minicnn.zoo.autoencoder import add_noise, autoencoder, denoise, psnr
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
 parser.add_argument("--epochs", type=int, default=3)
 parser.add_argument("--limit", type=int, default=20000, help="train on the first N digits")
 parser.add_argument("--test-limit", type=int, default=2000)
@@ -38,7 +40,7 @@ args = parser.parse_args()
 
 minicnn.manual_seed(0)
 rng = np.random.default_rng(0)
-(x_train, _), (x_test, _) = load_mnist()
+(x_train, _), (x_test, _) = (load_mnist if args.dataset == "mnist" else load_fashion_mnist)()
 clean = x_train[:args.limit, None].astype(np.float32) / 255          # (N, 1, 28, 28) in [0, 1]
 test_clean = x_test[:args.test_limit, None].astype(np.float32) / 255
 test_noisy = add_noise(test_clean, args.noise, np.random.default_rng(1))
