@@ -117,8 +117,9 @@ class Replicas:
         replicas = [self.model] + self.copies
         group = ReplicaGroup(len(work))
         # Members of a group wait for each other, so two groups sharing the pool could each
-        # hold threads the other waits for: one group that sums at a time.
-        synced = any(layer.batch_sums and not layer.per_sample for layer in _layers(self.model))
+        # hold threads the other waits for: one group that sums at a time. A split model that
+        # is not per_sample holds a layer summing over the batch (split_count).
+        synced = not self.model.per_sample
 
         def member(rank: int, replica: Any, item: Any) -> Any:
             try:
