@@ -15,7 +15,7 @@ import minicnn
 from minicnn import zoo
 from minicnn.core import backend
 from minicnn.layers.base import Layer
-from minicnn.tools.bench import command, layer_cases, runners, sweep, timing, torch_twin
+from minicnn.tools.bench import command, layer_cases, roofline, runners, sweep, timing, torch_twin
 from minicnn.tools.bench import report as bench_report
 from minicnn.training import parallel
 
@@ -53,7 +53,11 @@ def test_report_and_json_minicnn_alone_without_torch(tmp_path, capsys, monkeypat
     assert report["config"]["batch_size"] == 8 and report["config"]["params"] == 421_642
     assert report["machine"]["cpu_count"] >= 1 and report["machine"]["numpy"] == np.__version__
     res = report["results"]["numpy"]
-    assert set(res) == {"minicnn", "minicnn_hand_loop", "hand_loop_vs_fit_step", "layers"}
+    assert set(res) == {"minicnn", "minicnn_hand_loop", "hand_loop_vs_fit_step", "layers",
+                        "roofline"}
+    assert res["roofline"]["step_flops"] == roofline.step_flops(
+        runners.bench_model("ref-cnn"), (1, 28, 28), 8)["step"]
+    assert "GFLOP per training step" in out and res["roofline"]["matmul_peak_flop_s"] > 0
     figures = res["minicnn"]
     for key in FIGURE_KEYS:
         assert figures[key] > 0, key

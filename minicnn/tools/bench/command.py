@@ -44,10 +44,12 @@ from typing import Any
 import numpy
 
 import minicnn
+from minicnn import zoo
 from minicnn.core import backend
 from minicnn.kernels import allocator, blas
 from minicnn.tools.bench import layers as bench_layers
 from minicnn.tools.bench import report as bench_report
+from minicnn.tools.bench import roofline
 from minicnn.tools.bench import sweep as bench_sweep
 from minicnn.tools.bench.layer_cases import find_cases
 from minicnn.tools.bench.memory import measure_memory, run_child
@@ -55,16 +57,18 @@ from minicnn.tools.bench.report import EPOCH_IMAGES
 from minicnn.tools.bench.runners import (
     DATA_NOTE,
     HAND_LOOP,
+    IMAGE_SHAPE,
     HandLoopRunner,
     MinicnnRunner,
     bench_model,
+    image_to_image,
     make_batch,
 )
 from minicnn.tools.bench.timing import layer_breakdown, split_count, time_alternating
 from minicnn.tools.bench.torch_twin import TorchRunner
 from minicnn.training.recipe import REFERENCE_RECIPE as RECIPE
 
-MODELS = ("ref-cnn",)                   # built by minicnn.zoo, with --width-mult
+MODELS = tuple(zoo.MODELS)             # built by minicnn.zoo; --width-mult for ref-cnn
 MAX_LAYER_STEPS = 10
 
 
@@ -127,7 +131,7 @@ def bench_backend(backend_name: str, args: argparse.Namespace, torch: Any = None
     backend.set_backend(backend_name)
     minicnn.manual_seed(args.seed)
     model = bench_model(args.model, args.width_mult)
-    x, y = make_batch(args.batch_size, args.seed)
+    x, y = make_batch(args.batch_size, args.seed, image_to_image(model))
     xi, _ = make_batch(args.infer_batch_size, args.seed + 1)
     runners: list[Any] = [MinicnnRunner(model, x, y, xi), HandLoopRunner(model, x, y)]
     device = "cuda" if backend_name == "cupy" else "cpu"
@@ -146,7 +150,7 @@ def bench_backend(backend_name: str, args: argparse.Namespace, torch: Any = None
     inferring = [r for r in runners if not isinstance(r, HandLoopRunner)]  # same as fit's
     infer_s = dict(zip((r.name for r in inferring),
                        time_alternating(inferring, "infer", 1, args.infer_steps, args.pause)))
-    result: dict[str, Any] = {"layers": layers}
+    result: dict[str, Any] = {"layers": layers, "roofline": _roofline(model, args, train_s[0])}
     for runner, t_s in zip(runners, train_s):
         figures = result[runner.name] = _train_figures(t_s, args.batch_size)
         if isinstance(runner, HandLoopRunner):
@@ -166,6 +170,18 @@ def bench_backend(backend_name: str, args: argparse.Namespace, torch: Any = None
         result["ratio"] = {"fit step": _ratios(fit, result["torch"]),
                            "hand loop": _ratios(hand, result["torch"], TRAIN_KEYS)}
     return result
+
+
+def _roofline(model: Any, args: argparse.Namespace, fit_s: list[float]) -> dict[str, Any]:
+    """The step's FLOPs, the GFLOP/s fit's median step achieves, the matmul peak measured now
+    on the active backend."""
+    flops = roofline.step_flops(model, IMAGE_SHAPE, args.batch_size)
+    peak = roofline.matmul_peak(backend.get_module(backend.get_backend()),
+                                sync=backend.synchronize)
+    step = statistics.median(fit_s)
+    return {"step_flops": flops["step"], "forward_flops": flops["forward"],
+            "achieved_flop_s": flops["step"] / step, "matmul_peak_flop_s": peak,
+            "line": roofline.roofline_line(flops, step, peak)}
 
 
 def machine_info(backends: Sequence[str], torch: Any = None) -> dict[str, Any]:
@@ -209,8 +225,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--infer-steps", type=int, default=5,
                         help="timed inference passes (default 5)")
     parser.add_argument("--width-mult", type=int, default=1,
-                        help="multiply the conv channel counts 32/64 by K (default 1)")
-    parser.add_argument("--model", choices=MODELS, default="ref-cnn")
+                        help="ref-cnn: multiply the conv channel counts 32/64 by K (default 1)")
+    parser.add_argument("--model", choices=MODELS, default="ref-cnn",
+                        help="the zoo model timed (default ref-cnn); with --compare torch, "
+                             "against its PyTorch twin (same weights, same step)")
     parser.add_argument("--backend", action="append", choices=backend.BACKENDS,
                         help="numpy or cupy; repeat for both (default numpy)")
     parser.add_argument("--backends", help="comma-separated backends, e.g. numpy,cupy")
@@ -249,6 +267,8 @@ def _check(args: argparse.Namespace) -> tuple[list[str], list[int] | None]:
     for key in ("steps", "batch_size", "infer_batch_size", "infer_steps", "width_mult"):
         if getattr(args, key) < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1")
+    if args.width_mult != 1 and args.model != "ref-cnn":
+        raise ValueError(f"--width-mult applies to ref-cnn only, not {args.model}")
     if args.warmup < 0 or args.pause < 0:
         raise ValueError("--warmup and --pause must be >= 0")
     spec = getattr(args, "sweep", None)

@@ -12,7 +12,7 @@ from typing import Any
 
 import minicnn
 from minicnn.core import backend
-from minicnn.tools.bench.runners import MinicnnRunner, bench_model, make_batch
+from minicnn.tools.bench.runners import MinicnnRunner, bench_model, image_to_image, make_batch
 from minicnn.tools.bench.torch_twin import TorchRunner
 
 MEMORY_TRAIN_STEPS, MEMORY_INFER_PASSES = 3, 2
@@ -54,7 +54,8 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     minicnn.manual_seed(spec["seed"])
     model = bench_model(spec["model"], spec["width_mult"])
     training = spec["mode"] == "train"
-    x, y = make_batch(spec["batch_size"], spec["seed"]) if training else (None, None)
+    x, y = make_batch(spec["batch_size"], spec["seed"], image_to_image(model)) if training \
+        else (None, None)
     xi = None if training else make_batch(spec["infer_batch_size"], spec["seed"] + 1)[0]
     if torch is not None:
         runner: Any = TorchRunner(torch, model, "cuda" if spec["backend"] == "cupy" else "cpu",

@@ -58,8 +58,9 @@ def format_header(report: dict[str, Any], sweep: bool = False) -> str:
         versions += f", torch {mach['torch']} ({mach['torch_threads']} CPU threads)"
     if "gpu" in mach:
         versions += f", cupy {mach['cupy']} on {mach['gpu']}"
-    model = (f"minicnn bench: {cfg['model']} (conv channels {32 * cfg['width_mult']}/"
-             f"{64 * cfg['width_mult']}, {cfg['params']:,} parameters)")
+    channels = (f"conv channels {32 * cfg['width_mult']}/{64 * cfg['width_mult']}, "
+                if cfg["model"] == "ref-cnn" else "")
+    model = f"minicnn bench: {cfg['model']} ({channels}{cfg['params']:,} parameters)"
     if sweep:
         batches = ", ".join(map(str, report["sweep"]["batch_sizes"]))
         out = [f"{model}, sweep over batch sizes {batches}",
@@ -76,6 +77,9 @@ def format_header(report: dict[str, Any], sweep: bool = False) -> str:
             f"{mach['python']}, {versions}, minicnn {mach['minicnn']}"]
     if mach.get("blas_note"):
         out.append(mach["blas_note"])
+    for b, res in (report.get("results") or {}).items():
+        if res.get("roofline"):
+            out.append(f"[{b}] {res['roofline']['line']}")
     return "\n".join(out)
 
 

@@ -1,6 +1,8 @@
 """What is timed on minicnn's side: fit's training step (``MinicnnRunner``) and the README's
 hand-written loop (``HandLoopRunner``) on one fixed random batch (``make_batch``), with the
-reference recipe's SGD."""
+reference recipe's SGD. A classifier trains on integer labels with softmax cross-entropy; an
+image-to-image model (one whose output has its input's shape: the autoencoder) on float target
+images in [0, 1) with ``BCEWithLogits`` (``loss_for``)."""
 from __future__ import annotations
 
 from typing import Any
@@ -9,34 +11,58 @@ import numpy
 
 import minicnn
 from minicnn.core import backend
-from minicnn.models import Sequential
+from minicnn.layers import Layer
+from minicnn.models import Network
 from minicnn.tools.bench.report import HAND_LOOP_KEY
 from minicnn.training import loop as train
 from minicnn.training import losses
 from minicnn.training import optimizers as optim
 from minicnn.training.recipe import REFERENCE_RECIPE as RECIPE
 
-DATA_NOTE = "random N(0, 1) images (N, 1, 28, 28) with random labels 0-9"
+DATA_NOTE = ("random N(0, 1) images (N, 1, 28, 28) with random labels 0-9 (an image-to-image "
+             "model: random target images in [0, 1))")
 
 
 HAND_LOOP = ("opt.zero_grad(); logits = model.forward(x, training=True); "
              "loss.forward(logits, labels); model.backward(loss.backward()); opt.step()")
 
 
-def bench_model(name: str, width_mult: int = 1) -> Sequential:
-    """The zoo model the bench times (a Sequential: the PyTorch twin copies its layers)."""
+def bench_model(name: str, width_mult: int = 1) -> Network:
+    """The zoo model the bench times, for 1x28x28 images (``width_mult`` for ref-cnn only)."""
     from minicnn import zoo
-    model = zoo.build_model(name, width_mult=width_mult)
-    if not isinstance(model, Sequential):
-        raise ValueError(f"bench: {name} is not a Sequential model")
+    if width_mult != 1 and name != "ref-cnn":
+        raise ValueError(f"bench: --width-mult applies to ref-cnn only, not {name}")
+    model = zoo.build_model(name, **({"width_mult": width_mult} if width_mult != 1 else {}))
+    if not isinstance(model, Network):
+        raise ValueError(f"bench: {name} is not a Sequential or graph Model")
     return model
 
 
-def make_batch(batch_size: int, seed: int) -> tuple[numpy.ndarray, numpy.ndarray]:
-    """Random N(0, 1) float32 images (batch, 1, 28, 28) and int64 labels in [0, 10)."""
+IMAGE_SHAPE = (1, 28, 28)
+
+
+def image_to_image(model: Layer) -> bool:
+    """Whether ``model`` maps a 1x28x28 image to an image of the same shape (the autoencoder),
+    rather than to class scores."""
+    return tuple(model.output_shape(IMAGE_SHAPE)) == IMAGE_SHAPE
+
+
+def make_batch(batch_size: int, seed: int, image_targets: bool = False
+               ) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """Random N(0, 1) float32 images (batch, 1, 28, 28) and int64 labels in [0, 10), or with
+    ``image_targets`` float32 target images (batch, 1, 28, 28) in [0, 1)."""
     rng = numpy.random.default_rng(seed)
-    x = rng.standard_normal((batch_size, 1, 28, 28), dtype=numpy.float32)
+    x = rng.standard_normal((batch_size, *IMAGE_SHAPE), dtype=numpy.float32)
+    if image_targets:
+        return x, rng.random((batch_size, *IMAGE_SHAPE), dtype=numpy.float32)
     return x, rng.integers(0, 10, size=batch_size, dtype=numpy.int64)
+
+
+def loss_for(y: Any) -> losses.SoftmaxCrossEntropy | losses.BCEWithLogits:
+    """Softmax cross-entropy for integer labels, ``BCEWithLogits`` for float target images."""
+    if y is not None and numpy.dtype(y.dtype).kind == "f":
+        return losses.BCEWithLogits()
+    return losses.SoftmaxCrossEntropy()
 
 
 class MinicnnRunner:
@@ -44,9 +70,9 @@ class MinicnnRunner:
 
     name = "minicnn"
 
-    def __init__(self, model: Sequential, x: Any, y: Any, xi: Any = None):
+    def __init__(self, model: Network, x: Any, y: Any, xi: Any = None):
         self.model = model
-        self.loss = losses.SoftmaxCrossEntropy()
+        self.loss = loss_for(y)
         self.opt = optim.SGD(model.parameters(), RECIPE.lr, momentum=RECIPE.momentum,
                              weight_decay=RECIPE.weight_decay)
         # arrays on the active backend; None where not given (x, y: a runner that only infers)

@@ -27,7 +27,7 @@ from typing import Any
 import minicnn
 from minicnn.core import backend
 from minicnn.tools.bench.report import table
-from minicnn.tools.bench.runners import MinicnnRunner, bench_model, make_batch
+from minicnn.tools.bench.runners import MinicnnRunner, bench_model, image_to_image, make_batch
 from minicnn.tools.bench.timing import (
     Sample,
     Timer,
@@ -94,7 +94,7 @@ def sweep_backend(backend_name: str, batches: Sequence[int], args: argparse.Name
         log(f"batch {batch}: {args.steps} steps after {args.warmup} warm-up, then each layer")
         minicnn.manual_seed(args.seed)
         model = bench_model(args.model, args.width_mult)
-        x, y = make_batch(batch, args.seed)
+        x, y = make_batch(batch, args.seed, image_to_image(model))
         runner = MinicnnRunner(model, x, y)
         (step_s,) = time_alternating([runner], "train_step", args.warmup, args.steps)
         step = statistics.median(step_s)

@@ -10,6 +10,8 @@ from typing import Any
 
 from minicnn.core import modes
 from minicnn.kernels import blas
+from minicnn.layers import Layer
+from minicnn.models import Model, Network
 from minicnn.tools.bench.report import REWARM_SECONDS
 from minicnn.tools.bench.runners import MinicnnRunner
 from minicnn.training import parallel
@@ -82,6 +84,18 @@ def wall_timer(runner: Any, fn: Callable[..., Any], *args: Any, into: list[Sampl
     return out
 
 
+def graph_nodes(model: Network) -> tuple[list[Layer], list[list[int]]]:
+    """The model's layers in the order they run, and for each the indices of the layers whose
+    outputs it reads (-1: the model's input): a chain for a ``Sequential``, the graph for a
+    ``Model``."""
+    if isinstance(model, Model):
+        index = {id(t): i for i, t in enumerate(model.order)}
+        index[id(model.input_tensor)] = -1
+        return [t.layer for t in model.order], [[index[id(p)] for p in t.parents]
+                                                 for t in model.order]
+    return list(model.layers), [[i - 1] for i in range(len(model.layers))]
+
+
 def layer_breakdown(runner: MinicnnRunner, reps: int, timer: Timer = wall_timer
                     ) -> list[dict[str, Any]]:
     """Median milliseconds of each layer's forward and backward (and of the loss and the
@@ -91,7 +105,9 @@ def layer_breakdown(runner: MinicnnRunner, reps: int, timer: Timer = wall_timer
     ceil(N / count) rows (count = ``parallel.split_count(model, x, model.workers)``), inside
     ``blas.single_threaded()`` when count > 1 (what each core does during a step; here the
     others idle). Forward runs in training mode inside ``modes.inside_model()`` (no NaN scan),
-    layer i's backward is ``layer.backward_step(g, input_grad=(i > 0))``; the loss runs on the
+    each layer on the outputs it reads (``graph_nodes``); a layer's backward is
+    ``layer.backward_step(g, input_grad)``, input_grad unless it reads only the model's input,
+    with the gradients of an output read twice summed, as ``Model`` does; the loss runs on the
     share's logits, the optimizer on all parameters. Nothing is set on the model or its layers.
     ``timer`` times each piece (``wall_timer``: ``forward_ms``, ``backward_ms``, ``total_ms``
     per row; another timer's sample keys name other columns, see ``Sample``).
@@ -100,7 +116,7 @@ def layer_breakdown(runner: MinicnnRunner, reps: int, timer: Timer = wall_timer
     count = split_count(runner)
     share = -(-runner.x.shape[0] // count)
     x, y = runner.x[:share], runner.y[:share]
-    layers = model.layers
+    layers, reads = graph_nodes(model)
     fwd: list[list[Sample]] = [[] for _ in layers]
     bwd: list[list[Sample]] = [[] for _ in layers]
     loss_t: list[Sample] = []
@@ -109,16 +125,23 @@ def layer_breakdown(runner: MinicnnRunner, reps: int, timer: Timer = wall_timer
     with single, modes.training_mode(True):
         for _ in range(reps):
             timer(runner, opt.zero_grad, into=opt_t)
-            h = x
+            values: list[Any] = []
             with modes.inside_model():
                 for i, layer in enumerate(layers):
-                    h = timer(runner, layer.forward, h, into=fwd[i])
-            def loss_step(h: Any = h) -> Any:
+                    inputs = [x if j < 0 else values[j] for j in reads[i]]
+                    values.append(timer(runner, layer.forward, *inputs, into=fwd[i]))
+            def loss_step(h: Any = values[-1]) -> Any:
                 loss.forward(h, y)
                 return loss.backward()
-            g = timer(runner, loss_step, into=loss_t)
+            grads: dict[int, Any] = {len(layers) - 1: timer(runner, loss_step, into=loss_t)}
             for i in reversed(range(len(layers))):
-                g = timer(runner, layers[i].backward_step, g, i > 0, into=bwd[i])
+                if i not in grads:                   # an output nothing downstream uses
+                    continue
+                needed = any(j >= 0 for j in reads[i])
+                out = timer(runner, layers[i].backward_step, grads.pop(i), needed, into=bwd[i])
+                for j, g in zip(reads[i], out if isinstance(out, tuple) else (out,)):
+                    if j >= 0 and g is not None:
+                        grads[j] = g if j not in grads else grads[j] + g
             zero_grad = opt_t.pop()
             timer(runner, opt.step, into=opt_t)
             opt_t[-1] = {k: v + zero_grad[k] for k, v in opt_t[-1].items()}
@@ -131,7 +154,7 @@ def layer_breakdown(runner: MinicnnRunner, reps: int, timer: Timer = wall_timer
     rows: list[dict[str, Any]] = [
         {"name": layer.name, "type": type(layer).__name__, **ms(f, "forward"),
          **ms(b, "backward")} for layer, f, b in zip(layers, fwd, bwd)]
-    rows.append({"name": "loss", "type": "SoftmaxCrossEntropy", **ms(loss_t, "forward"),
+    rows.append({"name": "loss", "type": type(loss).__name__, **ms(loss_t, "forward"),
                  **ms(None, "backward")})
     rows.append({"name": "optimizer", "type": "SGD zero_grad+step", **ms(None, "forward"),
                  **ms(opt_t, "backward")})
