@@ -467,3 +467,32 @@ def test_bad_per_sample_shapes_are_refused_by_output_shape():
         minicnn.Sequential([LayerNorm(6)], input_shape=(4, 5))
     with pytest.raises(ValueError, match=r"GroupNorm.*expected input shape \(4, \.\.\.\)"):
         minicnn.Sequential([GroupNorm(2, 4)], input_shape=(3, 5))
+
+
+@pytest.mark.parametrize("grad_layout", ["channels-last", "nchw"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_batchnorm2d_on_channels_last_memory_equals_nchw(grad_layout, training):
+    """Conv2D's output is channels-last in memory: BatchNorm2D then normalises its (N*H*W, C)
+    rows. Same output (and its channels-last layout), input and parameter gradients and
+    running statistics as for the same values in NCHW memory, whatever the gradient's layout."""
+    x = randn(3, 4, 5, 6)                                      # float64, NCHW memory
+    last = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    g = randn(3, 4, 5, 6)
+    g_in = np.ascontiguousarray(g.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2) \
+        if grad_layout == "channels-last" else g
+    layers = [BatchNorm2D(4).astype(np.float64) for _ in range(2)]
+    for layer in layers:
+        layer.weight.data[...] = randn(4)
+        layer.bias.data[...] = randn(4)
+        layer.running_var[...] = 1 + randn(4) ** 2
+        layer.train(training)
+    a, b = layers
+    ya, yb = a.forward(x), b.forward(last)
+    assert yb.transpose(0, 2, 3, 1).flags.c_contiguous           # channels-last out
+    np.testing.assert_allclose(yb, ya, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(b.backward(g_in), a.backward(g), rtol=1e-11, atol=1e-12)
+    for name in ("weight", "bias"):
+        np.testing.assert_allclose(getattr(b, name).grad, getattr(a, name).grad, rtol=1e-11,
+                                   atol=1e-12)
+    np.testing.assert_allclose(b.running_mean, a.running_mean, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(b.running_var, a.running_var, rtol=1e-12, atol=1e-14)

@@ -215,6 +215,12 @@ def normalize_backward(dy: Any, x_hat: Any, inv_std: Any, axes: Axes, weight: An
     return dx, dweight, dbias
 
 
+def _channels_last(x: Any) -> bool:
+    """Whether x is (N, C, H, W) with channels-last (N, H, W, C) C-contiguous memory, as
+    Conv2D's output is."""
+    return x.ndim == 4 and x.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
 class _BatchNorm(Layer):
     """Per-channel batch normalisation of (N, C, ...) input: the shared body of BatchNorm1D
     and BatchNorm2D, which differ only in the input ranks they accept."""
@@ -257,7 +263,8 @@ class _BatchNorm(Layer):
         self.check_input(x, ndim if ndim in self._ranks else self._ranks[0],
                          self._layout, channels=self.num_features)
         c = self.num_features
-        view, axes, per_channel = self._view(x)
+        rows = _channels_last(x)
+        view, axes, per_channel = self._view(x, rows)
         weight = self.weight.data.reshape(per_channel)
         bias = self.bias.data.reshape(per_channel)
         if self.training:
@@ -272,16 +279,29 @@ class _BatchNorm(Layer):
             y, centred, inv_std, _, _ = normalize_affine(
                 view, axes, self.eps, weight, bias, self.running_mean.reshape(per_channel),
                 self.running_var.reshape(per_channel))
-        self.save_for_backward(centred, inv_std, self.training)
-        return y.reshape(x.shape)
+        self.save_for_backward(centred, inv_std, self.training, rows)
+        return self._unview(y, x.shape, rows)
 
-    def _view(self, x: Any) -> tuple[Any, Axes, tuple[int, ...]]:
-        """x as (N, C) or (N, C, S), the axes its statistics are over, and the shape a
-        per-channel array takes to broadcast against it."""
+    def _view(self, x: Any, rows: bool) -> tuple[Any, Axes, tuple[int, ...]]:
+        """x as (N, C), (N, C, S), or with ``rows`` (channels-last (N, C, H, W) memory) as
+        its (N*H*W, C) matrix, the axes its statistics are over, and the shape a per-channel
+        array takes to broadcast against it. The rows view reduces over one contiguous axis
+        (a matrix-vector product), measured 0.6-0.9x the time of the (N, C, S) view's strided
+        sums for the zoo's shapes."""
         c = self.num_features
         if x.ndim == 2:
             return x, (0,), (1, c)
+        if rows:
+            return x.transpose(0, 2, 3, 1).reshape(-1, c), (0,), (1, c)
         return x.reshape(x.shape[0], c, -1), (0, 2), (1, c, 1)
+
+    @staticmethod
+    def _unview(y: Any, shape: tuple[int, ...], rows: bool) -> Any:
+        """A view's result back in the input's logical shape (channels-last memory for rows)."""
+        if rows:
+            n, c, h, w = shape
+            return y.reshape(n, h, w, c).transpose(0, 3, 1, 2)
+        return y.reshape(shape)
 
     def _update_running(self, mean: Any, var: Any, m: float, unbias: float) -> None:
         """running = (1 - m) * running + m * batch, in the running statistics' own dtype."""
@@ -291,16 +311,16 @@ class _BatchNorm(Layer):
             setattr(self, name, kind(1 - m) * running + kind(m) * batch.astype(running.dtype))
 
     def backward(self, grad_out: Any, input_grad: bool = True) -> Any:
-        centred, inv_std, training = self.pop_saved()
+        centred, inv_std, training, rows = self.pop_saved()
         c = self.num_features
-        dy, axes, per_channel = self._view(grad_out)
+        dy, axes, per_channel = self._view(grad_out, rows)       # the forward's view
         dx, dweight, dbias = normalize_backward(
             dy, centred, inv_std, axes, self.weight.data.reshape(per_channel), axes, training,
             input_grad, centred=True)
         self.weight.grad += dweight.reshape(c).astype(self.weight.grad.dtype, copy=False)
         self.bias.grad += dbias.reshape(c).astype(self.bias.grad.dtype, copy=False)
-        return None if dx is None else dx.astype(grad_out.dtype, copy=False).reshape(
-            grad_out.shape)
+        return None if dx is None else self._unview(
+            dx.astype(grad_out.dtype, copy=False), grad_out.shape, rows)
 
     def to_onnx(self, ctx: Any, inputs: list[str]) -> str:
         """BatchNormalization in inference form (the running statistics); ONNX takes (N, C)
