@@ -31,7 +31,7 @@ def test_every_zoo_model_has_a_torch_twin_computing_the_same_steps(name):
     model = _model(name).astype(np.float64)
     image_targets = runners.image_to_image(model)
     assert image_targets == (name == "autoencoder")
-    x, y = runners.make_batch(12, seed=1, image_targets=image_targets)
+    x, y = runners.make_batch(12, seed=1, images=image_targets)
     x, y = x.astype(np.float64), (y.astype(np.float64) if image_targets else y)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)

@@ -15,21 +15,21 @@ import math
 import time
 from typing import Any
 
-from minicnn.layers import Layer
+from minicnn.layers import Conv2D, Dense, Layer
+from minicnn.layers.conv_transpose import ConvTranspose2D
 from minicnn.models import Network
 from minicnn.tools.bench.timing import graph_nodes
 
 
 def _multiply_adds(layer: Layer, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
     """Multiply-adds of one sample's forward pass through ``layer``."""
-    kind = type(layer).__name__
-    if kind == "Conv2D":
-        kh, kw = layer.kernel_size                              # type: ignore[attr-defined]
-        return math.prod(out_shape) * (in_shape[0] // layer.groups) * kh * kw  # type: ignore
-    if kind == "ConvTranspose2D":
-        kh, kw = layer.kernel_size                              # type: ignore[attr-defined]
-        return math.prod(in_shape) * (out_shape[0] // layer.groups) * kh * kw  # type: ignore
-    if kind == "Dense":
+    if isinstance(layer, Conv2D):
+        kh, kw = layer.kernel_size
+        return math.prod(out_shape) * (in_shape[0] // layer.groups) * kh * kw
+    if isinstance(layer, ConvTranspose2D):
+        kh, kw = layer.kernel_size
+        return math.prod(in_shape) * (out_shape[0] // layer.groups) * kh * kw
+    if isinstance(layer, Dense):
         return in_shape[-1] * out_shape[-1]
     return 0
 

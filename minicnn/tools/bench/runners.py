@@ -30,8 +30,6 @@ HAND_LOOP = ("opt.zero_grad(); logits = model.forward(x, training=True); "
 def bench_model(name: str, width_mult: int = 1) -> Network:
     """The zoo model the bench times, for 1x28x28 images (``width_mult`` for ref-cnn only)."""
     from minicnn import zoo
-    if width_mult != 1 and name != "ref-cnn":
-        raise ValueError(f"bench: --width-mult applies to ref-cnn only, not {name}")
     model = zoo.build_model(name, **({"width_mult": width_mult} if width_mult != 1 else {}))
     if not isinstance(model, Network):
         raise ValueError(f"bench: {name} is not a Sequential or graph Model")
@@ -47,22 +45,25 @@ def image_to_image(model: Layer) -> bool:
     return tuple(model.output_shape(IMAGE_SHAPE)) == IMAGE_SHAPE
 
 
-def make_batch(batch_size: int, seed: int, image_targets: bool = False
+def make_batch(batch_size: int, seed: int, images: bool = False
                ) -> tuple[numpy.ndarray, numpy.ndarray]:
     """Random N(0, 1) float32 images (batch, 1, 28, 28) and int64 labels in [0, 10), or with
-    ``image_targets`` float32 target images (batch, 1, 28, 28) in [0, 1)."""
+    ``images`` float32 target images (batch, 1, 28, 28) in [0, 1)."""
     rng = numpy.random.default_rng(seed)
     x = rng.standard_normal((batch_size, *IMAGE_SHAPE), dtype=numpy.float32)
-    if image_targets:
+    if images:
         return x, rng.random((batch_size, *IMAGE_SHAPE), dtype=numpy.float32)
     return x, rng.integers(0, 10, size=batch_size, dtype=numpy.int64)
 
 
+def image_targets(y: Any) -> bool:
+    """Whether the targets ``y`` are float images (an image-to-image model), not labels."""
+    return y is not None and numpy.dtype(y.dtype).kind == "f"
+
+
 def loss_for(y: Any) -> losses.SoftmaxCrossEntropy | losses.BCEWithLogits:
     """Softmax cross-entropy for integer labels, ``BCEWithLogits`` for float target images."""
-    if y is not None and numpy.dtype(y.dtype).kind == "f":
-        return losses.BCEWithLogits()
-    return losses.SoftmaxCrossEntropy()
+    return losses.BCEWithLogits() if image_targets(y) else losses.SoftmaxCrossEntropy()
 
 
 class MinicnnRunner:

@@ -19,6 +19,7 @@ from minicnn.core import backend
 from minicnn.layers import Layer
 from minicnn.layers.base import layer_config
 from minicnn.models import Model, Sequential
+from minicnn.tools.bench.timing import graph_nodes
 
 Build = Callable[[Any, dict[str, Any], Layer], Any]
 
@@ -142,21 +143,20 @@ def torch_model_from(model: Layer, torch: Any = None) -> Any:
 
 
 def _graph_module(torch: Any, model: Model) -> Any:
-    """The graph's nodes as a ``torch.nn.ModuleList``, run in minicnn's topological order, each
-    on the outputs of the nodes (or the input, index -1) it reads."""
-    index = {id(t): i for i, t in enumerate(model.order)}
-    index[id(model.input_tensor)] = -1
-    parents = [[index[id(p)] for p in t.parents] for t in model.order]
+    """The graph's nodes (``timing.graph_nodes``) as a ``torch.nn.ModuleList``, run in
+    minicnn's topological order, each on the outputs of the nodes (or the input, index -1) it
+    reads."""
+    layers, reads = graph_nodes(model)
 
     class GraphModule(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.nodes = torch.nn.ModuleList(torch_layer(t.layer, torch) for t in model.order)
+            self.nodes = torch.nn.ModuleList(torch_layer(layer, torch) for layer in layers)
 
         def forward(self, x: Any) -> Any:
             values: list[Any] = []
-            for node, reads in zip(self.nodes, parents):
-                values.append(node(*(x if i < 0 else values[i] for i in reads)))
+            for node, parents in zip(self.nodes, reads):
+                values.append(node(*(x if i < 0 else values[i] for i in parents)))
             return values[-1]
 
     return GraphModule()

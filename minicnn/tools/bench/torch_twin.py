@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy
-
 from minicnn.models import Network
+from minicnn.tools.bench.runners import image_targets
 from minicnn.tools.bench.torch_layers import torch_model_from
 from minicnn.training.recipe import REFERENCE_RECIPE as RECIPE
 
@@ -58,8 +57,8 @@ class TorchRunner:
         self.opt = torch.optim.SGD(self.net.parameters(), lr=RECIPE.lr,
                                    momentum=RECIPE.momentum,
                                    weight_decay=RECIPE.weight_decay)
-        image_targets = y is not None and numpy.dtype(y.dtype).kind == "f"
-        self.loss = torch.nn.BCEWithLogitsLoss() if image_targets else torch.nn.CrossEntropyLoss()
+        self.loss = torch.nn.BCEWithLogitsLoss() if image_targets(y) else \
+            torch.nn.CrossEntropyLoss()
         self.x, self.y, self.xi = (None if a is None else torch.from_numpy(a).to(device)
                                    for a in (x, y, xi))
 
