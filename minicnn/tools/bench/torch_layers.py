@@ -63,13 +63,8 @@ def _global_avg(nn: Any, c: dict[str, Any], layer: Any) -> Any:
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
-ACTIVATIONS: dict[str, Callable[[Any], Any]] = {
-    "ReLU": lambda nn: nn.ReLU(), "ReLU6": lambda nn: nn.ReLU6(),
-    "Sigmoid": lambda nn: nn.Sigmoid(), "Tanh": lambda nn: nn.Tanh(),
-    "SiLU": lambda nn: nn.SiLU(), "Hardswish": lambda nn: nn.Hardswish(),
-    "Identity": lambda nn: nn.Identity(),
-}
-"""Parameter-free activations with no options, by minicnn class name."""
+ACTIVATIONS = ("ReLU", "ReLU6", "Sigmoid", "Tanh", "SiLU", "Hardswish", "Identity")
+"""Parameter-free activations with no options: the same class name in ``torch.nn``."""
 
 MODULES: dict[str, Build] = {
     "Conv2D": _conv, "ConvTranspose2D": _conv_transpose,
@@ -111,7 +106,7 @@ def torch_layer(layer: Layer, torch: Any) -> Any:
     entry = layer_config(layer)
     kind = entry["class"]
     if kind in ACTIVATIONS:
-        return ACTIVATIONS[kind](torch.nn)
+        return getattr(torch.nn, kind)()
     build = MODULES.get(kind)
     if build is None:
         raise ValueError(f"bench: no PyTorch equivalent for {layer.label()} ({kind}); known: "
@@ -120,11 +115,11 @@ def torch_layer(layer: Layer, torch: Any) -> Any:
     _copy_weights(torch, layer, module)
     activation = getattr(layer, "activation", None)
     if activation is not None:                # Dense(..., activation=...) and friends
-        make = ACTIVATIONS.get(type(activation).__name__)
-        if make is None:
+        name = type(activation).__name__
+        if name not in ACTIVATIONS:
             raise ValueError(f"bench: no PyTorch equivalent for {layer.label()}'s activation "
-                             f"{type(activation).__name__}")
-        module = torch.nn.Sequential(module, make(torch.nn))
+                             f"{name}")
+        module = torch.nn.Sequential(module, getattr(torch.nn, name)())
     return module
 
 
