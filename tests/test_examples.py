@@ -192,6 +192,13 @@ def test_examples_run_as_scripts(name, needle):
     assert needle in result.stdout
 
 
+def test_conv_algorithms_example_times_both_paths(capsys):
+    load("conv_algorithms").main(["--model", "vgg", "--blocks", "1", "--steps", "1",
+                                  "--batch-size", "4", "--pause", "0"])
+    out = capsys.readouterr().out
+    assert "vgg: 5 of its convolutions switched" in out and "winograd / im2col = " in out
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("MINICNN_DATA"), reason="MINICNN_DATA is not set")
 def test_denoising_example_improves_psnr(tmp_path):

@@ -41,6 +41,14 @@ def _graph():
     return minicnn.Model(x, y)
 
 
+def _winograd():
+    """Winograd F(2x2, 3x3) convolutions: an even and an odd output size."""
+    return minicnn.Sequential([
+        Conv2D(3, 8, 3, padding=1, algorithm="winograd"), ReLU(),
+        Conv2D(8, 4, 3, algorithm="winograd"), Flatten(), Dense(4 * 6 * 5, 5)],
+        input_shape=(3, 8, 7))
+
+
 def _grads_on(model, name, x, labels):
     backend.set_backend(name)
     model.to(name)
@@ -53,7 +61,8 @@ def _grads_on(model, name, x, labels):
     return backend.to_numpy(logits), float(value), backend.to_numpy(dx), grads
 
 
-@pytest.mark.parametrize("build,shape", [(_ref_cnn, (16, 1, 28, 28)), (_graph, (4, 3, 9, 9))])
+@pytest.mark.parametrize("build,shape", [(_ref_cnn, (16, 1, 28, 28)), (_graph, (4, 3, 9, 9)),
+                                         (_winograd, (4, 3, 8, 7))])
 def test_cupy_matches_numpy(build, shape):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(np.float32)

@@ -45,6 +45,8 @@ IMAGE = (N, C, HW, HW)
 CASES: tuple[LayerCase, ...] = (
     LayerCase("conv3x3", L + "conv", "Conv2D", (C, C, 3), IMAGE, _conv(padding=1),
               {"padding": 1}),
+    LayerCase("conv3x3_winograd", L + "conv", "Conv2D", (C, C, 3), IMAGE, _conv(padding=1),
+              {"padding": 1, "algorithm": "winograd"}),
     LayerCase("depthwise3x3", L + "conv", "Conv2D", (C, C, 3), IMAGE,
               _conv(padding=1, groups=C), {"padding": 1, "groups": C}, target=1.0),
     LayerCase("grouped3x3_g4", L + "conv", "Conv2D", (C, C, 3), (64, C, HW, HW),
