@@ -219,3 +219,12 @@ def test_one_line_errors(make_layer, words):
         make_layer()
     message = str(info.value)
     assert "\n" not in message and all(word in message for word in words), message
+
+
+def test_tile_planes_are_sixteen_separate_blocks():
+    """One (16, ...) block would be over 32 MiB at realistic sizes, which malloc maps afresh in
+    a worker thread at every step (page faults: docs/performance.md); 16 blocks it reuses."""
+    x, dy = randn(2, 6, 6, 3, seed=1), randn(2, 6, 6, 4, seed=2)
+    for planes in (winograd.input_transform(x, (1, 1, 1, 1)), winograd.output_transform_grad(dy)):
+        owners = {id(p.base if p.base is not None else p) for p in planes}
+        assert len(planes) == len(owners) == 16
