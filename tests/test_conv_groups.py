@@ -1,6 +1,7 @@
-"""Conv2D with groups (grouped and depthwise convolution) and padding 'valid'/'same' for any
-kernel: naive loop references, float64 gradient checks, PyTorch parity (float32 and float64),
-the layer contract, checkpoints, summary shapes, ONNX export, and one-line errors."""
+"""Conv2D with groups (grouped and depthwise convolution), padding 'valid'/'same' for any
+kernel and the Winograd path (more in test_winograd.py): naive loop references, float64
+gradient checks, PyTorch parity (float32 and float64), the layer contract, checkpoints, summary
+shapes, ONNX export, and one-line errors."""
 from __future__ import annotations
 
 import warnings
@@ -36,6 +37,13 @@ CONFIGS = [
     (3, 3, (2, 4), {"padding": "same", "groups": 3}, (2, 5, 6)),
     (4, 8, 2, {"padding": "same", "groups": 2, "bias": False}, (2, 5, 5)),
     (3, 6, 3, {"stride": (2, 1), "groups": 3, "bias": False}, (3, 7, 6)),
+    # Winograd F(2x2, 3x3): even and odd outputs, padding 0/1/2, 'same', a (1, 0) pair, no bias
+    (3, 4, 3, {"padding": 1, "algorithm": "winograd"}, (2, 6, 6)),
+    (2, 3, 3, {"algorithm": "winograd"}, (2, 7, 5)),
+    (3, 2, 3, {"padding": 2, "bias": False, "algorithm": "winograd"}, (1, 5, 6)),
+    (2, 2, 3, {"padding": "same", "algorithm": "winograd"}, (3, 4, 3)),
+    (4, 3, 3, {"padding": (1, 0), "algorithm": "winograd"}, (2, 5, 8)),
+    (2, 3, 3, {"padding": 1, "algorithm": "winograd"}, (2, 1, 2)),
 ]
 IDS = [f"{c}-{o}-k{k}-" + "-".join(f"{a}{v}" for a, v in kw.items()) for c, o, k, kw, _ in
        CONFIGS]
@@ -109,8 +117,8 @@ def test_torch_parity(config, dtype):
     torch_parity(layer, torch_conv(layer), randn(*shape, seed=4), dtype=dtype)
 
 
-@pytest.mark.parametrize("config", [CONFIGS[i] for i in (2, 3, 4, 6, 9)],
-                         ids=[IDS[i] for i in (2, 3, 4, 6, 9)])
+@pytest.mark.parametrize("config", [CONFIGS[i] for i in (2, 3, 4, 6, 9, 12, 13)],
+                         ids=[IDS[i] for i in (2, 3, 4, 6, 9, 12, 13)])
 def test_check_layer(config):
     layer, shape = make(config)
     check_layer(layer, (4,) + shape[1:])
