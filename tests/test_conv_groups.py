@@ -195,6 +195,10 @@ def test_padding_same_and_valid():
     (lambda: Conv2D(4, 4, 3, groups=0), ("Conv2D", "groups", "0")),
     (lambda: Conv2D(4, 4, 3, stride=2, padding="same"), ("Conv2D", "same", "stride")),
     (lambda: Conv2D(4, 4, 3, padding="full"), ("Conv2D", "padding", "'full'", "same")),
+    (lambda: Conv2D(4, 4, 3, algorithm="fft"), ("Conv2D", "algorithm", "'fft'", "winograd")),
+    (lambda: Conv2D(4, 4, 3, stride=2, algorithm="winograd"), ("Conv2D", "3x3", "stride")),
+    (lambda: Conv2D(4, 4, 5, algorithm="winograd"), ("Conv2D", "kernel (5, 5)")),
+    (lambda: Conv2D(4, 4, 3, groups=2, algorithm="winograd"), ("Conv2D", "groups 2")),
 ])
 def test_one_line_errors(make_layer, words):
     with pytest.raises(ValueError) as info:
