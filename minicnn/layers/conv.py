@@ -28,7 +28,7 @@ column as explicit zeros (``_pad_end``).
 A 3x3 stride-1 convolution may instead run as Winograd F(2x2, 3x3) (``minicnn.kernels.winograd``):
 16 matrix products of a quarter of the rows and 1/9 of the columns of im2col's, 2.25x fewer
 multiplies, for the price of adding whole arrays to and from 4x4 tiles: ``algorithm=
-"winograd"``. It is not the default: one core runs a VGG step in 0.84x of im2col's time with
+"winograd"``. It is not the default: one core runs a VGG step in 0.84-0.87x of im2col's time with
 it, but on two cores a whole step measured no faster (docs/performance.md).
 """
 from __future__ import annotations
