@@ -113,6 +113,26 @@ def test_im2col_is_the_default_and_winograd_is_chosen(monkeypatch):
     assert calls
 
 
+@pytest.mark.parametrize("make_layer, shape, path", [
+    (lambda: Conv2D(32, 8, 3, padding=1, algorithm="auto"), (2, 32, 8, 6), "winograd"),
+    (lambda: Conv2D(32, 8, 3, padding=1, algorithm="auto"), (2, 32, 7, 7), "im2col"),  # odd
+    (lambda: Conv2D(16, 8, 3, padding=1, algorithm="auto"), (2, 16, 8, 8), "im2col"),  # few C
+    (lambda: Conv2D(32, 8, 3, stride=2, padding=1, algorithm="auto"), (2, 32, 8, 8), "im2col"),
+    (lambda: Conv2D(32, 8, 5, padding=2, algorithm="auto"), (2, 32, 8, 8), "im2col"),
+    (lambda: Conv2D(1, 8, 3, padding=1, algorithm="winograd"), (2, 1, 7, 7), "winograd"),
+])
+def test_auto_picks_winograd_where_one_core_measured_it_faster(make_layer, shape, path,
+                                                               monkeypatch):
+    calls = []
+    real = winograd.input_transform
+    monkeypatch.setattr(winograd, "input_transform",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    layer = make_layer()
+    y = layer.forward(np.ones(shape, np.float32))
+    assert ("winograd" if calls else "im2col") == path
+    assert layer.backward(np.ones_like(y)).shape == shape
+
+
 def test_algorithm_survives_the_config_round_trip_and_may_change_between_steps():
     layer = Conv2D(2, 3, 3, padding=1, algorithm="winograd")
     assert layer_from_config(layer_config(layer)).algorithm == "winograd"

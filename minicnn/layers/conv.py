@@ -28,8 +28,10 @@ column as explicit zeros (``_pad_end``).
 A 3x3 stride-1 convolution may instead run as Winograd F(2x2, 3x3) (``minicnn.kernels.winograd``):
 16 matrix products of a quarter of the rows and 1/9 of the columns of im2col's, 2.25x fewer
 multiplies, for the price of adding whole arrays to and from 4x4 tiles: ``algorithm=
-"winograd"``. It is not the default: one core runs a VGG step in 0.84-0.87x of im2col's time with
-it, but on two cores a whole step measured no faster (docs/performance.md).
+"winograd"``, or ``"auto"`` for Winograd only where one core measured it faster (at least
+``WINOGRAD_MIN_CHANNELS`` input channels, even output sizes). Neither is the default: one core
+runs a VGG step in 0.84-0.87x of im2col's time with it, but on two cores a whole step measured
+no faster (docs/performance.md).
 """
 from __future__ import annotations
 
@@ -50,7 +52,11 @@ from minicnn.layers.base import Layer, Parameter, column_sums, grad_enabled
 
 INFERENCE_COLUMNS = 1 << 22
 """Elements of the im2col buffer per slice of the batch under ``no_grad()`` (16 MiB float32)."""
-ALGORITHMS = ("im2col", "winograd")
+ALGORITHMS = ("im2col", "winograd", "auto")
+WINOGRAD_MIN_CHANNELS = 32
+"""``algorithm="auto"`` runs Winograd from this many input channels, at even output sizes (an
+odd one leaves half of the last row of 2x2 blocks empty), on NumPy: where one core measured it
+faster (docs/performance.md)."""
 
 
 def _matmul_into(a: Any, b: Any, out: Any) -> None:
@@ -72,8 +78,9 @@ class Conv2D(Layer):
     ``pads`` is the padding as (top, left, bottom, right); ``padding`` its (top, left) pair.
     ``init`` is 'kaiming_uniform' (PyTorch's default), 'he' or 'glorot' (see
     ``minicnn.layers.initializers``), with fan-in (in_channels // groups) * kh * kw.
-    ``algorithm``: 'im2col' or 'winograd' (3x3, stride 1, dilation 1, groups 1 only): the
-    same function either way, to float rounding; depthwise convolution has its own path.
+    ``algorithm``: 'im2col', 'winograd' (3x3, stride 1, dilation 1, groups 1 only) or 'auto'
+    (Winograd where it applies and one core measured it faster, else im2col): the same
+    function either way, to float rounding; depthwise convolution has its own path.
     """
 
     per_sample = True
@@ -124,7 +131,7 @@ class Conv2D(Layer):
 
     @property
     def algorithm(self) -> str:
-        """'im2col' or 'winograd'; may be changed between steps (the config follows)."""
+        """'im2col', 'winograd' or 'auto'; may be changed between steps (the config follows)."""
         return str(self._algorithm)
 
     @algorithm.setter
@@ -143,6 +150,12 @@ class Conv2D(Layer):
         """Whether ``algorithm='winograd'`` can run: 3x3 kernel, stride 1, no dilation or groups."""
         return (self.kernel_size, self.stride, self.dilation, self.groups) == \
             ((3, 3), (1, 1), (1, 1), 1)
+
+    def _uses_winograd(self, x: Any, ho: int, wo: int) -> bool:
+        if self.algorithm != "auto":
+            return self.algorithm == "winograd"
+        return (self.winograd_applies and self.in_channels >= WINOGRAD_MIN_CHANNELS
+                and ho % 2 == wo % 2 == 0 and not backend.is_cupy_array(x))
 
     @property
     def depthwise(self) -> bool:
@@ -216,7 +229,7 @@ class Conv2D(Layer):
             self.save_for_backward(x)
             return depthwise_forward(x, self.weight.data, None if self.bias is None else
                                      self.bias.data, self.stride, self.dilation, self.pads)
-        if self.algorithm == "winograd":
+        if self._uses_winograd(x, ho, wo):
             return self._winograd_forward(x, ho, wo)
         size = tuple(x.shape[2:])
         x = self._pad_end(x)
