@@ -201,14 +201,16 @@ def input_transform_grad(dv: list[Any], x_shape: tuple[int, int, int, int], pads
     return dx
 
 
-def conv_forward(x_nhwc: Any, w: Any, bias: Any, pads: Pads) -> tuple[Any, list[Any], list[Any]]:
+def conv_forward(x_nhwc: Any, w: Any, bias: Any, pads: Pads, u: list[Any] | None = None
+                 ) -> tuple[Any, list[Any], list[Any]]:
     """The whole convolution: x (N, H, W, C), weight (O, C, 3, 3), bias (O,) or None ->
-    (y (N, Ho, Wo, O) C-contiguous, V, U), V and U kept for ``conv_backward``. The bias rides
-    on tile position (1, 1), whose product reaches all four outputs of a block with weight 1
-    (column 1 of A_T is (1, 1))."""
+    (y (N, Ho, Wo, O) C-contiguous, V, U), V and U kept for ``conv_backward`` (``u``: U of w
+    already transformed, e.g. once for all slices of a batch). The bias rides on tile position
+    (1, 1), whose product reaches all four outputs of a block with weight 1 (column 1 of A_T is
+    (1, 1))."""
     n, h, w_in, _ = x_nhwc.shape
     ho, wo, _, _ = tile_counts(h, w_in, pads)
-    u = weight_transform(w)
+    u = weight_transform(w) if u is None else u
     v = input_transform(x_nhwc, pads)
     m = products(v, u)
     if bias is not None:
@@ -218,13 +220,12 @@ def conv_forward(x_nhwc: Any, w: Any, bias: Any, pads: Pads) -> tuple[Any, list[
 
 def conv_backward(dy_nhwc: Any, v: list[Any], u: list[Any], x_shape: tuple[int, int, int, int],
                   pads: Pads, input_grad: bool = True) -> tuple[Any, Any, Any]:
-    """(dx (N, H, W, C) or None, dW (O, C, 3, 3), db (O,)) from dy (N, Ho, Wo, O) and
-    ``conv_forward``'s V and U: dM = A dY A^T, dW = G^T (V^T dM) G, db the column sums of dM's
-    tile position (1, 1) (the adjoint of where the bias was added), dx from dM U^T."""
-    xp = backend.get_array_module(dy_nhwc)
+    """(dx (N, H, W, C) or None, dW (O, C, 3, 3), bias rows) from dy (N, Ho, Wo, O) and
+    ``conv_forward``'s V and U: dM = A dY A^T, dW = G^T (V^T dM) G, dx from dM U^T. The bias
+    rows are dM's tile position (1, 1), (N*T*S, O): their column sums are dL/db (the adjoint of
+    where the bias was added)."""
     dm = output_transform_grad(dy_nhwc)
     dw = weight_transform_grad(products([p.T for p in v], dm))
-    db = xp.sum(dm[5], axis=0)
     if not input_grad:
-        return None, dw, db
-    return input_transform_grad(products(dm, [p.T for p in u]), x_shape, pads), dw, db
+        return None, dw, dm[5]
+    return input_transform_grad(products(dm, [p.T for p in u]), x_shape, pads), dw, dm[5]

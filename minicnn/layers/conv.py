@@ -302,20 +302,21 @@ class Conv2D(Layer):
             self.save_for_backward("winograd", tuple(x_nhwc.shape), v, u)
             return y.transpose(0, 3, 1, 2)
         y = xp.empty((n, ho, wo, self.out_channels), dtype=x.dtype)
+        u = winograd.weight_transform(self.weight.data)
         step = max(1, INFERENCE_COLUMNS // (4 * ho * wo * self.in_channels))
         for start in range(0, n, step):
             y[start:start + step] = winograd.conv_forward(
-                x_nhwc[start:start + step], self.weight.data, bias, self.pads)[0]
+                x_nhwc[start:start + step], self.weight.data, bias, self.pads, u)[0]
         return y.transpose(0, 3, 1, 2)
 
     def _winograd_backward(self, grad_out: Any, input_grad: bool,
                            x_shape: tuple[int, int, int, int], v: list[Any],
                            u: list[Any]) -> Any:
-        dx, dw, db = winograd.conv_backward(grad_out.transpose(0, 2, 3, 1), v, u, x_shape,
-                                            self.pads, input_grad)
+        dx, dw, bias_rows = winograd.conv_backward(grad_out.transpose(0, 2, 3, 1), v, u,
+                                                   x_shape, self.pads, input_grad)
         self.weight.grad += dw
         if self.bias is not None:
-            self.bias.grad += db
+            self.bias.grad += column_sums(bias_rows)
         return None if dx is None else dx.transpose(0, 3, 1, 2)
 
     # --- groups > 1 ---------------------------------------------------------------------
