@@ -214,6 +214,11 @@ class Network(Layer, abstract=True):
     def _summary_rows(self) -> list[tuple[Layer, tuple[int, ...]]]:
         raise NotImplementedError
 
+    def layer_shapes(self, input_shape: tuple[int, ...]) -> list[tuple[Layer, tuple[int, ...]]]:
+        """(layer, per-sample output shape) for each layer in running order, for a per-sample
+        ``input_shape``; ValueError from the first layer that does not fit."""
+        raise NotImplementedError
+
     def summary(self, print_fn: Any = print) -> str:
         """A table of layer, output shape and parameter count, with totals; printed and returned."""
         rows = [(f"{layer.name} ({type(layer).__name__})", "(N, " + ", ".join(map(str, shape))
@@ -266,6 +271,13 @@ class Sequential(Network):
         for layer in self.layers:
             input_shape = layer.output_shape(input_shape)
         return input_shape
+
+    def layer_shapes(self, input_shape: tuple[int, ...]) -> list[tuple[Layer, tuple[int, ...]]]:
+        rows = []
+        for layer in self.layers:
+            input_shape = tuple(layer.output_shape(input_shape))
+            rows.append((layer, input_shape))
+        return rows
 
     def declared_input_shape(self) -> tuple[int, ...] | None:
         return self.input_shape
@@ -336,6 +348,10 @@ class Model(Network):
 
     def _summary_rows(self):
         return [(t.layer, t.shape) for t in self.order]
+
+    def layer_shapes(self, input_shape: tuple[int, ...]) -> list[tuple[Layer, tuple[int, ...]]]:
+        self.output_shape(input_shape)                # the graph's shapes are its input's
+        return [(t.layer, tuple(t.shape)) for t in self.order]
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         if tuple(input_shape) != self.input_tensor.shape:

@@ -31,6 +31,15 @@ ROOT = Path(__file__).resolve().parents[1]
 """The checkout: README.md, examples/ and minicnn/ are under it."""
 
 
+@pytest.fixture(autouse=True)
+def split_small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests split batches far smaller than pays (``parallel.MIN_SLICE_WORK``): lifted here, so
+    that the split paths run on small inputs (``tests/test_parallel.py`` tests the real
+    threshold)."""
+    from minicnn.training import parallel
+    monkeypatch.setattr(parallel, "MIN_SLICE_WORK", 0)
+
+
 def randn(*shape: int, seed: int = 0, dtype: type = np.float64) -> np.ndarray:
     """Standard normal values of ``shape`` from a generator of their own (float64 by default:
     gradient checks need it)."""

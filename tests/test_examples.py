@@ -199,6 +199,17 @@ def test_conv_algorithms_example_times_both_paths(capsys):
     assert "vgg: 5 of 6 convolutions 3x3 stride 1" in out and "auto / im2col = " in out
 
 
+def test_split_threshold_example_times_whole_and_split(capsys):
+    from minicnn.training import parallel
+    threshold = parallel.MIN_SLICE_WORK
+    load("split_threshold").main(["--batches", "32", "--blocks", "1", "--steps", "1",
+                                  "--pause", "0"])
+    out = capsys.readouterr().out
+    assert parallel.MIN_SLICE_WORK == threshold                 # put back as it was
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "| 32 |" in line]
+    assert len(rows) == 5 and "| ref-cnn | 32 | 2,826,816 |" in out
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("MINICNN_DATA"), reason="MINICNN_DATA is not set")
 def test_denoising_example_improves_psnr(tmp_path):

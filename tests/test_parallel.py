@@ -16,6 +16,8 @@ from minicnn.layers import (
 )
 from minicnn.training import SGD, SoftmaxCrossEntropy, parallel
 
+REAL_MIN_SLICE_WORK = parallel.MIN_SLICE_WORK     # before conftest's fixture lifts it per test
+
 
 def _sequential():
     return minicnn.Sequential([Conv2D(2, 4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(),
@@ -265,3 +267,57 @@ def test_a_layer_that_mixes_samples_is_not_split(small_slices, layer):
     plain = minicnn.Sequential([Flatten(), Dense(128, 3)], input_shape=(2, 8, 8))
     assert parallel.split_count(plain, x, 2) == 2 or not parallel.blas.can_set_threads()
     assert parallel.split_count(model, x, 2) == 1
+
+
+def test_work_per_sample_counts_the_input_and_twice_each_output():
+    model = _sequential()           # conv 4x8x8, relu 4x8x8, pool 4x4x4, flatten 64, dense 3
+    assert parallel.work_per_sample(model, (2, 8, 8)) == 2 * 64 + 2 * (256 + 256 + 64 + 64 + 3)
+    graph = _graph()                # conv, relu, conv, add: 256 each; pool 4, dense 3
+    assert parallel.work_per_sample(graph, (2, 8, 8)) == 128 + 2 * (4 * 256 + 4 + 3)
+    assert parallel.work_per_sample(model, (3, 8, 8)) == 0        # does not fit: no estimate
+    assert parallel.work_per_sample(graph, (2, 9, 9)) == 0
+
+
+def test_a_batch_too_small_to_pay_runs_whole(monkeypatch):
+    """Below MIN_SLICE_WORK elements per replica the split's hand-offs cost more than it saves
+    (examples/split_threshold.py): the step runs whole; above, it is split."""
+    monkeypatch.setattr(parallel, "MIN_SLICE_WORK", REAL_MIN_SLICE_WORK)
+    model = minicnn.Sequential([ReLU(), Dense(512, 10)])
+    small = np.ones((64, 512), dtype=np.float32)              # 32 * (512 + 2 * 522) per replica
+    assert parallel.work_per_sample(model, (512,)) * 32 < parallel.MIN_SLICE_WORK
+    assert parallel.split_count(model, small, 2) == 1
+    model.forward(small)
+    assert model._saved == (None, None)                            # ran whole
+    large = np.ones((2048, 512), dtype=np.float32)                 # 1024 * 1556 per replica
+    assert parallel.split_count(model, large, 2) == 2
+    wide = minicnn.Sequential([ReLU(), Flatten()])
+    assert parallel.split_count(wide, np.ones((32, 16, 64, 64), np.float32), 2) == 2
+
+
+def test_replicas_copy_their_outputs_into_one_array_in_batch_order(small_slices):
+    model = minicnn.Sequential([ReLU(), Dense(6, 2)]).astype(np.float64)
+    x = np.random.default_rng(3).standard_normal((9, 6))
+    model.workers = 1
+    whole = model.forward(x)
+    dx_whole = model.backward(np.ones_like(whole), input_grad=True)
+    model.workers = 3
+    split = model.forward(x)
+    assert model._saved[0].count == 3
+    np.testing.assert_allclose(split, whole, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(model.backward(np.ones_like(split), input_grad=True), dx_whole,
+                               rtol=1e-12, atol=0)
+
+
+def test_gathered_slices_that_do_not_fit_are_concatenated():
+    gathered = parallel.Gathered(5)
+    parts = [np.arange(6.0).reshape(3, 2), np.arange(4, dtype=np.float32).reshape(2, 2)]
+    gathered.put(slice(0, 3), parts[0])
+    gathered.put(slice(3, 5), parts[1])                # another dtype: not copied in
+    out = gathered.result(parts)
+    assert out.shape == (5, 2) and out.dtype == np.float64
+    np.testing.assert_array_equal(out, np.concatenate(parts))
+    in_order = parallel.Gathered(5)
+    in_order.put(slice(3, 5), parts[0][:2])              # the second slice first
+    in_order.put(slice(0, 3), parts[0])
+    np.testing.assert_array_equal(in_order.result([parts[0], parts[0][:2]]),
+                                  np.concatenate([parts[0], parts[0][:2]]))

@@ -14,15 +14,18 @@ A batch is split only when every layer treats samples independently (``Layer.per
 mixes them only through sums over the batch that it takes with ``batch_sum`` (``Layer.batch_sums``:
 BatchNorm in training, whose statistics are then the whole batch's, added over the replicas at
 a barrier; ``minicnn.core.batch_sum``), each replica gets at least
-``MIN_SLICE`` samples, the arrays are NumPy's, and OpenBLAS's thread count can be set: it is 1
-while replicas run, and restored right after. Random draws in a split forward (Dropout's masks)
-come from one generator per replica, seeded from the global generator (``random.generator_scope``),
-so a split run is as reproducible as a whole one (for the same number of replicas).
+``MIN_SLICE`` samples and enough work to pay for the threads' hand-offs (``MIN_SLICE_WORK``,
+estimated from the layers' shapes by ``work_per_sample``), the arrays are NumPy's, and
+OpenBLAS's thread count can be set: it is 1 while replicas run, and restored right after.
+Random draws in a split forward (Dropout's masks) come from one generator per replica, seeded
+from the global generator (``random.generator_scope``), so a split run is as reproducible as a
+whole one (for the same number of replicas).
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import os
 import threading
 from collections.abc import Callable
@@ -38,6 +41,16 @@ MIN_SLICE = 16
 each setting in its own process (whole batch with 2 OpenBLAS threads against split in two,
 seconds per epoch): batch 16, 13.9 against 14.7; batch 32, 16.8 against 13.7; batch 64, 14.4
 against 10.9."""
+
+MIN_SLICE_WORK = 1 << 20
+"""Fewest elements read and written (``work_per_sample`` times its samples) per replica for
+splitting to pay: a split forward and backward costs about 0.5 ms of thread hand-offs, more
+than a replica saves below this. Measured on 2 cores (``python examples/split_threshold.py``,
+training step split in two / whole): ReLU + Dense on (N, 512) 4.4x at 41k elements per
+replica, 2.0x at 660k, 0.78x at 10.6M; an MLP 784-256-10 3.5x at 21k, 2.0x at 337k; the
+reference CNN 0.99x at batch 32 (2.8M), 0.67x at 128. Between about 1M and 6M it depends on
+the layers (1.1-1.7x for the small models, a gain for pooling), so the line is drawn where
+every measured case below it lost."""
 
 MAX_WORKERS = 8
 
@@ -59,7 +72,23 @@ def split_count(model: Any, x: Any, workers: int | None) -> int:
         return 1
     if not all(layer.per_sample or layer.batch_sums for _, layer in model.named_layers()):
         return 1
+    if work_per_sample(model, tuple(x.shape[1:])) * (x.shape[0] // count) < MIN_SLICE_WORK:
+        return 1
     return count
+
+
+def work_per_sample(model: Any, sample_shape: tuple[int, ...]) -> int:
+    """The elements one sample's forward through ``model`` reads and writes: its input's, plus
+    twice each layer's output (written, then read by what follows). What splitting runs in
+    parallel is NumPy's single-threaded passes over these arrays; matrix products are not
+    counted, since OpenBLAS threads them by itself when the batch is not split. 0 when the
+    shapes do not fit (the forward then says why, unsplit). About 10-30 us for the zoo's
+    models, against the 0.5 ms a split costs."""
+    try:
+        rows = model.layer_shapes(sample_shape)
+    except (ValueError, NotImplementedError):
+        return 0
+    return math.prod(sample_shape) + 2 * sum(math.prod(shape) for _, shape in rows)
 
 
 def _layers(model: Any) -> list[Any]:
@@ -152,26 +181,64 @@ class Replicas:
         bounds = [n * k // parts for k in range(parts + 1)]
         slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
         seeds = iter(random.host_rng().integers(2**63, size=len(slices)).tolist())
+        output = Gathered(n)
 
         def forward(replica: Any, rows: slice, seed: int) -> Any:
             with random.generator_scope(random.generator(seed)):
-                return replica.forward_layers(x[rows])
+                return output.put(rows, replica.forward_layers(x[rows]))
 
         jobs = [(rows, next(seeds)) for rows in slices]
-        outs = self._run(lambda replica, job: forward(replica, *job), jobs)
-        return backend.get_array_module(*outs).concatenate(outs, axis=0), slices
+        return output.result(self._run(lambda replica, job: forward(replica, *job), jobs)), slices
 
     def backward(self, grad_out: Any, slices: list[slice], input_grad: bool) -> Any:
         """Back-propagate each slice in its replica, then add the copies' parameter gradients
         into the model's (the sum is the full batch's gradient)."""
+        dx = Gathered(grad_out.shape[0])
+
         def backward(replica: Any, rows: slice) -> Any:
             if replica is not self.model:            # the model's own gradients accumulate
                 replica.zero_grad()
-            return replica.backward_layers(grad_out[rows], input_grad)
+            grad = replica.backward_layers(grad_out[rows], input_grad)
+            return dx.put(rows, grad) if input_grad else grad
 
         grads = self._run(backward, slices)
         used = [twin.parameters() for twin in self.copies[:len(slices) - 1]]
         for k, param in enumerate(self.model.parameters()):
             for params in used:
                 param.grad += params[k].grad
-        return backend.get_array_module(*grads).concatenate(grads, axis=0) if input_grad else None
+        return dx.result(grads) if input_grad else None
+
+
+class Gathered:
+    """One (N, ...) array assembled from the replicas' slices, each copied in by the thread
+    that computed it as soon as it is done (``put``), so the copies run in parallel and overlap
+    the slower replicas' work; one thread concatenating them afterwards was a third of a
+    one-layer ReLU model's split forward (measured: 4.1 against 3.0 ms on 128x64x28x28).
+    A slice that does not fit the array (another shape or dtype than the first) makes
+    ``result`` concatenate the slices instead."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.array: Any = None
+        self.fits = True
+        self._lock = threading.Lock()
+
+    def put(self, rows: slice, part: Any) -> Any:
+        """Copy ``part`` (the rows ``rows`` of the whole) into the array; returns part."""
+        with self._lock:
+            if self.array is None:
+                self.array = backend.get_array_module(part).empty(
+                    (self.n,) + tuple(part.shape[1:]), dtype=part.dtype)
+            fits = part.shape[1:] == self.array.shape[1:] and part.dtype == self.array.dtype \
+                and part.shape[0] == rows.stop - rows.start
+            self.fits = self.fits and fits
+        if fits:
+            self.array[rows] = part
+        return part
+
+    def result(self, parts: list[Any]) -> Any:
+        """The assembled (N, ...) array; ``parts`` (the slices in order) are concatenated
+        when one did not fit."""
+        if self.fits and self.array is not None:
+            return self.array
+        return backend.get_array_module(*parts).concatenate(parts, axis=0)
