@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import minicnn
-from minicnn.core.batch_sum import ReplicaGroup, batch_sum, replica_scope
+from minicnn.core.batch_sum import ReplicaGroup, batch_sum, replica_count, replica_scope
 from minicnn.layers import (
     Add,
     BatchNorm1D,
@@ -51,6 +51,12 @@ def test_batch_sum_outside_a_split_is_the_partial_itself():
     a = np.arange(3.0)
     assert batch_sum(a) is a
     assert batch_sum((a, 5))[1] == 5
+
+
+def test_replica_count_is_the_group_size_in_each_replica_and_one_outside():
+    assert replica_count() == 1
+    assert _in_threads(3, lambda rank: replica_count()) == [3, 3, 3]
+    assert replica_count() == 1
 
 
 def test_all_sum_adds_every_replica_in_rank_order_and_is_reusable():

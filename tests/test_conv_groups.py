@@ -160,6 +160,21 @@ def test_depthwise_batch_slices_give_the_whole_batch_result(monkeypatch):
     np.testing.assert_allclose(layer.weight.grad, dw_whole, rtol=1e-13, atol=1e-13)
 
 
+def test_depthwise_slices_are_larger_in_a_replica_of_a_split_batch(monkeypatch):
+    from minicnn.core.batch_sum import ReplicaGroup, replica_scope
+    layer = Conv2D(3, 3, 3, padding=1, groups=3).astype(np.float64)
+    x, dy = randn(6, 3, 6, 6, seed=1), randn(6, 3, 6, 6, seed=2)
+    y_whole, dx_whole = layer.forward(x), layer.backward(dy)
+    per_sample = 8 * 8 * 3
+    monkeypatch.setattr(depthwise, "SLICE_ELEMENTS", 4 * per_sample)
+    monkeypatch.setattr(depthwise, "SPLIT_SLICE_ELEMENTS", 1 * per_sample)
+    assert depthwise._slice_step(x, layer.pads) == 4
+    with replica_scope(ReplicaGroup(2), 0):
+        assert depthwise._slice_step(x, layer.pads) == 1
+        np.testing.assert_allclose(layer.forward(x), y_whole, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(layer.backward(dy), dx_whole, rtol=1e-13, atol=1e-13)
+
+
 def test_backward_without_input_grad_still_adds_parameter_gradients():
     for config in CONFIGS[2:5]:
         layer, shape = make(config)

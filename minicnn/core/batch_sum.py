@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-__all__ = ["ReplicaGroup", "batch_sum", "replica_scope"]
+__all__ = ["ReplicaGroup", "batch_sum", "replica_count", "replica_scope"]
 
 
 class ReplicaGroup:
@@ -80,3 +80,10 @@ def batch_sum(partial: Any) -> Any:
         return partial
     group, rank = member
     return group.all_sum(rank, partial)
+
+
+def replica_count() -> int:
+    """How many replicas (threads) share the split batch this thread works on; 1 when the
+    batch is not split."""
+    member = _member.get()
+    return 1 if member is None else member[0].count

@@ -16,23 +16,34 @@ gradient is the depthwise convolution of dy with the flipped kernel, otherwise i
 (N, Ho, Wo).
 
 On NumPy the batch is processed in slices of a few samples so that the padded slice, the
-product and the output stay in cache across the kh*kw passes; on CuPy the whole batch is one
-slice (the same array code, one elementwise kernel per pass).
+product and the output stay in cache across the kh*kw passes (larger slices in a replica of a
+split batch, ``SPLIT_SLICE_ELEMENTS``); on CuPy the whole batch is one slice (the same array
+code, one elementwise kernel per pass).
 """
 from __future__ import annotations
 
 from typing import Any
 
 from minicnn.core import backend
+from minicnn.core.batch_sum import replica_count
 
 Pads = tuple[int, int, int, int]
 """(top, left, bottom, right) zero padding."""
 
 SLICE_ELEMENTS = 1 << 16
-"""Padded-input elements per batch slice on NumPy (256 KiB float32: the working set of one pass,
-input slice, product and output, stays within the L2 cache). Measured for 3x3 on (128, 64, 28,
-28), forward / backward ms: 83 / 211 with 2**16 (one sample a slice), 118 / 301 with 2**18,
-177 / 1241 with 2**20 (a busy 2-core machine: ratios, not absolute times)."""
+"""Padded-input elements per batch slice on NumPy in one thread (256 KiB float32: the working
+set of one pass, input slice, product and output, stays within the L2 cache). Measured for 3x3
+on (128, 64, 28, 28), forward / backward ms: 83 / 211 with 2**16 (one sample a slice), 118 / 301
+with 2**18, 177 / 1241 with 2**20 (a busy 2-core machine: ratios, not absolute times)."""
+
+SPLIT_SLICE_ELEMENTS = 1 << 18
+"""The same when the batch is split among replicas in threads (``batch_sum.replica_count() >
+1``): threads running NumPy calls side by side hand the interpreter lock over at every call,
+so fewer, larger calls pay more than the cache does. Measured on 2 cores, a one-layer model's
+step (forward + backward, 128 images, medians of 12): 3x3 depthwise on 64x28x28 83 ms with
+2**16, 51 ms with 2**18, 58 ms with 2**19; on 32x28x28 40 / 30 / 33 ms; MobileNet's training
+step 0.81x and 0.92x of 2**16's in two runs (2**19: 0.80x and 0.87x, 2**20 slower again).
+Unsplit, the larger slices cost 4-10%."""
 
 
 def output_size(size: int, kernel: int, stride: int, before: int, after: int,
@@ -102,11 +113,14 @@ class _PaddedSlices:
 
 
 def _slice_step(x: Any, pads: Pads) -> int:
+    """Samples per slice: SLICE_ELEMENTS (SPLIT_SLICE_ELEMENTS in a replica) of padded input;
+    the whole batch on CuPy."""
     n, c, h, w = x.shape
     if backend.is_cupy_array(x):
         return n
     per_sample = (h + pads[0] + pads[2]) * (w + pads[1] + pads[3]) * c
-    return max(1, SLICE_ELEMENTS // per_sample)
+    budget = SLICE_ELEMENTS if replica_count() == 1 else SPLIT_SLICE_ELEMENTS
+    return max(1, budget // per_sample)
 
 
 def depthwise_forward(x: Any, weight: Any, bias: Any | None, stride: tuple[int, int],
