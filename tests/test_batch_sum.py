@@ -1,6 +1,7 @@
 """Cross-replica batch sums: a model with BatchNorm splits its batch among threads and still
 normalises with the whole batch's statistics (minicnn.core.batch_sum)."""
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -69,6 +70,25 @@ def test_all_sum_adds_every_replica_in_rank_order_and_is_reusable():
         np.testing.assert_array_equal(arrays, [6.0, 6.0])
         assert count == 0 + 1 + 2
         np.testing.assert_array_equal(second, [30.0])
+
+
+def test_back_to_back_sums_never_read_a_slot_the_next_sum_overwrote():
+    # each replica moves on to the next sum as soon as it has its total; a replica that
+    # lags (sleeps) must still read this round's partials, not the next round's
+    rounds = 200
+
+    def work(rank):
+        rng = np.random.default_rng(rank)
+        totals = []
+        for r in range(rounds):
+            if rng.random() < 0.1:
+                time.sleep(0.0005)
+            totals.append(batch_sum(np.array([100.0 * r + rank])))
+        return totals
+
+    expected = [300.0 * r + 3 for r in range(rounds)]       # ranks 0 + 1 + 2
+    for totals in _in_threads(3, work):
+        assert [float(t[0]) for t in totals] == expected
 
 
 def test_a_failing_replica_releases_the_others():
